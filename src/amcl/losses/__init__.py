@@ -1,0 +1,27 @@
+"""Pure loss functions over explicit tensors (features, temperatures): no model needed.
+
+>>> from amcl.losses import nt_xent_loss, amcl_nt_xent_loss, omega, pair_temperatures
+"""
+
+from amcl.losses.contrastive import (
+    ContrastiveTerms,
+    amcl_nt_xent_loss,
+    amcl_nt_xent_terms,
+    hardest_negatives,
+    nt_xent_loss,
+    view_similarities,
+)
+from amcl.losses.temperature import omega, pair_temperatures, paired_temperatures, temperature_from_scores
+
+__all__ = [
+    "ContrastiveTerms",
+    "amcl_nt_xent_loss",
+    "amcl_nt_xent_terms",
+    "hardest_negatives",
+    "nt_xent_loss",
+    "omega",
+    "pair_temperatures",
+    "paired_temperatures",
+    "temperature_from_scores",
+    "view_similarities",
+]

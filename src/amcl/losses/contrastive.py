@@ -1,0 +1,200 @@
+"""Contrastive losses over two views: NT-Xent (Eq. 1.1) and its AMCL form (Eq. 2.1 / 2.4).
+
+Features come per head as ``[C, B, d]`` (a plain ``[B, d]`` is one head). The 2B views of a
+batch are stacked as ``[z1; z2]``, so view i's positive is view (i + B) mod 2B. Everything is
+computed in matrix form over the ``[C, 2B, 2B]`` similarity matrix, in float32 even under
+autocast, and no ``[B, B, d]`` tensor is ever built.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from amcl.losses.temperature import at_least_float32, omega
+
+__all__ = [
+    "ContrastiveTerms",
+    "amcl_nt_xent_loss",
+    "amcl_nt_xent_terms",
+    "hardest_negatives",
+    "nt_xent_loss",
+    "view_similarities",
+]
+
+Temperatures = Union[float, Tensor]
+
+
+def _as_heads(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
+    if z1.shape != z2.shape:
+        raise ValueError(f"the two views must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if z1.dim() == 2:
+        z1, z2 = z1.unsqueeze(0), z2.unsqueeze(0)
+    if z1.dim() != 3:
+        raise ValueError(f"features must be [B, d] or [C, B, d], got {tuple(z1.shape)}")
+    if z1.shape[1] < 2:
+        raise ValueError("a contrastive loss needs at least 2 images per batch")
+    return z1, z2
+
+
+def view_similarities(z1: Tensor, z2: Tensor) -> Tensor:
+    """Cosine similarities of all 2B views of each head: ``[C, 2B, 2B]`` for ``[C, B, d]`` inputs."""
+    z1, z2 = _as_heads(z1, z2)
+    z = F.normalize(at_least_float32(torch.cat([z1, z2], dim=1)), dim=-1)
+    return z @ z.transpose(1, 2)
+
+
+def _positive_index(batch_size: int, device: torch.device) -> Tensor:
+    return torch.arange(2 * batch_size, device=device).roll(batch_size)
+
+
+def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5, decoupled: bool = False) -> Tensor:
+    """NT-Xent, SimCLR's normalised temperature-scaled cross entropy (Eq. 1.1).
+
+    For each of the 2B views i with positive i+:
+    ``-log exp(s(i, i+)/tau) / sum_{j != i} exp(s(i, j)/tau)``, averaged over the 2B views
+    (both view directions) and summed over heads. SimCLR's denominator includes the
+    positive; ``decoupled=True`` drops it, which is Eq. 1.1 exactly as printed (sum over
+    the negatives only).
+
+    Example:
+        >>> z1, z2 = torch.randn(8, 128), torch.randn(8, 128)
+        >>> loss = nt_xent_loss(z1, z2, temperature=0.5)
+    """
+    with torch.autocast(z1.device.type, enabled=False):
+        sim = view_similarities(z1, z2)
+        n = sim.shape[-1]
+        pos = _positive_index(n // 2, sim.device)
+        logits = sim / temperature
+        masked = torch.eye(n, dtype=torch.bool, device=sim.device)
+        if decoupled:
+            masked = masked | F.one_hot(pos, n).bool()
+        positive_logits = logits.gather(-1, pos.expand(logits.shape[0], n).unsqueeze(-1)).squeeze(-1)
+        per_view = torch.logsumexp(logits.masked_fill(masked, float("-inf")), dim=-1) - positive_logits
+        return per_view.mean(dim=-1).sum()
+
+
+def hardest_negatives(sim: Tensor, k: int, include_positive: bool = False) -> tuple[Tensor, Tensor]:
+    """The k most similar negatives of every view: ``(similarities, indices)``, each ``[C, 2B, k]``.
+
+    Candidates for view i are the other 2B - 2 views (Eq. 2.1), or the other 2B - 1 views
+    including the positive with ``include_positive=True`` (the N + 1 candidates of Eq. 2.4).
+    """
+    n = sim.shape[-1]
+    candidates = n - 1 if include_positive else n - 2
+    if not 1 <= k <= candidates:
+        raise ValueError(f"top-k must be between 1 and the number of negatives ({candidates}), got {k}")
+    excluded = torch.eye(n, dtype=torch.bool, device=sim.device)
+    if not include_positive:
+        excluded = excluded | F.one_hot(_positive_index(n // 2, sim.device), n).bool()
+    return sim.masked_fill(excluded, float("-inf")).topk(k, dim=-1)
+
+
+class ContrastiveTerms(NamedTuple):
+    """The parts of an AMCL contrastive loss, per head (each ``[C]``), and the temperatures used.
+
+    ``loss()`` is their sum over parts and heads.
+    """
+
+    positive: Tensor  # mean over anchors of -sim(i, i+)/tau(i, i+)
+    negative: Tensor  # mean over anchors and the top-k of sim(i, n)/tau(i, n)
+    regularizer: Tensor  # beta * (Omega(tau+) - mean_k Omega(tau-)), averaged over anchors
+    positive_temperatures: Tensor  # [C, 2B]
+    negative_temperatures: Tensor  # [C, 2B, k]
+    positive_similarities: Tensor  # [C, 2B]
+    negative_similarities: Tensor  # [C, 2B, k]
+
+    def loss(self) -> Tensor:
+        return (self.positive + self.negative + self.regularizer).sum()
+
+
+def _select(temperatures: Temperatures, index: Tensor, like: Tensor) -> Tensor:
+    """Entries of a pair-temperature matrix (or a constant) at ``index`` along the last axis."""
+    if not torch.is_tensor(temperatures) or temperatures.dim() == 0:
+        return torch.as_tensor(temperatures, dtype=like.dtype, device=like.device).expand_as(like)
+    full = at_least_float32(temperatures).expand(*like.shape[:-1], temperatures.shape[-1])
+    return full.gather(-1, index)
+
+
+def amcl_nt_xent_terms(
+    z1: Tensor,
+    z2: Tensor,
+    temperatures: Temperatures,
+    beta: float = 1e-4,
+    topk: int = 1,
+    negative_temperatures: Temperatures | None = None,
+    include_positive: bool = False,
+    omega_dim: int | None = None,
+) -> ContrastiveTerms:
+    """The terms of the AMCL SimCLR loss (Eq. 2.1), or its InfoNCE form (Eq. 2.4).
+
+    Per head c and anchor view i, with positive i+ and the hardest negatives n*:
+
+        -sim(i, i+)/tau(i, i+) + sim(i, n*)/tau(i, n*) + beta*Omega(tau(i, i+)) - beta*Omega(tau(i, n*))
+
+    averaged over the 2B anchors (both view directions) and summed over heads. n* is the
+    most similar negative; with ``topk = k`` the negative terms are averaged over the k most
+    similar negatives, so ``topk=1`` is exactly Eq. 2.1.
+
+    Args:
+        z1, z2: projections of the two views, ``[C, B, d]`` or ``[B, d]``.
+        temperatures: tau for every pair of the 2B stacked views ``[z1; z2]``: a tensor
+            broadcastable to ``[C, 2B, 2B]`` (e.g. from
+            :meth:`amcl.nn.TemperatureNet.pair_temperatures`) or a constant float.
+        beta: weight of the regulariser Omega.
+        topk: number of hardest negatives averaged.
+        negative_temperatures: if given, used for the negatives while ``temperatures`` serves
+            the positives (the paper's positive-only / negative-only adaptive ablations).
+        include_positive: take the hardest of the N + 1 candidates, positive included (Eq. 2.4).
+        omega_dim: d' in Omega; defaults to the feature dimension d.
+    """
+    with torch.autocast(z1.device.type, enabled=False):
+        z1, z2 = _as_heads(z1, z2)
+        omega_dim = z1.shape[-1] if omega_dim is None else omega_dim
+        neg_temps = temperatures if negative_temperatures is None else negative_temperatures
+        sim = view_similarities(z1, z2)
+        heads, n = sim.shape[0], sim.shape[-1]
+        pos_index = _positive_index(n // 2, sim.device).expand(heads, n).unsqueeze(-1)
+        pos_sim = sim.gather(-1, pos_index).squeeze(-1)
+        pos_tau = _select(temperatures, pos_index, pos_sim.unsqueeze(-1)).squeeze(-1)
+        neg_sim, neg_index = hardest_negatives(sim, topk, include_positive)
+        neg_tau = _select(neg_temps, neg_index, neg_sim)
+        regularizer = beta * (omega(pos_tau, omega_dim) - omega(neg_tau, omega_dim).mean(-1))
+        return ContrastiveTerms(
+            positive=(-pos_sim / pos_tau).mean(-1),
+            negative=(neg_sim / neg_tau).mean(-1).mean(-1),
+            regularizer=regularizer.mean(-1),
+            positive_temperatures=pos_tau,
+            negative_temperatures=neg_tau,
+            positive_similarities=pos_sim,
+            negative_similarities=neg_sim,
+        )
+
+
+def amcl_nt_xent_loss(
+    z1: Tensor,
+    z2: Tensor,
+    temperatures: Temperatures,
+    beta: float = 1e-4,
+    topk: int = 1,
+    negative_temperatures: Temperatures | None = None,
+    include_positive: bool = False,
+    omega_dim: int | None = None,
+) -> Tensor:
+    """The AMCL SimCLR loss (Eq. 2.1; Eq. 2.4 with ``include_positive``): a scalar.
+
+    See :func:`amcl_nt_xent_terms` for the arguments.
+
+    Example:
+        >>> from amcl.nn import TemperatureNet
+        >>> z1, z2 = torch.randn(3, 8, 128), torch.randn(3, 8, 128)  # C=3 heads, B=8
+        >>> phi = TemperatureNet(128)
+        >>> taus = phi.pair_temperatures(torch.cat([z1, z2], dim=1))  # [3, 16, 16]
+        >>> loss = amcl_nt_xent_loss(z1, z2, taus, beta=1e-4)
+    """
+    return amcl_nt_xent_terms(
+        z1, z2, temperatures, beta, topk, negative_temperatures, include_positive, omega_dim
+    ).loss()

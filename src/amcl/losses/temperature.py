@@ -1,0 +1,59 @@
+"""Temperature maths shared by every AMCL loss: the pair temperatures and the regulariser Omega.
+
+All of it runs in float32, also under autocast: tau_min is 1e-5, so 1/tau reaches 1e5.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["at_least_float32", "omega", "pair_temperatures", "paired_temperatures", "temperature_from_scores"]
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """Half and bfloat16 tensors as float32; float32 and float64 unchanged (gradcheck runs in float64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def temperature_from_scores(scores: Tensor, tau_min: float, tau_max: float) -> Tensor:
+    """Map scores s = <phi(a), phi(b)> to tau = tau_min + (tau_max - tau_min) * sigmoid(-s).
+
+    The bounded form of the paper's sigma(r) (Sec. 3): a large score (phi says "alike")
+    gives a low temperature.
+    """
+    return tau_min + (tau_max - tau_min) * torch.sigmoid(-at_least_float32(scores))
+
+
+def pair_temperatures(phi_a: Tensor, phi_b: Tensor, tau_min: float, tau_max: float) -> Tensor:
+    """Temperatures of all pairs (a_i, b_j) from one matrix product.
+
+    Args:
+        phi_a: ``[..., N, h]`` temperature embeddings phi(a) (see :class:`amcl.nn.TemperatureNet`).
+        phi_b: ``[..., M, h]`` temperature embeddings phi(b).
+
+    Returns:
+        ``[..., N, M]`` with entry (i, j) = tau(a_i, b_j).
+
+    Example:
+        >>> p = torch.zeros(4, 8)
+        >>> pair_temperatures(p, p, 0.0, 2.0)[0, 0].item()  # sigmoid(0) = 0.5
+        1.0
+    """
+    with torch.autocast(phi_a.device.type, enabled=False):
+        return temperature_from_scores(at_least_float32(phi_a) @ at_least_float32(phi_b).transpose(-1, -2), tau_min, tau_max)
+
+
+def paired_temperatures(phi_a: Tensor, phi_b: Tensor, tau_min: float, tau_max: float) -> Tensor:
+    """Temperatures of the row-wise pairs (a_i, b_i): ``[..., N, h] x [..., N, h] -> [..., N]``."""
+    with torch.autocast(phi_a.device.type, enabled=False):
+        return temperature_from_scores((at_least_float32(phi_a) * at_least_float32(phi_b)).sum(-1), tau_min, tau_max)
+
+
+def omega(tau: Tensor, dim: int) -> Tensor:
+    """The temperature regulariser Omega(tau) = (d'/2) * log(tau) + 1/tau (Eq. 2.1-2.4).
+
+    ``dim`` is d', the dimension of the projected features. Omega is minimal at tau = 2/d'.
+    """
+    tau = at_least_float32(tau)
+    return 0.5 * dim * torch.log(tau) + torch.reciprocal(tau)

@@ -1,0 +1,265 @@
+"""Losses against independent, written-out formulas (loops over anchors and pairs, on purpose)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from amcl.losses import (
+    amcl_nt_xent_loss,
+    amcl_nt_xent_terms,
+    hardest_negatives,
+    nt_xent_loss,
+    omega,
+    pair_temperatures,
+)
+from amcl.nn import TemperatureNet
+
+
+def cos(a, b):
+    return float(torch.dot(a, b) / (a.norm() * b.norm()))
+
+
+def reference_temperature(phi_a, phi_b, tau_min, tau_max):
+    score = float(torch.dot(phi_a, phi_b))
+    return tau_min + (tau_max - tau_min) / (1.0 + math.exp(score))
+
+
+def reference_omega(tau, dim):
+    return dim / 2 * math.log(tau) + 1 / tau
+
+
+def reference_nt_xent(z1, z2, tau, decoupled=False):
+    """SimCLR's loss, one head [B, d], written as in the paper with explicit sums."""
+    views = list(z1) + list(z2)
+    n, b = len(views), len(z1)
+    total = 0.0
+    for i in range(n):
+        pos = (i + b) % n
+        denominator = sum(
+            math.exp(cos(views[i], views[j]) / tau) for j in range(n) if j != i and (j != pos or not decoupled)
+        )
+        total += -math.log(math.exp(cos(views[i], views[pos]) / tau) / denominator)
+    return total / n
+
+
+def reference_amcl(z1, z2, tau_of, beta, k, dim, include_positive=False, neg_tau_of=None):
+    """Eq. 2.1 (2.4): loop over heads, anchors and sorted candidates; tau_of(c, i, j) gives temperatures."""
+    neg_tau_of = neg_tau_of or tau_of
+    heads, b = z1.shape[0], z1.shape[1]
+    loss = 0.0
+    for c in range(heads):
+        views = list(z1[c]) + list(z2[c])
+        n = 2 * b
+        head_total = 0.0
+        for i in range(n):
+            pos = (i + b) % n
+            candidates = [j for j in range(n) if j != i and (include_positive or j != pos)]
+            candidates.sort(key=lambda j: -cos(views[i], views[j]))
+            hardest = candidates[:k]
+            t_pos = tau_of(c, i, pos)
+            term = -cos(views[i], views[pos]) / t_pos + beta * reference_omega(t_pos, dim)
+            for j in hardest:
+                t_neg = neg_tau_of(c, i, j)
+                term += (cos(views[i], views[j]) / t_neg - beta * reference_omega(t_neg, dim)) / k
+            head_total += term
+        loss += head_total / n
+    return loss
+
+
+@pytest.mark.parametrize("batch,dim,tau", [(2, 3, 0.5), (5, 8, 0.1), (7, 16, 1.0)])
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_nt_xent_matches_written_formula(batch, dim, tau, decoupled):
+    torch.manual_seed(batch * dim)
+    z1, z2 = torch.randn(batch, dim, dtype=torch.float64), torch.randn(batch, dim, dtype=torch.float64)
+    got = nt_xent_loss(z1, z2, temperature=tau, decoupled=decoupled)
+    assert got.item() == pytest.approx(reference_nt_xent(z1, z2, tau, decoupled), rel=1e-9)
+
+
+def test_nt_xent_sums_heads():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(3, 6, 8), torch.randn(3, 6, 8)
+    per_head = sum(nt_xent_loss(z1[c], z2[c]) for c in range(3))
+    assert nt_xent_loss(z1, z2).item() == pytest.approx(per_head.item(), rel=1e-6)
+
+
+def test_nt_xent_hand_checked_case():
+    # B = 2, orthogonal positive pairs sit at cos 1; the negatives are orthogonal (cos 0).
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z2 = z1.clone()
+    tau = 0.5
+    expected = -math.log(math.exp(2) / (math.exp(2) + 2 * math.exp(0)))
+    assert nt_xent_loss(z1, z2, tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("heads,batch,dim,k", [(1, 3, 4, 1), (3, 4, 8, 1), (2, 5, 6, 3), (3, 6, 16, 10)])
+@pytest.mark.parametrize("include_positive", [False, True])
+def test_amcl_matches_written_formula_with_adaptive_temperatures(heads, batch, dim, k, include_positive):
+    torch.manual_seed(heads * 100 + batch * 10 + dim + k)
+    z1 = torch.randn(heads, batch, dim, dtype=torch.float64)
+    z2 = torch.randn(heads, batch, dim, dtype=torch.float64)
+    tau_min, tau_max, beta = 0.05, 2.0, 0.01
+    phi = TemperatureNet(dim, hidden=7, tau_min=tau_min, tau_max=tau_max).double()
+    views = torch.cat([z1, z2], dim=1)
+    temps = phi.pair_temperatures(views)
+    with torch.no_grad():
+        embeddings = phi(views)
+
+    def tau_of(c, i, j):
+        return reference_temperature(embeddings[c, i], embeddings[c, j], tau_min, tau_max)
+
+    got = amcl_nt_xent_loss(z1, z2, temps, beta=beta, topk=k, include_positive=include_positive)
+    expected = reference_amcl(z1, z2, tau_of, beta, k, dim, include_positive)
+    assert got.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_amcl_split_positive_and_negative_temperatures():
+    torch.manual_seed(1)
+    z1, z2 = torch.randn(2, 4, 5, dtype=torch.float64), torch.randn(2, 4, 5, dtype=torch.float64)
+    pos_t = torch.rand(2, 8, 8, dtype=torch.float64) + 0.1
+    neg_t = torch.rand(2, 8, 8, dtype=torch.float64) + 0.1
+    got = amcl_nt_xent_loss(z1, z2, pos_t, beta=0.1, topk=2, negative_temperatures=neg_t)
+    expected = reference_amcl(
+        z1, z2, lambda c, i, j: float(pos_t[c, i, j]), 0.1, 2, 5, neg_tau_of=lambda c, i, j: float(neg_t[c, i, j])
+    )
+    assert got.item() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("batch,dim", [(3, 4), (8, 32)])
+def test_identity_one_head_constant_temperature_no_regulariser(batch, dim):
+    """C = 1, constant tau, beta = 0, k = 1: the baseline's positive/hardest-negative form."""
+    torch.manual_seed(batch)
+    z1, z2 = torch.randn(batch, dim), torch.randn(batch, dim)
+    tau = 0.3
+    a, b = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    views = torch.cat([a, b])
+    n = 2 * batch
+    total = 0.0
+    for i in range(n):
+        pos = (i + batch) % n
+        hardest = max(float(views[i] @ views[j]) for j in range(n) if j not in (i, pos))
+        total += -(float(views[i] @ views[pos]) - hardest) / tau
+    got = amcl_nt_xent_loss(z1, z2, tau, beta=0.0, topk=1)
+    assert got.item() == pytest.approx(total / n, rel=1e-5)
+
+
+def test_constant_temperature_tensor_and_float_agree():
+    torch.manual_seed(2)
+    z1, z2 = torch.randn(3, 5, 8), torch.randn(3, 5, 8)
+    as_float = amcl_nt_xent_loss(z1, z2, 0.2, beta=1e-3, topk=2)
+    as_tensor = amcl_nt_xent_loss(z1, z2, torch.full((3, 10, 10), 0.2), beta=1e-3, topk=2)
+    assert as_float.item() == pytest.approx(as_tensor.item(), rel=1e-6)
+
+
+def test_omega_formula_and_minimum():
+    tau = torch.tensor([1e-3, 0.1, 1.0, 2.0], dtype=torch.float64)
+    expected = [reference_omega(float(t), 128) for t in tau]
+    assert omega(tau, 128).tolist() == pytest.approx(expected, rel=1e-12)
+    grid = torch.linspace(1e-3, 1.0, 100001, dtype=torch.float64)
+    assert grid[omega(grid, 128).argmin()].item() == pytest.approx(2 / 128, abs=1e-4)
+
+
+def test_pair_temperatures_one_matrix_product_matches_pairs():
+    torch.manual_seed(3)
+    pa, pb = torch.randn(5, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+    got = pair_temperatures(pa, pb, 1e-5, 2.0)
+    for i in range(5):
+        for j in range(4):
+            assert got[i, j].item() == pytest.approx(reference_temperature(pa[i], pb[j], 1e-5, 2.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("tau_min,tau_max", [(1e-5, 2.0), (0.1, 0.5)])
+def test_temperatures_stay_within_bounds(tau_min, tau_max):
+    torch.manual_seed(4)
+    phi = TemperatureNet(16, hidden=32, tau_min=tau_min, tau_max=tau_max)
+    with torch.no_grad():
+        for p in phi.parameters():
+            p.mul_(50)  # push scores far into both tails of the sigmoid
+        temps = phi.pair_temperatures(torch.randn(2, 64, 16))
+    low, high = torch.tensor([tau_min, tau_max]).tolist()  # the bounds as float32 holds them
+    assert temps.min().item() >= low and temps.max().item() <= high
+    assert temps.max() - temps.min() > 0.5 * (tau_max - tau_min)
+
+
+def test_temperature_net_is_symmetric_and_scale_invariant():
+    torch.manual_seed(5)
+    phi = TemperatureNet(8, hidden=16)
+    z = torch.randn(10, 8)
+    t = phi.pair_temperatures(z)
+    assert torch.allclose(t, t.T)
+    assert torch.allclose(phi.pair_temperatures(3 * z), t, atol=1e-6)
+    assert torch.allclose(phi.paired_temperatures(z, z.flip(0)), t.diagonal(offset=0).new_tensor(
+        [t[i, 9 - i].item() for i in range(10)]), atol=1e-6)
+
+
+def test_hardest_negatives_excludes_self_and_positive():
+    sim = torch.tensor([[[1.0, 0.9, 0.8, 0.1], [0.9, 1.0, 0.2, 0.95], [0.8, 0.2, 1.0, 0.3], [0.1, 0.95, 0.3, 1.0]]])
+    # B = 2: view 0's positive is view 2, view 1's is view 3.
+    values, index = hardest_negatives(sim, 1)
+    assert index[0, :, 0].tolist() == [1, 0, 3, 2]
+    values, index = hardest_negatives(sim, 1, include_positive=True)
+    assert index[0, :, 0].tolist() == [1, 3, 0, 1]
+
+
+def test_topk_larger_than_negatives_is_rejected():
+    z = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="number of negatives \\(6\\)"):
+        amcl_nt_xent_loss(z, z, 0.5, topk=7)
+
+
+def test_terms_add_up_and_report_temperatures():
+    torch.manual_seed(6)
+    z1, z2 = torch.randn(3, 4, 8), torch.randn(3, 4, 8)
+    temps = torch.rand(3, 8, 8) + 0.5
+    terms = amcl_nt_xent_terms(z1, z2, temps, beta=0.01, topk=2)
+    assert terms.positive.shape == (3,) and terms.negative_temperatures.shape == (3, 8, 2)
+    assert terms.loss().item() == pytest.approx(amcl_nt_xent_loss(z1, z2, temps, beta=0.01, topk=2).item())
+    assert (terms.positive_temperatures >= 0.5).all() and (terms.positive_temperatures <= 1.5).all()
+
+
+def test_gradcheck_amcl_loss_in_float64():
+    torch.manual_seed(7)
+    z1 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    phi = TemperatureNet(4, hidden=5, tau_min=0.05, tau_max=2.0).double()
+
+    def loss(a, b):
+        return amcl_nt_xent_loss(a, b, phi.pair_temperatures(torch.cat([a, b], dim=1)), beta=0.05, topk=2)
+
+    assert torch.autograd.gradcheck(loss, (z1, z2))
+
+
+def test_gradcheck_temperature_network_parameters():
+    torch.manual_seed(8)
+    z1, z2 = torch.randn(1, 3, 4, dtype=torch.float64), torch.randn(1, 3, 4, dtype=torch.float64)
+    w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+
+    def loss(weight):
+        def phi(z):
+            return torch.relu(F.normalize(z, dim=-1) @ weight.T) @ weight
+
+        views = torch.cat([z1, z2], dim=1)
+        temps = pair_temperatures(phi(views), phi(views), 0.05, 2.0)
+        return amcl_nt_xent_loss(z1, z2, temps, beta=0.1)
+
+    assert torch.autograd.gradcheck(loss, (w,))
+
+
+def test_gradcheck_nt_xent():
+    z1 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: nt_xent_loss(a, b, 0.5), (z1, z2))
+
+
+def test_losses_stay_float32_under_bfloat16_autocast():
+    torch.manual_seed(9)
+    z1, z2 = torch.randn(2, 8, 16), torch.randn(2, 8, 16)
+    phi = TemperatureNet(16)
+    expected = amcl_nt_xent_loss(z1, z2, phi.pair_temperatures(torch.cat([z1, z2], 1)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        temps = phi.pair_temperatures(torch.cat([z1, z2], 1))
+        got = amcl_nt_xent_loss(z1, z2, temps)
+        plain = nt_xent_loss(z1, z2)
+    assert temps.dtype == torch.float32 and got.dtype == torch.float32 and plain.dtype == torch.float32
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)

@@ -24,10 +24,12 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from amcl.errors import AmclError
+
 __all__ = ["DatasetError", "ImageSplits", "read_cifar10", "read_cifar100", "read_stl10"]
 
 
-class DatasetError(ValueError):
+class DatasetError(AmclError):
     """A user-facing data error; its message is one line naming the problem and the fix."""
 
 

@@ -1,0 +1,1 @@
+"""Datasets (readers, digits, synthetic), augmentation policies and the data module."""

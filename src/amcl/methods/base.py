@@ -1,0 +1,84 @@
+"""The shared base of every method: backbone, optimiser and schedule, and the kNN monitor.
+
+A method subclass builds its heads in ``__init__`` and implements ``loss(view1, view2)``
+returning the scalar loss and a dict of extra values to log per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from amcl.config import PretrainConfig
+from amcl.eval.knn import knn_predict
+from amcl.nn.backbones import build_backbone
+
+
+class PretrainMethod(L.LightningModule):
+    """Self-supervised pre-training with SGD + cosine schedule and an online weighted-kNN monitor."""
+
+    def __init__(self, config: PretrainConfig, num_classes: int) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": _plain(config), "num_classes": num_classes})
+        self.config = config
+        self.num_classes = num_classes
+        self.backbone = build_backbone(config.backbone)
+        self._bank: tuple[Tensor, Tensor] | None = None
+        self._knn_correct = self._knn_total = None
+
+    def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, extras = self.loss(*batch)
+        batch_size = batch[0].shape[0]
+        self.log("loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        for name, value in extras.items():
+            self.log(name, value, on_step=False, on_epoch=True, batch_size=batch_size)
+        return loss
+
+    # kNN monitor: bank = un-augmented training images, queries = the test split.
+    def on_validation_epoch_start(self) -> None:
+        features, labels = [], []
+        for images, batch_labels in self.trainer.datamodule.plain_batches("train", self.device):
+            features.append(self.backbone(images))
+            labels.append(batch_labels)
+        self._bank = (torch.cat(features), torch.cat(labels))
+        self._knn_correct = torch.zeros((), device=self.device)
+        self._knn_total = torch.zeros((), device=self.device)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        scores = knn_predict(self.backbone(images), *self._bank, self.num_classes, self.config.knn_k,
+                             self.config.knn_t)
+        self._knn_correct += (scores.argmax(1) == labels).sum()
+        self._knn_total += labels.numel()
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("knn_acc", self._knn_correct / self._knn_total.clamp_min(1), prog_bar=True)
+        self._bank = None
+
+    def configure_optimizers(self):
+        cfg = self.config
+        optimizer = torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        """L2-normalised backbone features, the representation that is evaluated and exported."""
+        return F.normalize(self.backbone(images), dim=1)
+
+
+def _plain(config: PretrainConfig) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(config)

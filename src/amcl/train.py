@@ -1,0 +1,132 @@
+"""``pretrain(config)``: one or several pre-training runs with their outputs on disk.
+
+Writes into ``config.out``: ``config.yaml``, ``metrics.json`` (per-epoch loss, kNN accuracy and
+``best_knn_acc``) and ``last.ckpt``; with ``runs > 1`` one ``run-<seed>/`` folder per seed and a
+``summary.json`` with the mean and std of each final metric.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from amcl.config import PretrainConfig
+from amcl.data.datasets import load_dataset
+from amcl.data.module import ContrastiveDataModule
+from amcl.errors import AmclError
+from amcl.methods import METHOD_CLASSES
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a reader never sees a half-written file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class MetricsRecorder(Callback):
+    """Collects the epoch-level logged values into ``metrics.json`` after every epoch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.epochs: list[dict[str, float]] = []
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        record: dict[str, float] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        record.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        record["time_s"] = round(time.perf_counter() - self.started, 3)
+        self.epochs.append(record)
+        write_json(self.path, self.summary())
+
+    def summary(self) -> dict[str, Any]:
+        knn = [e["knn_acc"] for e in self.epochs if "knn_acc" in e]
+        return {
+            "epochs": self.epochs,
+            "final_loss": self.epochs[-1].get("loss") if self.epochs else None,
+            "final_knn_acc": knn[-1] if knn else None,
+            "best_knn_acc": max(knn) if knn else None,
+            "time_s": self.epochs[-1]["time_s"] if self.epochs else 0.0,
+        }
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*The number of training batches.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
+    """One run of a resolved config; returns the metrics summary."""
+    splits = load_dataset(config.dataset, config.data_root, config.seed)
+    n_train = len(splits.train_labels)
+    if config.batch_size > n_train:
+        raise AmclError(
+            f"--batch-size {config.batch_size} is larger than the {n_train} training images of "
+            f"{config.dataset}; use --batch-size <= {n_train}"
+        )
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config.to_yaml())
+    _quiet_lightning()
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    data = ContrastiveDataModule(splits, config.batch_size, config.augs, config.image_size, config.color_strength)
+    model = METHOD_CLASSES[config.method](config, splits.num_classes)
+    recorder = MetricsRecorder(out / "metrics.json")
+    trainer = L.Trainer(
+        accelerator=config.accelerator,
+        devices=1,
+        precision=config.precision,
+        max_epochs=config.epochs,
+        max_steps=config.max_steps,
+        check_val_every_n_epoch=config.knn_every,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        callbacks=[recorder, ModelCheckpoint(dirpath=out, filename="last", save_top_k=0, save_last=True)],
+        default_root_dir=out,
+    )
+    trainer.fit(model, datamodule=data)
+    if recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
+        # the run stopped (max_steps, knn_every) without monitoring its final state: do it now
+        recorder.epochs[-1]["knn_acc"] = trainer.validate(model, datamodule=data, verbose=False)[0]["knn_acc"]
+    summary = recorder.summary()
+    write_json(out / "metrics.json", summary)
+    return summary
+
+
+def pretrain(config: PretrainConfig) -> dict[str, Any]:
+    """Run ``config.runs`` seeds (seed, seed + 1, ...); with several, also write ``summary.json``."""
+    config = config.resolved()
+    if config.runs == 1:
+        return pretrain_once(config)
+    out = Path(config.out)
+    results = []
+    for r in range(config.runs):
+        seed = config.seed + r
+        results.append(pretrain_once(replace(config, seed=seed, runs=1, out=str(out / f"run-{seed}"))))
+    summary: dict[str, Any] = {"runs": config.runs, "seeds": [config.seed + r for r in range(config.runs)]}
+    for key in ("final_loss", "final_knn_acc", "best_knn_acc", "time_s"):
+        values = [r[key] for r in results if r[key] is not None]
+        if values:
+            summary[key] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "values": values,
+            }
+    write_json(out / "summary.json", summary)
+    (out / "config.yaml").write_text(config.to_yaml())
+    return summary

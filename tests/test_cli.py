@@ -1,0 +1,82 @@
+"""The `amcl` command: help, config files, and one-line errors (exit 2) for user mistakes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from amcl.cli import main
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--method", "byol"], ["unknown method 'byol'", "simclr"]),
+        (["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "digits", "cifar10"]),
+        (["--augs", "abx"], ["'x'", "valid codes", "a=random resized crop"]),
+        (["--augs", "aa"], ["repeated", "'a'"]),
+        (["--heads", "0"], ["--heads must be at least 1"]),
+        (["--tau-min", "0.5", "--tau-max", "0.1"], ["0 < --tau-min < --tau-max"]),
+        (["--tau-min", "0"], ["0 < --tau-min < --tau-max"]),
+        (["--amcl", "--batch-size", "4", "--topk", "7"], ["--topk 7", "6 negatives", "--topk <= 6"]),
+        (["--batch-size", "5000"], ["--batch-size 5000", "1438 training images", "--batch-size <= 1438"]),
+        (["--dataset", "cifar10"], ["needs --data-root"]),
+        (["--dataset", "stl10", "--data-root", "/no/such/dir"], ["does not exist", "stl10_binary"]),
+        (["--backbone", "vgg11"], ["unknown backbone 'vgg11'", "resnet18"]),
+        (["--heads", "three"], ["expected int", "'three'"]),
+        (["--temperature", "-1"], ["--temperature must be a positive number"]),
+        (["--no-such-option"], ["unrecognized arguments"]),
+    ],
+)
+def test_user_mistakes_give_one_line_and_exit_2(args, fragments, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(main(["pretrain", "--out", str(tmp_path / "run"), "--epochs", "1", *args]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("amcl")
+    for fragment in fragments:
+        assert fragment in err
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_config_file_sets_options_and_command_line_wins(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset: digits\nbackbone: small_cnn\nimage-size: 12\nbatch_size: 64\nepochs: 3\n"
+                      "max-steps: 2\nknn-k: 10\nprogress: false\n")
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", str(config), "--epochs", "1", "--amcl", "--out", str(out)]) == 0
+    saved = (out / "config.yaml").read_text()
+    assert "epochs: 1\n" in saved and "batch_size: 64\n" in saved and "amcl: true\n" in saved
+    assert "heads: 3\n" in saved and "image_size: 12\n" in saved
+    assert "best kNN accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "content,fragment",
+    [("heads: [1, 2]\n", "expected int"), ("colour: red\n", "unknown option 'colour'"), ("a: [\n", "not valid YAML"),
+     ("- 1\n", "mapping")],
+)
+def test_bad_config_files(tmp_path, capsys, content, fragment):
+    config = tmp_path / "bad.yaml"
+    config.write_text(content)
+    assert main(["pretrain", "--config", str(config)]) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["pretrain", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_console_script_help_and_error_without_traceback():
+    out = subprocess.run([sys.executable, "-m", "amcl.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "pretrain" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "amcl.cli", "pretrain", "--help"], capture_output=True, text=True)
+    for option in ("--amcl", "--heads", "--beta", "--tau-min", "--tau-max", "--topk", "--temperature", "--config",
+                   "--dataset", "--data-root", "--augs", "--epochs", "--batch-size", "--backbone", "--runs",
+                   "--seed", "--out", "--max-steps"):
+        assert option in out.stdout
+    out = subprocess.run([sys.executable, "-m", "amcl.cli", "pretrain", "--heads", "0"], capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "--heads must be at least 1" in out.stderr

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from amcl.config import PretrainConfig
 from amcl.data.datasets import load_dataset
@@ -60,6 +61,13 @@ class MetricsRecorder(Callback):
         }
 
 
+class TrainingProgressBar(TQDMProgressBar):
+    """Lightning's bar for the training epochs only: the kNN pass is short and would add a bar per epoch."""
+
+    def init_validation_tqdm(self):
+        return Tqdm(disable=True)
+
+
 def _quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -96,7 +104,8 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
         logger=False,
         enable_progress_bar=config.progress,
         enable_model_summary=False,
-        callbacks=[recorder, ModelCheckpoint(dirpath=out, filename="last", save_top_k=0, save_last=True)],
+        callbacks=[recorder, ModelCheckpoint(dirpath=out, filename="last", save_top_k=0, save_last=True)]
+        + ([TrainingProgressBar()] if config.progress else []),
         default_root_dir=out,
     )
     trainer.fit(model, datamodule=data)

@@ -26,6 +26,9 @@ from amcl.cli import main
         (["--heads", "three"], ["expected int", "'three'"]),
         (["--temperature", "-1"], ["--temperature must be a positive number"]),
         (["--no-such-option"], ["unrecognized arguments"]),
+        (["--accelerator", "gpu"], ["cannot set up training", "--accelerator gpu"]),
+        (["--precision", "7"], ["cannot set up training", "Allowed precision values"]),
+        (["--beta", "-1"], ["--beta must be a number >= 0"]),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(args, fragments, capsys, tmp_path):
@@ -37,7 +40,7 @@ def test_user_mistakes_give_one_line_and_exit_2(args, fragments, capsys, tmp_pat
     assert err.startswith("amcl")
     for fragment in fragments:
         assert fragment in err
-    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
 
 
 def test_config_file_sets_options_and_command_line_wins(tmp_path, capsys):

@@ -79,3 +79,11 @@ def test_constant_temperature_ablation_has_no_temperature_net(tmp_path):
     state = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     assert not any(k.startswith("temperature_net") for k in state)
     assert summary["epochs"][-1]["tau_pos_mean"] == pytest.approx(0.5)
+
+
+def test_amcl_trains_under_bfloat16_mixed_precision(tmp_path):
+    summary = pretrain(PretrainConfig(epochs=1, max_steps=3, amcl=True, precision="bf16-mixed", out=str(tmp_path),
+                                      **TINY))
+    record = summary["epochs"][-1]
+    assert record["step"] == 3 and 0.0 <= record["knn_acc"] <= 1.0
+    assert all(map(lambda v: v == v, record.values()))  # no NaN anywhere

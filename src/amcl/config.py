@@ -122,12 +122,14 @@ class PretrainConfig:
             raise AmclError(
                 f"need 0 < --tau-min < --tau-max, got tau_min={self.tau_min}, tau_max={self.tau_max}"
             )
-        for name in ("temperature", "lr", "knn_t", "color_strength"):
+        for name in ("temperature", "lr", "knn_t"):
             value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0 if name != "color_strength" else value >= 0):
+            if value is not None and not (math.isfinite(value) and value > 0):
                 raise AmclError(f"--{_flag(name)} must be a positive number, got {value}")
-        if self.beta is not None and self.beta < 0:
-            raise AmclError(f"--beta must be >= 0, got {self.beta}")
+        for name in ("beta", "color_strength", "momentum", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise AmclError(f"--{_flag(name)} must be a number >= 0, got {value}")
         negatives = 2 * self.batch_size - 2
         if self.amcl and self.topk > negatives:
             raise AmclError(

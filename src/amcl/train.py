@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from amcl.config import PretrainConfig
 from amcl.data.datasets import load_dataset
@@ -76,6 +77,17 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
 
 
+def _trainer(**options: Any) -> L.Trainer:
+    """A Lightning Trainer; impossible accelerator or precision settings become a one-line error."""
+    try:
+        return L.Trainer(**options)
+    except (MisconfigurationException, ValueError) as exc:
+        raise AmclError(
+            f"cannot set up training with --accelerator {options['accelerator']} --precision "
+            f"{options['precision']}: {str(exc).splitlines()[0]}"
+        ) from None
+
+
 def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
     """One run of a resolved config; returns the metrics summary."""
     splits = load_dataset(config.dataset, config.data_root, config.seed)
@@ -86,14 +98,12 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
             f"{config.dataset}; use --batch-size <= {n_train}"
         )
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(config.to_yaml())
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = ContrastiveDataModule(splits, config.batch_size, config.augs, config.image_size, config.color_strength)
     model = METHOD_CLASSES[config.method](config, splits.num_classes)
     recorder = MetricsRecorder(out / "metrics.json")
-    trainer = L.Trainer(
+    trainer = _trainer(
         accelerator=config.accelerator,
         devices=1,
         precision=config.precision,
@@ -108,6 +118,8 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
         + ([TrainingProgressBar()] if config.progress else []),
         default_root_dir=out,
     )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config.to_yaml())
     trainer.fit(model, datamodule=data)
     if recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
         # the run stopped (max_steps, knn_every) without monitoring its final state: do it now

@@ -24,15 +24,15 @@ def knn_predict(
     Each of the k most cosine-similar bank entries votes for its label with weight exp(sim / t).
     Queries are processed in chunks, so only ``chunk_size x len(bank)`` similarities exist at once.
     """
-    bank = F.normalize(bank.float(), dim=1)
-    k = min(k, bank.shape[0])
-    scores = []
-    for chunk in F.normalize(features.float(), dim=1).split(chunk_size):
-        sim, index = (chunk @ bank.T).topk(k, dim=1)
-        weights = (sim / t).exp()
-        votes = torch.zeros(chunk.shape[0], num_classes, device=chunk.device)
-        scores.append(votes.scatter_add_(1, bank_labels[index], weights))
-    return torch.cat(scores)
+    with torch.autocast(features.device.type, enabled=False):  # votes in float32 under mixed precision
+        bank = F.normalize(bank.float(), dim=1)
+        k = min(k, bank.shape[0])
+        scores = []
+        for chunk in F.normalize(features.float(), dim=1).split(chunk_size):
+            sim, index = (chunk @ bank.T).topk(k, dim=1)
+            votes = torch.zeros(chunk.shape[0], num_classes, device=chunk.device)
+            scores.append(votes.scatter_add_(1, bank_labels[index], (sim / t).exp()))
+        return torch.cat(scores)
 
 
 def knn_accuracy(

@@ -6,11 +6,11 @@ returning the scalar loss and a dict of extra values to log per epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from amcl.config import PretrainConfig
@@ -23,7 +23,7 @@ class PretrainMethod(L.LightningModule):
 
     def __init__(self, config: PretrainConfig, num_classes: int) -> None:
         super().__init__()
-        self.save_hyperparameters({"config": _plain(config), "num_classes": num_classes})
+        self.save_hyperparameters({"config": dataclasses.asdict(config), "num_classes": num_classes})
         self.config = config
         self.num_classes = num_classes
         self.backbone = build_backbone(config.backbone)
@@ -72,13 +72,3 @@ class PretrainMethod(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    @torch.no_grad()
-    def embed(self, images: Tensor) -> Tensor:
-        """L2-normalised backbone features, the representation that is evaluated and exported."""
-        return F.normalize(self.backbone(images), dim=1)
-
-
-def _plain(config: PretrainConfig) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(config)

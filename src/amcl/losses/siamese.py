@@ -1,0 +1,121 @@
+"""Non-contrastive losses: SimSiam's negative cosine (Eq. 1.2 / 2.2) and Barlow Twins' cross-correlation
+(Eq. 1.3 / 2.3), baseline and AMCL forms. Per-head inputs ``[C, B, d]`` (``[B, d]`` is one head);
+losses are summed over heads. Float32 even under autocast.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from amcl.losses.temperature import at_least_float32, omega
+
+__all__ = [
+    "amcl_barlow_twins_loss",
+    "amcl_simsiam_loss",
+    "barlow_twins_loss",
+    "cross_correlation",
+    "simsiam_loss",
+]
+
+Temperatures = Union[float, Tensor]
+
+
+def _heads(*tensors: Tensor) -> list[Tensor]:
+    shape = tensors[0].shape
+    if any(t.shape != shape for t in tensors):
+        raise ValueError(f"all inputs must have one shape, got {[tuple(t.shape) for t in tensors]}")
+    if len(shape) not in (2, 3):
+        raise ValueError(f"features must be [B, d] or [C, B, d], got {tuple(shape)}")
+    return [at_least_float32(t if t.dim() == 3 else t.unsqueeze(0)) for t in tensors]
+
+
+def _tau(t: Temperatures, like: Tensor) -> Tensor:
+    if torch.is_tensor(t):
+        return at_least_float32(t).expand_as(like) if t.dim() < like.dim() else at_least_float32(t)
+    return torch.full_like(like, float(t))
+
+
+def simsiam_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
+    """SimSiam's symmetric negative cosine (Eq. 1.2): ``-(1/2) sim(p1, sg(z2)) - (1/2) sim(p2, sg(z1))``,
+    averaged over the batch, summed over heads. ``p`` are predictor outputs, ``z`` projections.
+    """
+    with torch.autocast(p1.device.type, enabled=False):
+        p1, p2, z1, z2 = _heads(p1, p2, z1, z2)
+        sim = F.cosine_similarity(p1, z2.detach(), dim=-1) + F.cosine_similarity(p2, z1.detach(), dim=-1)
+        return (-0.5 * sim).mean(-1).sum()
+
+
+def amcl_simsiam_loss(
+    p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor, tau1: Temperatures, tau2: Temperatures,
+    beta: float = 1e-4, omega_dim: int | None = None,
+) -> Tensor:
+    """AMCL SimSiam (Eq. 2.2), per head and image:
+
+        -(1/(2 tau1)) sim(p1, sg(z2)) - (1/(2 tau2)) sim(p2, sg(z1)) + beta*Omega(tau1) + beta*Omega(tau2)
+
+    with ``tau1 = tau(p1, sg(z2))`` and ``tau2 = tau(p2, sg(z1))`` given as ``[C, B]`` tensors (e.g.
+    :meth:`amcl.nn.TemperatureNet.paired_temperatures`) or constants. Mean over the batch, sum over heads.
+    """
+    with torch.autocast(p1.device.type, enabled=False):
+        p1, p2, z1, z2 = _heads(p1, p2, z1, z2)
+        omega_dim = p1.shape[-1] if omega_dim is None else omega_dim
+        s1 = F.cosine_similarity(p1, z2.detach(), dim=-1)
+        s2 = F.cosine_similarity(p2, z1.detach(), dim=-1)
+        t1, t2 = _tau(tau1, s1), _tau(tau2, s2)
+        per_image = -s1 / (2 * t1) - s2 / (2 * t2) + beta * (omega(t1, omega_dim) + omega(t2, omega_dim))
+        return per_image.mean(-1).sum()
+
+
+def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
+    """Barlow Twins' cross-correlation ``[C, d, d]`` of the batch-standardised views (as BatchNorm
+    without affine: biased variance plus ``eps``)."""
+    z1, z2 = _heads(z1, z2)
+    batch = z1.shape[1]
+    if batch < 2:
+        raise ValueError("Barlow Twins needs at least 2 images per batch")
+
+    def standardise(z: Tensor) -> Tensor:
+        return (z - z.mean(1, keepdim=True)) / torch.sqrt(z.var(1, unbiased=False, keepdim=True) + eps)
+
+    return standardise(z1).transpose(1, 2) @ standardise(z2) / batch
+
+
+def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3) -> Tensor:
+    """Barlow Twins (Eq. 1.3): ``sum_l (1 - C_ll)^2 + lambda * sum_{l != m} C_lm^2``, summed over heads."""
+    with torch.autocast(z1.device.type, enabled=False):
+        c = cross_correlation(z1, z2)
+        diagonal = torch.diagonal(c, dim1=1, dim2=2)
+        off_diagonal = c.pow(2).sum((1, 2)) - diagonal.pow(2).sum(-1)
+        return ((1 - diagonal).pow(2).sum(-1) + lambd * off_diagonal).sum()
+
+
+def amcl_barlow_twins_loss(
+    z1: Tensor, z2: Tensor, temperatures: Temperatures, lambd: float = 5e-3, beta: float = 1e-6,
+    omega_dim: int | None = None,
+) -> Tensor:
+    """AMCL Barlow Twins (Eq. 2.3), per head:
+
+        sum_l (1 - C_ll/tau_l)^2 + lambda * sum_{l != m} C_lm^2/tau_lm
+            + beta * sum_l Omega(tau_l) - beta * sum_{l != m} Omega(tau_lm)
+
+    ``temperatures`` is ``[C, d, d]`` (tau_l on the diagonal; from a temperature net over the
+    batch-wise channel vectors, so its input size is the batch size) or a constant.
+    """
+    with torch.autocast(z1.device.type, enabled=False):
+        c = cross_correlation(z1, z2)
+        omega_dim = c.shape[-1] if omega_dim is None else omega_dim
+        tau = _tau(temperatures, c)
+        eye = torch.eye(c.shape[-1], dtype=torch.bool, device=c.device)
+        diagonal, tau_diagonal = torch.diagonal(c, dim1=1, dim2=2), torch.diagonal(tau, dim1=1, dim2=2)
+        reg = omega(tau, omega_dim)
+        loss = (
+            (1 - diagonal / tau_diagonal).pow(2).sum(-1)
+            + lambd * (c.pow(2) / tau).masked_fill(eye, 0).sum((1, 2))
+            + beta * torch.diagonal(reg, dim1=1, dim2=2).sum(-1)
+            - beta * reg.masked_fill(eye, 0).sum((1, 2))
+        )
+        return loss.sum()

@@ -83,3 +83,17 @@ def test_console_script_help_and_error_without_traceback():
     out = subprocess.run([sys.executable, "-m", "amcl.cli", "pretrain", "--heads", "0"], capture_output=True,
                          text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "--heads must be at least 1" in out.stderr
+
+
+def test_every_preset_loads_and_resolves():
+    from pathlib import Path
+
+    from amcl.config import PretrainConfig, load_yaml
+
+    presets = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert len(presets) >= 3
+    for preset in presets:
+        config = PretrainConfig(**{**load_yaml(preset), "data_root": "DIR"}).resolved()  # root given on the CLI
+        assert config.heads >= 1 and config.lr > 0
+    amcl = PretrainConfig(**load_yaml(presets[0].parent / "simclr-amcl-cifar10.yaml"), data_root="DIR").resolved()
+    assert (amcl.amcl, amcl.heads, amcl.beta, amcl.tau_min, amcl.tau_max) == (True, 3, 1e-4, 1e-5, 2.0)

@@ -29,6 +29,7 @@ from amcl.cli import main
         (["--accelerator", "gpu"], ["cannot set up training", "--accelerator gpu"]),
         (["--precision", "7"], ["cannot set up training", "Allowed precision values"]),
         (["--beta", "-1"], ["--beta must be a number >= 0"]),
+        (["--out", "/proc/version/run", "--max-steps", "1"], ["cannot write outputs to --out"]),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(args, fragments, capsys, tmp_path):

@@ -118,8 +118,11 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
         + ([TrainingProgressBar()] if config.progress else []),
         default_root_dir=out,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(config.to_yaml())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config.to_yaml())
+    except OSError as exc:
+        raise AmclError(f"cannot write outputs to --out {config.out}: {exc.strerror}; choose a writable folder") from None
     trainer.fit(model, datamodule=data)
     if recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
         # the run stopped (max_steps, knn_every) without monitoring its final state: do it now

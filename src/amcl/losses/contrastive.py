@@ -8,13 +8,13 @@ autocast, and no ``[B, B, d]`` tensor is ever built.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from amcl.losses.temperature import at_least_float32, omega
+from amcl.losses.temperature import Temperatures, at_least_float32, omega
 
 __all__ = [
     "ContrastiveTerms",
@@ -24,8 +24,6 @@ __all__ = [
     "nt_xent_loss",
     "view_similarities",
 ]
-
-Temperatures = Union[float, Tensor]
 
 
 def _as_heads(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:

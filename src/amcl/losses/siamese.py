@@ -5,13 +5,11 @@ losses are summed over heads. Float32 even under autocast.
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from amcl.losses.temperature import at_least_float32, omega
+from amcl.losses.temperature import Temperatures, at_least_float32, omega
 
 __all__ = [
     "amcl_barlow_twins_loss",
@@ -20,8 +18,6 @@ __all__ = [
     "cross_correlation",
     "simsiam_loss",
 ]
-
-Temperatures = Union[float, Tensor]
 
 
 def _heads(*tensors: Tensor) -> list[Tensor]:

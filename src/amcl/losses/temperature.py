@@ -5,10 +5,15 @@ All of it runs in float32, also under autocast: tau_min is 1e-5, so 1/tau reache
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 from torch import Tensor
 
-__all__ = ["at_least_float32", "omega", "pair_temperatures", "paired_temperatures", "temperature_from_scores"]
+#: A temperature source: a constant, or a tensor of per-pair temperatures.
+Temperatures = Union[float, Tensor]
+
+__all__ = ["Temperatures", "at_least_float32", "omega", "pair_temperatures", "paired_temperatures", "temperature_from_scores"]
 
 
 def at_least_float32(x: Tensor) -> Tensor:

@@ -5,9 +5,12 @@
 
 from amcl.losses.contrastive import (
     ContrastiveTerms,
+    amcl_moco_loss,
+    amcl_moco_terms,
     amcl_nt_xent_loss,
     amcl_nt_xent_terms,
     hardest_negatives,
+    moco_infonce_loss,
     nt_xent_loss,
     view_similarities,
 )
@@ -15,25 +18,37 @@ from amcl.losses.siamese import (
     amcl_barlow_twins_loss,
     amcl_simsiam_loss,
     barlow_twins_loss,
+    batch_standardise,
     cross_correlation,
     simsiam_loss,
 )
-from amcl.losses.temperature import omega, pair_temperatures, paired_temperatures, temperature_from_scores
+from amcl.losses.temperature import (
+    Temperatures,
+    omega,
+    pair_temperatures,
+    paired_temperatures,
+    temperature_from_scores,
+)
 
 __all__ = [
     "ContrastiveTerms",
+    "Temperatures",
     "amcl_barlow_twins_loss",
-    "amcl_simsiam_loss",
-    "barlow_twins_loss",
-    "cross_correlation",
-    "simsiam_loss",
+    "amcl_moco_loss",
+    "amcl_moco_terms",
     "amcl_nt_xent_loss",
     "amcl_nt_xent_terms",
+    "amcl_simsiam_loss",
+    "barlow_twins_loss",
+    "batch_standardise",
+    "cross_correlation",
     "hardest_negatives",
+    "moco_infonce_loss",
     "nt_xent_loss",
     "omega",
     "pair_temperatures",
     "paired_temperatures",
+    "simsiam_loss",
     "temperature_from_scores",
     "view_similarities",
 ]

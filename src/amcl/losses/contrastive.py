@@ -1,4 +1,5 @@
-"""Contrastive losses over two views: NT-Xent (Eq. 1.1) and its AMCL form (Eq. 2.1 / 2.4).
+"""Contrastive losses: SimCLR's NT-Xent (Eq. 1.1), MoCo's InfoNCE with a queue, and their AMCL
+forms (Eq. 2.1 / 2.4).
 
 Features come per head as ``[C, B, d]`` (a plain ``[B, d]`` is one head). The 2B views of a
 batch are stacked as ``[z1; z2]``, so view i's positive is view (i + B) mod 2B. Everything is
@@ -18,9 +19,12 @@ from amcl.losses.temperature import Temperatures, at_least_float32, omega
 
 __all__ = [
     "ContrastiveTerms",
+    "amcl_moco_loss",
+    "amcl_moco_terms",
     "amcl_nt_xent_loss",
     "amcl_nt_xent_terms",
     "hardest_negatives",
+    "moco_infonce_loss",
     "nt_xent_loss",
     "view_similarities",
 ]
@@ -117,6 +121,22 @@ def _select(temperatures: Temperatures, index: Tensor, like: Tensor) -> Tensor:
     return full.gather(-1, index)
 
 
+def _terms(
+    pos_sim: Tensor, pos_tau: Tensor, neg_sim: Tensor, neg_tau: Tensor, beta: float, omega_dim: int
+) -> ContrastiveTerms:
+    """Eq. 2.1 from the gathered positive ``[C, N]`` and hardest-negative ``[C, N, k]`` pairs."""
+    regularizer = beta * (omega(pos_tau, omega_dim) - omega(neg_tau, omega_dim).mean(-1))
+    return ContrastiveTerms(
+        positive=(-pos_sim / pos_tau).mean(-1),
+        negative=(neg_sim / neg_tau).mean(-1).mean(-1),
+        regularizer=regularizer.mean(-1),
+        positive_temperatures=pos_tau,
+        negative_temperatures=neg_tau,
+        positive_similarities=pos_sim,
+        negative_similarities=neg_sim,
+    )
+
+
 def amcl_nt_xent_terms(
     z1: Tensor,
     z2: Tensor,
@@ -160,16 +180,7 @@ def amcl_nt_xent_terms(
         pos_tau = _select(temperatures, pos_index, pos_sim.unsqueeze(-1)).squeeze(-1)
         neg_sim, neg_index = hardest_negatives(sim, topk, include_positive)
         neg_tau = _select(neg_temps, neg_index, neg_sim)
-        regularizer = beta * (omega(pos_tau, omega_dim) - omega(neg_tau, omega_dim).mean(-1))
-        return ContrastiveTerms(
-            positive=(-pos_sim / pos_tau).mean(-1),
-            negative=(neg_sim / neg_tau).mean(-1).mean(-1),
-            regularizer=regularizer.mean(-1),
-            positive_temperatures=pos_tau,
-            negative_temperatures=neg_tau,
-            positive_similarities=pos_sim,
-            negative_similarities=neg_sim,
-        )
+        return _terms(pos_sim, pos_tau, neg_sim, neg_tau, beta, omega_dim)
 
 
 def amcl_nt_xent_loss(
@@ -195,4 +206,127 @@ def amcl_nt_xent_loss(
     """
     return amcl_nt_xent_terms(
         z1, z2, temperatures, beta, topk, negative_temperatures, include_positive, omega_dim
+    ).loss()
+
+
+def _queries_keys_queue(q: Tensor, k: Tensor, queue: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Normalised float32 ``[C, N, d]`` queries and keys and ``[C, K, d]`` queue (2-D inputs are one head)."""
+    if q.shape != k.shape:
+        raise ValueError(f"queries and keys must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+    if q.dim() == 2:
+        q, k = q.unsqueeze(0), k.unsqueeze(0)
+    if queue.dim() == 2:
+        queue = queue.unsqueeze(0)
+    if q.dim() != 3 or queue.dim() != 3 or queue.shape[-1] != q.shape[-1] or queue.shape[0] not in (1, q.shape[0]):
+        raise ValueError(
+            f"need queries/keys [C, N, d] and a queue [C, K, d] with the same C and d, got "
+            f"{tuple(q.shape)} and {tuple(queue.shape)}"
+        )
+    q, k, queue = (F.normalize(at_least_float32(t), dim=-1) for t in (q, k, queue))
+    return q, k, queue
+
+
+def moco_infonce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.1) -> Tensor:
+    """MoCo's InfoNCE over ``[positive | queue]``: per head and query i,
+
+        -log exp(sim(q_i, k_i)/tau) / (exp(sim(q_i, k_i)/tau) + sum_j exp(sim(q_i, queue_j)/tau))
+
+    averaged over the N queries and summed over heads. For MoCo v2's symmetric loss stack
+    both directions as queries ``[q1; q2]`` with keys ``[k2; k1]``: the mean over the 2B
+    queries is then the average of the two directions.
+
+    Args:
+        q: queries ``[C, N, d]`` (or ``[N, d]``), from the encoder being trained.
+        k: their positive keys, same shape, from the momentum encoder (no gradient flows to them).
+        queue: each head's negatives ``[C, K, d]`` (or ``[K, d]``).
+
+    Example:
+        >>> q, k, queue = torch.randn(3, 8, 128), torch.randn(3, 8, 128), torch.randn(3, 4096, 128)
+        >>> loss = moco_infonce_loss(q, k, queue, temperature=0.1)
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, queue = _queries_keys_queue(q, k, queue.detach())
+        positive = (q * k.detach()).sum(-1) / temperature
+        negatives = torch.logsumexp(q @ queue.transpose(1, 2) / temperature, dim=-1)
+        return (torch.logaddexp(positive, negatives) - positive).mean(-1).sum()
+
+
+def _per_anchor(temperatures: Temperatures, like: Tensor) -> Tensor:
+    if torch.is_tensor(temperatures) and temperatures.dim() > 0:
+        return at_least_float32(temperatures).expand_as(like)
+    return torch.as_tensor(temperatures, dtype=like.dtype, device=like.device).expand_as(like)
+
+
+def amcl_moco_terms(
+    q: Tensor,
+    k: Tensor,
+    queue: Tensor,
+    positive_temperatures: Temperatures,
+    queue_temperatures: Temperatures,
+    beta: float = 1e-4,
+    topk: int = 1,
+    include_positive: bool = False,
+    omega_dim: int | None = None,
+) -> ContrastiveTerms:
+    """The terms of the AMCL MoCo loss: Eq. 2.1 with each head's queue as the negatives (Eq. 2.4
+    with ``include_positive``).
+
+    Per head c and query i, with positive key k_i and the hardest queue entries n*:
+
+        -sim(q_i, k_i)/tau(q_i, k_i) + sim(q_i, n*)/tau(q_i, n*)
+            + beta*Omega(tau(q_i, k_i)) - beta*Omega(tau(q_i, n*))
+
+    averaged over the N queries, summed over heads; ``topk`` averages the negative terms over
+    the k most similar queue entries (``topk=1`` is Eq. 2.1 exactly).
+
+    Args:
+        q, k, queue: as in :func:`moco_infonce_loss`.
+        positive_temperatures: tau(q_i, k_i), ``[C, N]`` (e.g.
+            :meth:`amcl.nn.TemperatureNet.paired_temperatures`) or a constant.
+        queue_temperatures: tau(q_i, queue_j), ``[C, N, K]`` (e.g.
+            :meth:`amcl.nn.TemperatureNet.pair_temperatures` of queries and queue) or a constant.
+            Passing one adaptive and one constant source gives the positive-only /
+            negative-only ablations.
+        include_positive: the hardest of the K + 1 candidates ``[k_i | queue]`` (Eq. 2.4); the
+            positive, when chosen, keeps its ``positive_temperatures`` value.
+        omega_dim: d' in Omega; defaults to d.
+
+    Example:
+        >>> from amcl.nn import TemperatureNet
+        >>> phi = TemperatureNet(128)
+        >>> q, k, queue = torch.randn(3, 8, 128), torch.randn(3, 8, 128), torch.randn(3, 4096, 128)
+        >>> terms = amcl_moco_terms(q, k, queue, phi.paired_temperatures(q, k), phi.pair_temperatures(q, queue))
+        >>> loss = terms.loss()
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, queue = _queries_keys_queue(q, k, queue.detach())
+        omega_dim = q.shape[-1] if omega_dim is None else omega_dim
+        candidates = queue.shape[1] + int(include_positive)
+        if not 1 <= topk <= candidates:
+            raise ValueError(f"top-k must be between 1 and the number of negatives ({candidates}), got {topk}")
+        pos_sim = (q * k.detach()).sum(-1)
+        pos_tau = _per_anchor(positive_temperatures, pos_sim)
+        neg_sim, neg_index = (q @ queue.transpose(1, 2)).topk(min(topk, queue.shape[1]), dim=-1)
+        neg_tau = _select(queue_temperatures, neg_index, neg_sim)
+        if include_positive:
+            # the k hardest of [positive | queue] are among the positive and the k hardest of the queue
+            neg_sim, best = torch.cat([pos_sim.unsqueeze(-1), neg_sim], -1).topk(topk, dim=-1)
+            neg_tau = torch.cat([pos_tau.unsqueeze(-1), neg_tau], -1).gather(-1, best)
+        return _terms(pos_sim, pos_tau, neg_sim, neg_tau, beta, omega_dim)
+
+
+def amcl_moco_loss(
+    q: Tensor,
+    k: Tensor,
+    queue: Tensor,
+    positive_temperatures: Temperatures,
+    queue_temperatures: Temperatures,
+    beta: float = 1e-4,
+    topk: int = 1,
+    include_positive: bool = False,
+    omega_dim: int | None = None,
+) -> Tensor:
+    """The AMCL MoCo loss as a scalar; see :func:`amcl_moco_terms`."""
+    return amcl_moco_terms(
+        q, k, queue, positive_temperatures, queue_temperatures, beta, topk, include_positive, omega_dim
     ).loss()

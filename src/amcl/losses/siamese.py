@@ -15,6 +15,7 @@ __all__ = [
     "amcl_barlow_twins_loss",
     "amcl_simsiam_loss",
     "barlow_twins_loss",
+    "batch_standardise",
     "cross_correlation",
     "simsiam_loss",
 ]
@@ -66,18 +67,21 @@ def amcl_simsiam_loss(
         return per_image.mean(-1).sum()
 
 
+def batch_standardise(z: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each channel of ``[C, B, d]`` standardised over the batch, as BatchNorm without affine
+    (biased variance plus ``eps``). Its channel vectors ``z[c, :, l]`` are what Barlow Twins
+    correlates, and what the AMCL temperature net reads (Eq. 2.3)."""
+    return (z - z.mean(-2, keepdim=True)) / torch.sqrt(z.var(-2, unbiased=False, keepdim=True) + eps)
+
+
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
-    """Barlow Twins' cross-correlation ``[C, d, d]`` of the batch-standardised views (as BatchNorm
-    without affine: biased variance plus ``eps``)."""
+    """Barlow Twins' cross-correlation ``[C, d, d]`` of the batch-standardised views
+    (:func:`batch_standardise`)."""
     z1, z2 = _heads(z1, z2)
     batch = z1.shape[1]
     if batch < 2:
         raise ValueError("Barlow Twins needs at least 2 images per batch")
-
-    def standardise(z: Tensor) -> Tensor:
-        return (z - z.mean(1, keepdim=True)) / torch.sqrt(z.var(1, unbiased=False, keepdim=True) + eps)
-
-    return standardise(z1).transpose(1, 2) @ standardise(z2) / batch
+    return batch_standardise(z1, eps).transpose(1, 2) @ batch_standardise(z2, eps) / batch
 
 
 def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3) -> Tensor:

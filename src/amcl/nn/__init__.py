@@ -1,7 +1,19 @@
-"""Modules: backbones, the multi-head projector and the shared temperature network."""
+"""Modules: backbones, the multi-head projector and predictor, the shared temperature network and
+MoCo's momentum copy and queue."""
 
 from amcl.nn.backbones import BACKBONES, build_backbone
-from amcl.nn.heads import HeadwiseLinear, MultiHeadProjector
+from amcl.nn.heads import HeadwiseLinear, MultiHeadPredictor, MultiHeadProjector
+from amcl.nn.momentum import FeatureQueue, momentum_copy, momentum_update_
 from amcl.nn.temperature import TemperatureNet
 
-__all__ = ["BACKBONES", "HeadwiseLinear", "MultiHeadProjector", "TemperatureNet", "build_backbone"]
+__all__ = [
+    "BACKBONES",
+    "FeatureQueue",
+    "HeadwiseLinear",
+    "MultiHeadPredictor",
+    "MultiHeadProjector",
+    "TemperatureNet",
+    "build_backbone",
+    "momentum_copy",
+    "momentum_update_",
+]

@@ -63,3 +63,24 @@ def test_init_matches_nn_linear_scale():
 def test_zero_heads_rejected():
     with pytest.raises(ValueError, match="at least one head"):
         MultiHeadProjector(8, 8, 4, heads=0)
+
+
+def test_predictor_heads_equal_separate_predictors():
+    """Each head's predictor reads only its own head's projection, through its own weights."""
+    from amcl.nn import MultiHeadPredictor
+
+    torch.manual_seed(0)
+    pred = MultiHeadPredictor(6, 4, 6, heads=3)
+    z = torch.randn(3, 5, 6)
+    out = pred(z)
+    bn = pred.rest[0]
+    for c in range(3):
+        x = z[c] @ pred.first.weight[c] + pred.first.bias[c, 0]
+        x = F.batch_norm(x, None, None, bn.weight[c * 4:(c + 1) * 4], bn.bias[c * 4:(c + 1) * 4], training=True)
+        x = torch.relu(x) @ pred.rest[2].weight[c] + pred.rest[2].bias[c, 0]
+        assert torch.allclose(out[c], x, atol=1e-5)
+    changed = z.clone()
+    changed[1] += 1.0
+    assert torch.equal(pred(changed)[0], out[0]) and torch.equal(pred(changed)[2], out[2])
+    with pytest.raises(ValueError, match="per-head projections"):
+        pred(torch.randn(2, 5, 6))

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HeadwiseLinear", "MultiHeadProjector"]
+__all__ = ["HeadwiseLinear", "MultiHeadPredictor", "MultiHeadProjector"]
 
 
 class HeadwiseLinear(nn.Module):
@@ -38,6 +38,18 @@ class _HeadwiseBatchNorm(nn.BatchNorm1d):
         c, b, d = x.shape
         y = super().forward(x.transpose(0, 1).reshape(b, c * d))
         return y.reshape(b, c, d).transpose(0, 1)
+
+
+def _later_layers(heads: int, widths: list[int], batch_norm: bool, last_batch_norm: bool) -> nn.Sequential:
+    """The layers after a first linear layer of width ``widths[0]``: [BatchNorm] ReLU Linear per width."""
+    layers: list[nn.Module] = []
+    for i in range(1, len(widths)):
+        if batch_norm:
+            layers.append(_HeadwiseBatchNorm(heads, widths[i - 1]))
+        layers += [nn.ReLU(), HeadwiseLinear(heads, widths[i - 1], widths[i])]
+    if last_batch_norm:
+        layers.append(_HeadwiseBatchNorm(heads, widths[-1], affine=False))
+    return nn.Sequential(*layers)
 
 
 class MultiHeadProjector(nn.Module):
@@ -77,18 +89,34 @@ class MultiHeadProjector(nn.Module):
         hidden = [hidden_dims] if isinstance(hidden_dims, int) else list(hidden_dims)
         self.heads, self.out_dim = heads, out_dim
         self.first = nn.Linear(in_dim, heads * (hidden[0] if hidden else out_dim))
-        widths = hidden + [out_dim]
-        layers: list[nn.Module] = []
-        for i in range(1, len(widths)):
-            if batch_norm:
-                layers.append(_HeadwiseBatchNorm(heads, widths[i - 1]))
-            layers += [nn.ReLU(), HeadwiseLinear(heads, widths[i - 1], widths[i])]
-        if last_batch_norm:
-            layers.append(_HeadwiseBatchNorm(heads, out_dim, affine=False))
-        self.rest = nn.Sequential(*layers)
+        self.rest = _later_layers(heads, hidden + [out_dim], batch_norm, last_batch_norm)
 
     def forward(self, h: Tensor) -> Tensor:
         """Backbone features ``[B, in]`` -> projections ``[C, B, out]``."""
         x = self.first(h)
         x = x.view(h.shape[0], self.heads, -1).transpose(0, 1)
         return self.rest(x)
+
+
+class MultiHeadPredictor(nn.Module):
+    """One predictor per head (SimSiam's ``in -> hidden -> out`` with BatchNorm and ReLU on the
+    hidden layer), each reading its own head's projection: ``[C, B, in] -> [C, B, out]``.
+
+    Example:
+        >>> pred = MultiHeadPredictor(2048, 512, 2048, heads=3)
+        >>> pred(torch.randn(3, 8, 2048)).shape
+        torch.Size([3, 8, 2048])
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, heads: int = 1) -> None:
+        super().__init__()
+        if heads < 1:
+            raise ValueError(f"need at least one head, got {heads}")
+        self.heads, self.out_dim = heads, out_dim
+        self.first = HeadwiseLinear(heads, in_dim, hidden_dim)
+        self.rest = _later_layers(heads, [hidden_dim, out_dim], batch_norm=True, last_batch_norm=False)
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z.dim() != 3 or z.shape[0] != self.heads:
+            raise ValueError(f"expected per-head projections [{self.heads}, B, d], got {tuple(z.shape)}")
+        return self.rest(self.first(z))

@@ -30,6 +30,17 @@ from amcl.cli import main
         (["--precision", "7"], ["cannot set up training", "Allowed precision values"]),
         (["--beta", "-1"], ["--beta must be a number >= 0"]),
         (["--out", "/proc/version/run", "--max-steps", "1"], ["cannot write outputs to --out"]),
+        (["--method", "moco", "--amcl", "--queue-size", "8", "--topk", "9"],
+         ["--topk 9", "8 entries of the --queue-size 8 queue", "--topk <= 8"]),
+        (["--method", "moco", "--amcl", "--amcl-form", "infonce", "--queue-size", "8", "--topk", "10"],
+         ["9 entries", "--topk <= 9"]),
+        (["--method", "moco", "--queue-size", "0"], ["--queue-size must be at least 1"]),
+        (["--method", "moco", "--ema-momentum", "1"], ["--ema-momentum must be in [0, 1)"]),
+        (["--method", "simsiam", "--amcl", "--amcl-form", "infonce"], ["applies to simclr and moco"]),
+        (["--method", "barlow_twins", "--amcl", "--amcl-form", "infonce"], ["applies to simclr and moco"]),
+        (["--method", "simsiam", "--amcl", "--temperature-mode", "negative"], ["simsiam does not have"]),
+        (["--method", "barlow_twins", "--barlow-lambda", "-0.1"], ["--barlow-lambda must be a number >= 0"]),
+        (["--amcl-form", "max"], ["unknown amcl_form 'max'", "infonce"]),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(args, fragments, capsys, tmp_path):
@@ -96,5 +107,14 @@ def test_every_preset_loads_and_resolves():
     for preset in presets:
         config = PretrainConfig(**{**load_yaml(preset), "data_root": "DIR"}).resolved()  # root given on the CLI
         assert config.heads >= 1 and config.lr > 0
-    amcl = PretrainConfig(**load_yaml(presets[0].parent / "simclr-amcl-cifar10.yaml"), data_root="DIR").resolved()
-    assert (amcl.amcl, amcl.heads, amcl.beta, amcl.tau_min, amcl.tau_max) == (True, 3, 1e-4, 1e-5, 2.0)
+    for method in ("simclr", "moco", "simsiam", "barlow_twins"):  # a baseline and an AMCL preset per method
+        name = method.replace("_", "-")
+        base = PretrainConfig(**load_yaml(presets[0].parent / f"{name}-cifar10.yaml"), data_root="DIR").resolved()
+        amcl = PretrainConfig(**load_yaml(presets[0].parent / f"{name}-amcl-cifar10.yaml"), data_root="DIR").resolved()
+        assert base.method == amcl.method == method and not base.amcl and amcl.amcl
+        assert (amcl.heads, amcl.tau_min, amcl.tau_max, base.heads) == (3, 1e-5, 2.0, 1)
+        assert amcl.beta == (1e-6 if method == "barlow_twins" else 1e-4)
+        # every preset value is the method's default of DESIGN section 2: presets and code agree
+        defaults = PretrainConfig(method=method, amcl=True, dataset="cifar10", data_root="DIR").resolved()
+        for key in ("lr", "beta", "temperature", "proj_hidden", "proj_dim", "proj_layers", "batch_size", "epochs"):
+            assert getattr(amcl, key) == getattr(defaults, key), (method, key)

@@ -19,14 +19,30 @@ import yaml
 
 from amcl.errors import AmclError
 
-METHODS = ("simclr",)
+METHODS = ("simclr", "moco", "simsiam", "barlow_twins")
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "stl10")
 TEMPERATURE_MODES = ("adaptive", "constant", "positive", "negative")
+AMCL_FORMS = ("hardest", "infonce")
 
 #: Per-method defaults from the authors' code (DESIGN section 2).
+#: ``temperature`` is the baseline's constant for SimCLR and MoCo; for SimSiam and Barlow Twins,
+#: whose baselines have none, it is the AMCL constant-mode value, and 1.0 gives the baseline back.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "simclr": {"lr": 0.06, "temperature": 0.5, "beta": 1e-4, "proj_hidden": 512, "proj_dim": 128, "proj_layers": 2},
+    "moco": {"lr": 0.08, "temperature": 0.1, "beta": 1e-4, "proj_hidden": 512, "proj_dim": 128, "proj_layers": 2},
+    "simsiam": {"lr": 0.05, "temperature": 1.0, "beta": 1e-4, "proj_hidden": 2048, "proj_dim": 2048,
+                "proj_layers": 3, "predictor_hidden": 512},
+    "barlow_twins": {"lr": 0.11, "temperature": 1.0, "beta": 1e-6, "proj_hidden": 2048, "proj_dim": 2048,
+                     "proj_layers": 3},
 }
+
+#: Methods whose AMCL loss compares a positive with hardest negatives (Eq. 2.1 / 2.4).
+CONTRASTIVE_METHODS = ("simclr", "moco")
+
+
+def _by_method(key: str) -> str:
+    values = [f"{m} {d[key]:g}" for m, d in METHOD_DEFAULTS.items() if key in d]
+    return "default: " + ", ".join(values)
 
 #: Image size used when ``image_size`` is unset.
 DATASET_IMAGE_SIZES = {"digits": 16, "synthetic": 32, "cifar10": 32, "cifar100": 32, "stl10": 96}
@@ -50,15 +66,27 @@ class PretrainConfig:
         "positive / negative pairs (the paper's ablations)",
         TEMPERATURE_MODES,
     )
-    beta: float | None = _opt(None, "weight of the temperature regulariser Omega (default: 1e-4)")
+    amcl_form: str = _opt(
+        "hardest",
+        "AMCL loss of SimCLR and MoCo: hardest (Eq. 2.1, the hardest negatives) or infonce (Eq. 2.4, the "
+        "hardest of the N+1 candidates, positive included)",
+        AMCL_FORMS,
+    )
+    beta: float | None = _opt(None, f"weight of the temperature regulariser Omega ({_by_method('beta')})")
     tau_min: float = _opt(1e-5, "lowest adaptive temperature")
     tau_max: float = _opt(2.0, "highest adaptive temperature")
     topk: int = _opt(1, "AMCL: average the negative terms over the k hardest negatives (1 = Eq. 2.1 exactly)")
-    temperature: float | None = _opt(None, "constant temperature of the baseline loss (SimCLR: 0.5)")
+    temperature: float | None = _opt(
+        None, f"constant temperature of the baseline loss and of --temperature-mode constant ({_by_method('temperature')})"
+    )
     temperature_hidden: int = _opt(128, "hidden width of the temperature network phi")
-    proj_hidden: int | None = _opt(None, "hidden width of each projection head (SimCLR: 512)")
-    proj_dim: int | None = _opt(None, "output size d' of each projection head (SimCLR: 128)")
-    proj_layers: int | None = _opt(None, "linear layers per projection head (SimCLR: 2)")
+    proj_hidden: int | None = _opt(None, f"hidden width of each projection head ({_by_method('proj_hidden')})")
+    proj_dim: int | None = _opt(None, f"output size d' of each projection head ({_by_method('proj_dim')})")
+    proj_layers: int | None = _opt(None, f"linear layers per projection head ({_by_method('proj_layers')})")
+    predictor_hidden: int | None = _opt(None, "SimSiam: hidden width of each head's predictor (default: 512)")
+    queue_size: int = _opt(4096, "MoCo: keys in each head's queue (K)")
+    ema_momentum: float = _opt(0.99, "MoCo: momentum of the key encoder's moving average")
+    barlow_lambda: float = _opt(5e-3, "Barlow Twins: weight lambda of the off-diagonal terms")
     # data
     dataset: str = _opt("digits", "dataset to pre-train on", DATASETS)
     data_root: str | None = _opt(None, "folder holding the dataset files (not needed for digits, synthetic)")
@@ -69,7 +97,7 @@ class PretrainConfig:
     backbone: str = _opt("resnet18", "encoder: resnet18/34/50 (CIFAR stem), *_imagenet stems, small_cnn")
     epochs: int = _opt(800, "training epochs")
     batch_size: int = _opt(512, "images per batch (each gives two views)")
-    lr: float | None = _opt(None, "SGD learning rate (SimCLR: 0.06)")
+    lr: float | None = _opt(None, f"SGD learning rate ({_by_method('lr')})")
     momentum: float = _opt(0.9, "SGD momentum")
     weight_decay: float = _opt(5e-4, "SGD weight decay")
     max_steps: int = _opt(-1, "stop after this many optimisation steps (-1: run all epochs)")
@@ -100,7 +128,7 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Check values that need no data; raises AmclError naming the option and the fix."""
-        for name in ("method", "dataset", "temperature_mode"):
+        for name in ("method", "dataset", "temperature_mode", "amcl_form"):
             choices = _choices(name)
             if getattr(self, name) not in choices:
                 raise AmclError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")
@@ -114,7 +142,7 @@ class PretrainConfig:
         if self.backbone not in BACKBONES:
             raise AmclError(f"unknown backbone {self.backbone!r}; choose one of: {', '.join(sorted(BACKBONES))}")
         positive = ["heads", "epochs", "batch_size", "topk", "knn_k", "knn_every", "runs", "image_size",
-                    "proj_hidden", "proj_dim", "proj_layers", "temperature_hidden"]
+                    "proj_hidden", "proj_dim", "proj_layers", "temperature_hidden", "predictor_hidden", "queue_size"]
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise AmclError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
@@ -126,18 +154,38 @@ class PretrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise AmclError(f"--{_flag(name)} must be a positive number, got {value}")
-        for name in ("beta", "color_strength", "momentum", "weight_decay"):
+        if not 0 <= self.ema_momentum < 1:
+            raise AmclError(f"--ema-momentum must be in [0, 1), got {self.ema_momentum}")
+        for name in ("beta", "color_strength", "momentum", "weight_decay", "barlow_lambda"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise AmclError(f"--{_flag(name)} must be a number >= 0, got {value}")
-        negatives = 2 * self.batch_size - 2
-        if self.amcl and self.topk > negatives:
-            raise AmclError(
-                f"--topk {self.topk} is larger than the {negatives} negatives of a batch of {self.batch_size}; "
-                f"use --topk <= {negatives} or a larger --batch-size"
-            )
+        if self.amcl:
+            self._validate_amcl()
         if self.dataset in ("cifar10", "cifar100", "stl10") and not self.data_root:
             raise AmclError(f"--dataset {self.dataset} needs --data-root DIR (the folder holding its files)")
+
+    def _validate_amcl(self) -> None:
+        contrastive = self.method in CONTRASTIVE_METHODS
+        if self.amcl_form == "infonce" and not contrastive:
+            raise AmclError(
+                f"--amcl-form infonce (Eq. 2.4) applies to simclr and moco; {self.method} has no negatives to "
+                f"rank: drop --amcl-form"
+            )
+        if self.method == "simsiam" and self.temperature_mode == "negative":
+            raise AmclError(
+                "--temperature-mode negative needs negative pairs, which simsiam does not have; use adaptive "
+                "(= positive) or constant"
+            )
+        if contrastive:
+            if self.method == "simclr":
+                what, negatives = f"negatives of a batch of {self.batch_size}", 2 * self.batch_size - 2
+                fix = "a larger --batch-size"
+            else:
+                what, negatives, fix = f"entries of the --queue-size {self.queue_size} queue", self.queue_size, "a larger --queue-size"
+            negatives += self.amcl_form == "infonce"
+            if self.topk > negatives:
+                raise AmclError(f"--topk {self.topk} is larger than the {negatives} {what}; use --topk <= {negatives} or {fix}")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)

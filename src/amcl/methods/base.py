@@ -1,4 +1,5 @@
-"""The shared base of every method: backbone, optimiser and schedule, and the kNN monitor.
+"""The shared base of every method: backbone, optimiser and schedule, the kNN monitor, and which
+temperatures AMCL learns.
 
 A method subclass builds its heads in ``__init__`` and implements ``loss(view1, view2)``
 returning the scalar loss and a dict of extra values to log per epoch.
@@ -15,7 +16,8 @@ from torch import Tensor
 
 from amcl.config import PretrainConfig
 from amcl.eval.knn import knn_predict
-from amcl.nn.backbones import build_backbone
+from amcl.losses import ContrastiveTerms
+from amcl.nn import TemperatureNet, build_backbone
 
 
 class PretrainMethod(L.LightningModule):
@@ -29,6 +31,18 @@ class PretrainMethod(L.LightningModule):
         self.backbone = build_backbone(config.backbone)
         self._bank: tuple[Tensor, Tensor] | None = None
         self._knn_correct = self._knn_total = None
+        # AMCL's ablations (config.temperature_mode): which pairs get learned temperatures; the
+        # others use the constant config.temperature. A baseline learns none.
+        mode = config.temperature_mode if config.amcl else "constant"
+        self.adaptive_positive = mode in ("adaptive", "positive")
+        self.adaptive_negative = mode in ("adaptive", "negative")
+
+    def make_temperature_net(self, dim: int) -> TemperatureNet | None:
+        """The shared temperature network phi over ``dim``-sized vectors, or None if nothing is learned."""
+        if not (self.adaptive_positive or self.adaptive_negative):
+            return None
+        cfg = self.config
+        return TemperatureNet(dim, cfg.temperature_hidden, cfg.tau_min, cfg.tau_max)
 
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
@@ -64,7 +78,8 @@ class PretrainMethod(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.config
-        optimizer = torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        trained = [p for p in self.parameters() if p.requires_grad]  # not MoCo's momentum copies
+        optimizer = torch.optim.SGD(trained, lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -72,3 +87,13 @@ class PretrainMethod(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+
+
+def contrastive_extras(terms: ContrastiveTerms) -> dict[str, Tensor]:
+    """Per-epoch means of the temperatures and similarities of the positive and hardest-negative pairs."""
+    return {
+        "tau_pos_mean": terms.positive_temperatures.detach().mean(),
+        "tau_neg_mean": terms.negative_temperatures.detach().mean(),
+        "sim_pos_mean": terms.positive_similarities.detach().mean(),
+        "sim_neg_mean": terms.negative_similarities.detach().mean(),
+    }

@@ -1,0 +1,70 @@
+"""Barlow Twins (Zbontar et al., 2021), as the cross-correlation baseline (Eq. 1.3) or with AMCL (Eq. 2.3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from amcl.config import PretrainConfig
+from amcl.errors import AmclError
+from amcl.losses import amcl_barlow_twins_loss, barlow_twins_loss, batch_standardise
+from amcl.methods.base import PretrainMethod
+from amcl.nn import MultiHeadProjector
+
+
+class BarlowTwins(PretrainMethod):
+    """Backbone + C BatchNorm projectors (2048, 3 layers). With AMCL the temperature tau_lm of each
+    cross-correlation entry comes from one temperature network over the batch-wise channel
+    vectors (each channel's B standardised values, whose inner products give C): one ``[C, d, d]``
+    matrix per step. Its input size is the batch size, so every batch must have
+    ``config.batch_size`` images.
+
+    The ablations read the diagonal (channel l with itself) as the positive pairs and the
+    off-diagonal as the negative ones.
+    """
+
+    def __init__(self, config: PretrainConfig, num_classes: int) -> None:
+        super().__init__(config, num_classes)
+        self.projector = MultiHeadProjector(
+            self.backbone.out_dim, [config.proj_hidden] * (config.proj_layers - 1), config.proj_dim, config.heads,
+            batch_norm=True,
+        )
+        self.temperature_net = self.make_temperature_net(config.batch_size)
+
+    def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        batch, cfg = view1.shape[0], self.config
+        z = self.projector(self.backbone(torch.cat([view1, view2])))  # [C, 2B, d]
+        z1, z2 = z[:, :batch], z[:, batch:]
+        if not cfg.amcl:
+            return barlow_twins_loss(z1, z2, cfg.barlow_lambda), {}
+        taus = self.channel_temperatures(z1, z2)
+        loss = amcl_barlow_twins_loss(z1, z2, taus, cfg.barlow_lambda, cfg.beta)
+        with torch.no_grad():
+            taus = torch.as_tensor(taus, device=loss.device).detach().float().expand(z.shape[0], z.shape[-1], z.shape[-1])
+            diagonal = torch.diagonal(taus, dim1=1, dim2=2)
+            off_diagonal_mean = (taus.sum() - diagonal.sum()) / max(1, taus.numel() - diagonal.numel())
+        return loss, {"tau_pos_mean": diagonal.mean(), "tau_neg_mean": off_diagonal_mean}
+
+    def channel_temperatures(self, z1: Tensor, z2: Tensor) -> Tensor | float:
+        """tau_lm for every pair of channels (l of view 1, m of view 2): ``[C, d, d]``, or the constant."""
+        cfg, net = self.config, self.temperature_net
+        if net is None:
+            return cfg.temperature
+        batch = z1.shape[1]
+        if batch != cfg.batch_size:
+            raise AmclError(
+                f"AMCL Barlow Twins' temperature network reads channel vectors of length --batch-size "
+                f"{cfg.batch_size}, but got a batch of {batch} images; keep every batch at {cfg.batch_size} "
+                f"(or pre-train again with --batch-size {batch})"
+            )
+        with torch.autocast(z1.device.type, enabled=False):
+            channels1 = batch_standardise(z1.float()).transpose(1, 2)  # [C, d, B]
+            channels2 = batch_standardise(z2.float()).transpose(1, 2)
+            learned = net.pair_temperatures(channels1, channels2)
+        if self.adaptive_positive and self.adaptive_negative:
+            return learned
+        diagonal = torch.eye(learned.shape[-1], dtype=torch.bool, device=learned.device)
+        constant = torch.full_like(learned, cfg.temperature)
+        if self.adaptive_positive:
+            return torch.where(diagonal, learned, constant)
+        return torch.where(diagonal, constant, learned)

@@ -1,0 +1,63 @@
+"""MoCo v2 (Chen et al., 2020), as the InfoNCE-with-queue baseline or with AMCL (Eq. 2.1 / 2.4 over
+each head's queue)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from amcl.config import PretrainConfig
+from amcl.losses import amcl_moco_terms, moco_infonce_loss, pair_temperatures, paired_temperatures
+from amcl.methods.base import PretrainMethod, contrastive_extras
+from amcl.nn import FeatureQueue, MultiHeadProjector, momentum_copy, momentum_update_
+
+
+class MoCo(PretrainMethod):
+    """Query encoder (backbone + C heads), its momentum copy for the keys, and one queue of keys per head.
+
+    Symmetric: each view's queries are matched with the other view's keys, and the loss is the
+    mean over both directions. After every optimisation step the keys of both views enter the
+    queues (:meth:`on_train_batch_end`). The momentum copy is updated with one fused EMA before
+    the keys are computed, as in MoCo.
+    """
+
+    def __init__(self, config: PretrainConfig, num_classes: int) -> None:
+        super().__init__(config, num_classes)
+        self.projector = MultiHeadProjector(
+            self.backbone.out_dim, [config.proj_hidden] * (config.proj_layers - 1), config.proj_dim, config.heads
+        )
+        self.momentum_backbone = momentum_copy(self.backbone)
+        self.momentum_projector = momentum_copy(self.projector)
+        self.queue = FeatureQueue(config.heads, config.queue_size, config.proj_dim)
+        self.temperature_net = self.make_temperature_net(config.proj_dim)
+        self._new_keys: Tensor | None = None
+
+    def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        batch, cfg = view1.shape[0], self.config
+        views = torch.cat([view1, view2])
+        q = self.projector(self.backbone(views))  # [C, 2B, d]: queries [q1; q2]
+        with torch.no_grad():
+            momentum_update_(self.momentum_backbone, self.backbone, cfg.ema_momentum)
+            momentum_update_(self.momentum_projector, self.projector, cfg.ema_momentum)
+            keys = self.momentum_projector(self.momentum_backbone(views))  # [k1; k2]
+        self._new_keys = keys
+        k = keys.roll(batch, dims=1)  # [k2; k1]: each query's positive is the other view's key
+        queue = self.queue.features
+        if not cfg.amcl:
+            return moco_infonce_loss(q, k, queue, cfg.temperature), {}
+        positive = negative = cfg.temperature
+        net = self.temperature_net
+        if net is not None:  # phi runs on vectors; the queue's temperatures are one matrix product
+            phi_q = net(q)
+            if self.adaptive_positive:
+                positive = paired_temperatures(phi_q, net(k), net.tau_min, net.tau_max)  # [C, 2B]
+            if self.adaptive_negative:
+                negative = pair_temperatures(phi_q, net(queue), net.tau_min, net.tau_max)  # [C, 2B, K]
+        terms = amcl_moco_terms(q, k, queue, positive, negative, cfg.beta, cfg.topk, cfg.amcl_form == "infonce")
+        return terms.loss(), contrastive_extras(terms)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # after the optimiser step, so the step's loss was computed against the old queue
+        if self._new_keys is not None:
+            self.queue.push(self._new_keys)
+            self._new_keys = None

@@ -1,0 +1,48 @@
+"""SimSiam (Chen & He, 2021), as the negative-cosine baseline (Eq. 1.2) or with AMCL (Eq. 2.2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from amcl.config import PretrainConfig
+from amcl.losses import amcl_simsiam_loss, simsiam_loss
+from amcl.methods.base import PretrainMethod
+from amcl.nn import MultiHeadPredictor, MultiHeadProjector
+
+
+class SimSiam(PretrainMethod):
+    """Backbone + C BatchNorm projectors (2048, 3 layers, BatchNorm on the output) + one predictor
+    per head; the target branch z is stop-gradient. With AMCL, tau_1 = tau(p_1, sg(z_2)) and
+    tau_2 = tau(p_2, sg(z_1)) come from one temperature network shared by the heads.
+
+    SimSiam has only positive pairs, so ``temperature_mode`` positive equals adaptive.
+    """
+
+    def __init__(self, config: PretrainConfig, num_classes: int) -> None:
+        super().__init__(config, num_classes)
+        self.projector = MultiHeadProjector(
+            self.backbone.out_dim, [config.proj_hidden] * (config.proj_layers - 1), config.proj_dim, config.heads,
+            batch_norm=True, last_batch_norm=True,
+        )
+        self.predictor = MultiHeadPredictor(config.proj_dim, config.predictor_hidden, config.proj_dim, config.heads)
+        self.temperature_net = self.make_temperature_net(config.proj_dim)
+
+    def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        batch, cfg = view1.shape[0], self.config
+        z = self.projector(self.backbone(torch.cat([view1, view2])))  # [C, 2B, d]
+        p = self.predictor(z)
+        z1, z2, p1, p2 = z[:, :batch], z[:, batch:], p[:, :batch], p[:, batch:]
+        if not cfg.amcl:
+            return simsiam_loss(p1, p2, z1, z2), {}
+        if self.temperature_net is not None:
+            tau1 = self.temperature_net.paired_temperatures(p1, z2.detach())
+            tau2 = self.temperature_net.paired_temperatures(p2, z1.detach())
+        else:
+            tau1 = tau2 = cfg.temperature
+        loss = amcl_simsiam_loss(p1, p2, z1, z2, tau1, tau2, cfg.beta)
+        with torch.no_grad():
+            similarity = F.cosine_similarity(p.float(), z.roll(batch, dims=1).float(), dim=-1).mean()
+            tau_mean = torch.as_tensor(tau1).float().mean() / 2 + torch.as_tensor(tau2).float().mean() / 2
+        return loss, {"tau_pos_mean": tau_mean.to(loss.device), "sim_pos_mean": similarity}

@@ -1,11 +1,31 @@
-"""Forward + backward time and peak memory of the AMCL loss (Eq. 2.1, with the temperature net)
-against C plain NT-Xent losses on the same tensors.
+"""Forward + backward time and peak memory of every method's AMCL loss (with its temperature net)
+against the method's plain loss on the same tensors.
 
-    .venv/bin/python benchmarks/loss_speed.py [--batch-sizes 256 512 1024] [--heads 3] [--dim 128]
+    .venv/bin/python benchmarks/loss_speed.py [--methods simclr moco simsiam barlow_twins]
+        [--batch-sizes B ...] [--heads 3] [--dim 128] [--siamese-dim 2048] [--queue-size 4096]
+        [--topk 1] [--repeats 10] [--threads N]
 
-Prints one row per batch size: median milliseconds, peak extra memory (RSS high-water mark
-during the step, Linux) and the largest tensor created, then AMCL's ratio to the baseline.
-Target: AMCL at most 3x the plain losses' time at B = 512, and no tensor of B x B x d elements.
+The pairs timed, on random features of C heads:
+
+* simclr: ``nt_xent_loss`` against ``amcl_nt_xent_loss`` (temperatures of all [C, 2B, 2B] pairs);
+  d = --dim, B = 256, 512, 1024.
+* moco: ``moco_infonce_loss`` against ``amcl_moco_loss`` for queries and keys [C, 2B, d] (both
+  view directions) and a [C, K, d] queue (temperatures of all [C, 2B, K] query-queue pairs);
+  d = --dim, K = --queue-size, B = 256, 512, 1024.
+* simsiam: ``simsiam_loss`` against ``amcl_simsiam_loss`` (temperatures of the 2 x [C, B]
+  prediction-projection pairs); d = --siamese-dim, B = 256, 512.
+* barlow_twins: ``barlow_twins_loss`` against ``amcl_barlow_twins_loss``, whose temperature net
+  reads the batch-wise channel vectors (input size B) and gives a [C, d, d] temperature matrix;
+  d = --siamese-dim, B = 256, 512.
+
+--batch-sizes replaces every method's default batch sizes. Prints a line naming the machine,
+then per method a line with the sizes used (for barlow_twins also the MiB of the temperature
+matrix) and a markdown table with one row per batch size: median milliseconds of the baseline and
+the AMCL step (timed in turns, so that background load slows both alike) and their ratio, peak
+extra memory (RSS high-water mark during the step, Linux, measured in a child process), and the
+element count of the largest tensor any op of the AMCL step created against a reference size
+(B*B*d for simclr, 2B*K*d for moco: no per-pair feature vectors are built).
+Target: every AMCL loss at most 3x its baseline's time; each table is followed by whether it was met.
 """
 
 from __future__ import annotations
@@ -14,16 +34,33 @@ import argparse
 import json
 import os
 import platform
-import sys
 import statistics
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from amcl.losses import amcl_nt_xent_loss, nt_xent_loss
+from amcl.losses import (
+    amcl_barlow_twins_loss,
+    amcl_moco_loss,
+    amcl_nt_xent_loss,
+    amcl_simsiam_loss,
+    barlow_twins_loss,
+    batch_standardise,
+    moco_infonce_loss,
+    nt_xent_loss,
+    pair_temperatures,
+    paired_temperatures,
+    simsiam_loss,
+)
 from amcl.nn import TemperatureNet
+
+TARGET_RATIO = 3.0
+Step = Callable[[], None]
 
 
 class LargestTensor(TorchDispatchMode):
@@ -46,7 +83,7 @@ def _rss_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field))
 
 
-def peak_extra_mib(step) -> float:
+def peak_extra_mib(step: Step) -> float:
     """Peak resident memory above the level before ``step`` (resets the high-water mark first)."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -55,75 +92,196 @@ def peak_extra_mib(step) -> float:
     return (_rss_kib("VmHWM:") - before) / 1024
 
 
-def median_ms(step, repeats: int) -> float:
-    step()  # warm-up
-    times = []
+def median_ms(steps: tuple[Step, ...], repeats: int) -> list[float]:
+    """Median time of each step, run in turns so that background load slows them alike."""
+    times: list[list[float]] = [[] for _ in steps]
+    for step in steps:
+        step()  # warm-up
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        for step, step_times in zip(steps, times):
+            start = time.perf_counter()
+            step()
+            step_times.append((time.perf_counter() - start) * 1000)
+    return [statistics.median(t) for t in times]
 
 
-def steps(b: int, args: argparse.Namespace):
-    """The two forward + backward steps on the same random projections ``[C, B, d]``."""
+def _leaves(n: int, *shape: int) -> list[torch.Tensor]:
+    """``n`` random features of ``shape`` that take gradients (the outputs of a network being trained)."""
+    return [torch.randn(*shape, requires_grad=True) for _ in range(n)]
+
+
+# One builder per method: the (baseline, AMCL) forward + backward steps for batch size b.
+
+
+def simclr_steps(b: int, args: argparse.Namespace) -> tuple[Step, Step]:
     phi = TemperatureNet(args.dim)
-    z1 = torch.randn(args.heads, b, args.dim, requires_grad=True)
-    z2 = torch.randn(args.heads, b, args.dim, requires_grad=True)
+    z1, z2 = _leaves(2, args.heads, b, args.dim)
 
     def baseline() -> None:
         nt_xent_loss(z1, z2, 0.5).backward()
 
     def amcl() -> None:
-        taus = phi.pair_temperatures(torch.cat([z1, z2], dim=1))
+        taus = phi.pair_temperatures(torch.cat([z1, z2], dim=1))  # [C, 2B, 2B]
         amcl_nt_xent_loss(z1, z2, taus, beta=1e-4, topk=args.topk).backward()
 
     return baseline, amcl
 
 
+def moco_steps(b: int, args: argparse.Namespace) -> tuple[Step, Step]:
+    phi = TemperatureNet(args.dim)
+    (q,) = _leaves(1, args.heads, 2 * b, args.dim)  # [q1; q2]
+    k, queue = (torch.randn(args.heads, n, args.dim) for n in (2 * b, args.queue_size))  # no gradient
+
+    def baseline() -> None:
+        moco_infonce_loss(q, k, queue, 0.1).backward()
+
+    def amcl() -> None:
+        phi_q = phi(q)
+        positive = paired_temperatures(phi_q, phi(k), phi.tau_min, phi.tau_max)  # [C, 2B]
+        queue_temps = pair_temperatures(phi_q, phi(queue), phi.tau_min, phi.tau_max)  # [C, 2B, K]
+        amcl_moco_loss(q, k, queue, positive, queue_temps, beta=1e-4, topk=args.topk).backward()
+
+    return baseline, amcl
+
+
+def simsiam_steps(b: int, args: argparse.Namespace) -> tuple[Step, Step]:
+    phi = TemperatureNet(args.siamese_dim)
+    p1, p2, z1, z2 = _leaves(4, args.heads, b, args.siamese_dim)
+
+    def baseline() -> None:
+        simsiam_loss(p1, p2, z1, z2).backward()
+
+    def amcl() -> None:
+        tau1 = phi.paired_temperatures(p1, z2.detach())  # [C, B]
+        tau2 = phi.paired_temperatures(p2, z1.detach())
+        amcl_simsiam_loss(p1, p2, z1, z2, tau1, tau2, beta=1e-4).backward()
+
+    return baseline, amcl
+
+
+def barlow_twins_steps(b: int, args: argparse.Namespace) -> tuple[Step, Step]:
+    phi = TemperatureNet(b)  # reads channel vectors, one entry per image
+    z1, z2 = _leaves(2, args.heads, b, args.siamese_dim)
+
+    def baseline() -> None:
+        barlow_twins_loss(z1, z2, 5e-3).backward()
+
+    def amcl() -> None:
+        c1, c2 = (batch_standardise(z).transpose(1, 2) for z in (z1, z2))  # [C, d, B]
+        taus = phi.pair_temperatures(c1, c2)  # [C, d, d]
+        amcl_barlow_twins_loss(z1, z2, taus, 5e-3, beta=1e-6).backward()
+
+    return baseline, amcl
+
+
+def _mib(numel: int) -> float:
+    return numel * 4 / 2**20  # float32
+
+
+@dataclass(frozen=True)
+class Method:
+    steps: Callable[[int, argparse.Namespace], tuple[Step, Step]]
+    baseline: str  # baseline column title
+    batch_sizes: tuple[int, ...]  # defaults
+    sizes: Callable[[argparse.Namespace], str]  # the sizes used, for the table's header line
+    reference: str  # title of the reference-size column next to the largest AMCL tensor
+    reference_numel: Callable[[int, argparse.Namespace], int]
+
+
+METHODS = {
+    "simclr": Method(
+        simclr_steps, "NT-Xent x C", (256, 512, 1024),
+        lambda a: f"C={a.heads}, d={a.dim}, top-k={a.topk}",
+        "B*B*d", lambda b, a: b * b * a.dim,
+    ),
+    "moco": Method(
+        moco_steps, "InfoNCE x C", (256, 512, 1024),
+        lambda a: f"C={a.heads}, d={a.dim}, queries [C, 2B, d], queue K={a.queue_size}, top-k={a.topk}",
+        "2B*K*d", lambda b, a: 2 * b * a.queue_size * a.dim,
+    ),
+    "simsiam": Method(
+        simsiam_steps, "SimSiam x C", (256, 512),
+        lambda a: f"C={a.heads}, d={a.siamese_dim}",
+        "C*B*d (one input)", lambda b, a: a.heads * b * a.siamese_dim,
+    ),
+    "barlow_twins": Method(
+        barlow_twins_steps, "Barlow Twins x C", (256, 512),
+        lambda a: (
+            f"C={a.heads}, d={a.siamese_dim}, temperature net input = B; the [C, d, d] temperature "
+            f"matrix is {_mib(a.heads * a.siamese_dim**2):.1f} MiB in float32 (as much again for its gradient)"
+        ),
+        "C*d*d", lambda b, a: a.heads * a.siamese_dim**2,
+    ),
+}
+
+
+def batch_sizes(name: str, args: argparse.Namespace) -> tuple[int, ...]:
+    return tuple(args.batch_sizes) if args.batch_sizes else METHODS[name].batch_sizes
+
+
 def memory_child(args: argparse.Namespace) -> None:
-    result = {}
-    for b in args.batch_sizes:
-        baseline, amcl = steps(b, args)
-        baseline(), amcl()  # warm-up
-        result[b] = (peak_extra_mib(baseline), peak_extra_mib(amcl))
+    result: dict[str, dict[int, tuple[float, float]]] = {}
+    for name in args.methods:
+        result[name] = {}
+        for b in batch_sizes(name, args):
+            baseline, amcl = METHODS[name].steps(b, args)
+            baseline(), amcl()  # warm-up
+            result[name][b] = (peak_extra_mib(baseline), peak_extra_mib(amcl))
     print(json.dumps(result))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 512, 1024])
-    parser.add_argument("--heads", type=int, default=3)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--topk", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.memory_child:
-        return memory_child(args)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
-          f"C={args.heads}, d={args.dim}, top-k={args.topk}")
-    print("| B | NT-Xent x C (ms) | AMCL (ms) | time ratio | NT-Xent peak (MiB) | AMCL peak (MiB) | "
-          "largest AMCL tensor | B*B*d |")
-    print("|---|---|---|---|---|---|---|---|")
+def measure_memory() -> dict:
     # Memory is measured in a child process with a fixed mmap threshold: glibc then returns every
     # large tensor to the OS when it is freed, so the RSS high-water mark is each step's own peak.
     child = subprocess.run(
         [sys.executable, __file__, "--memory-child", *sys.argv[1:]], capture_output=True, text=True, check=True,
         env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
     )
-    memory = json.loads(child.stdout)
-    for b in args.batch_sizes:
-        baseline, amcl = steps(b, args)
-        t_base, t_amcl = median_ms(baseline, args.repeats), median_ms(amcl, args.repeats)
-        m_base, m_amcl = memory[str(b)]
+    return json.loads(child.stdout)
+
+
+def table(name: str, args: argparse.Namespace, memory: dict) -> None:
+    method = METHODS[name]
+    print(f"\n### {name}: {method.sizes(args)}\n")
+    print(f"| B | {method.baseline} (ms) | AMCL (ms) | time ratio | {method.baseline} peak (MiB) | AMCL peak (MiB) | "
+          f"largest AMCL tensor | {method.reference} |")
+    print("|---|---|---|---|---|---|---|---|")
+    ratios = []
+    for b in batch_sizes(name, args):
+        baseline, amcl = method.steps(b, args)
+        t_base, t_amcl = median_ms((baseline, amcl), args.repeats)
+        m_base, m_amcl = memory[name][str(b)]
         with LargestTensor() as largest:
             amcl()
-        print(f"| {b} | {t_base:.1f} | {t_amcl:.1f} | {t_amcl / t_base:.2f}x | {m_base:.0f} | {m_amcl:.0f} | "
-              f"{largest.numel:,} | {b * b * args.dim:,} |", flush=True)
+        ratios.append(t_amcl / t_base)
+        print(f"| {b} | {t_base:.1f} | {t_amcl:.1f} | {ratios[-1]:.2f}x | {m_base:.0f} | {m_amcl:.0f} | "
+              f"{largest.numel:,} | {method.reference_numel(b, args):,} |", flush=True)
+    verdict = "met" if max(ratios) <= TARGET_RATIO else "NOT met"
+    print(f"\nTarget AMCL <= {TARGET_RATIO:g}x baseline: {verdict} (worst {max(ratios):.2f}x)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--batch-sizes", type=int, nargs="+", help="for every method (default: per method)")
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--dim", type=int, default=128, help="projection size of simclr and moco")
+    parser.add_argument("--siamese-dim", type=int, default=2048, help="projection size of simsiam and barlow_twins")
+    parser.add_argument("--queue-size", type=int, default=4096, help="moco's queue length K")
+    parser.add_argument("--topk", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.memory_child:
+        return memory_child(args)
+    print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
+          f"median of {args.repeats} forward + backward steps after a warm-up", flush=True)
+    memory = measure_memory()
+    for name in args.methods:
+        table(name, args, memory)
 
 
 if __name__ == "__main__":

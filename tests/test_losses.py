@@ -287,3 +287,23 @@ def test_amcl_loss_never_builds_a_batch_by_batch_by_dim_tensor():
         amcl_nt_xent_loss(z1, z2, taus, topk=5).backward()
     assert Largest.numel <= heads * (2 * batch) ** 2  # the [C, 2B, 2B] matrices are the largest
     assert Largest.numel < batch * batch * dim
+
+
+@pytest.mark.parametrize("dim,hidden", [(4, 8), (40, 6)])  # explicit embeddings / folded last layer
+def test_temperature_net_methods_equal_explicit_embedding_products(dim, hidden):
+    """pair_temperatures / paired_temperatures equal tau from <phi(a), phi(b)> of the explicit
+    embeddings, also when the last layer is folded into a Gram matrix (d > h + 1), values and gradients."""
+    torch.manual_seed(0)
+    phi = TemperatureNet(dim, hidden, tau_min=0.01, tau_max=2.0).double()
+    a, b = torch.randn(2, 5, dim, dtype=torch.float64), torch.randn(2, 7, dim, dtype=torch.float64)
+    explicit = pair_temperatures(phi(a), phi(b), 0.01, 2.0)
+    assert torch.allclose(phi.pair_temperatures(a, b), explicit, atol=1e-12)
+    assert torch.allclose(phi.pair_temperatures(a), pair_temperatures(phi(a), phi(a), 0.01, 2.0), atol=1e-12)
+    paired = phi.paired_temperatures(a, b[:, :5])
+    assert torch.allclose(paired, torch.diagonal(explicit[:, :, :5], dim1=1, dim2=2), atol=1e-12)
+    grads = torch.autograd.grad(phi.pair_temperatures(a, b).sum() + paired.sum(), list(phi.parameters()))
+    explicit_grads = torch.autograd.grad(
+        explicit.sum() + torch.diagonal(pair_temperatures(phi(a), phi(b[:, :5]), 0.01, 2.0), dim1=1, dim2=2).sum(),
+        list(phi.parameters()),
+    )
+    assert all(torch.allclose(g, e, atol=1e-10) for g, e in zip(grads, explicit_grads))

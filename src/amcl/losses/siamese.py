@@ -109,13 +109,15 @@ def amcl_barlow_twins_loss(
         c = cross_correlation(z1, z2)
         omega_dim = c.shape[-1] if omega_dim is None else omega_dim
         tau = _tau(temperatures, c)
-        eye = torch.eye(c.shape[-1], dtype=torch.bool, device=c.device)
         diagonal, tau_diagonal = torch.diagonal(c, dim1=1, dim2=2), torch.diagonal(tau, dim1=1, dim2=2)
-        reg = omega(tau, omega_dim)
+        omega_diagonal = omega(tau_diagonal, omega_dim)
+        # off-diagonal sums as full sums minus the diagonal: no [C, d, d] mask or masked copies
+        off_diagonal = (c.pow(2) / tau).sum((1, 2)) - (diagonal.pow(2) / tau_diagonal).sum(-1)
+        omega_off_diagonal = omega(tau, omega_dim).sum((1, 2)) - omega_diagonal.sum(-1)
         loss = (
             (1 - diagonal / tau_diagonal).pow(2).sum(-1)
-            + lambd * (c.pow(2) / tau).masked_fill(eye, 0).sum((1, 2))
-            + beta * torch.diagonal(reg, dim1=1, dim2=2).sum(-1)
-            - beta * reg.masked_fill(eye, 0).sum((1, 2))
+            + lambd * off_diagonal
+            + beta * omega_diagonal.sum(-1)
+            - beta * omega_off_diagonal
         )
         return loss.sum()

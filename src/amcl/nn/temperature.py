@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amcl.losses.temperature import at_least_float32, pair_temperatures, paired_temperatures
+from amcl.losses.temperature import at_least_float32, pair_temperatures, paired_temperatures, temperature_from_scores
 
 __all__ = ["TemperatureNet"]
 
@@ -19,6 +19,11 @@ class TemperatureNet(nn.Module):
     phi acts on single vectors; the temperatures of all pairs come from one matrix product of
     the embeddings (:meth:`pair_temperatures`), never from running phi on pairs. One instance is
     shared by every projection head. Runs in float32 even under autocast.
+
+    When the output size d exceeds the hidden size h + 1 (SimSiam's and Barlow Twins' 2048-d or
+    batch-sized inputs), the scores are computed exactly but cheaper by folding phi's last layer
+    into an (h+1) x (h+1) Gram matrix: with r = [ReLU(W1 x + b1), 1] and W = [W2 | b2],
+    ``<phi(a), phi(b)> = r_a (W^T W) r_b^T``.
 
     Example:
         >>> phi = TemperatureNet(dim=128, hidden=128, tau_min=1e-5, tau_max=2.0)
@@ -39,12 +44,36 @@ class TemperatureNet(nn.Module):
         with torch.autocast(z.device.type, enabled=False):
             return self.phi(F.normalize(at_least_float32(z), dim=-1))
 
+    def _hidden(self, z: Tensor) -> Tensor:
+        """[ReLU(W1 z/|z| + b1), 1]: phi's hidden layer with a constant 1 for the last layer's bias."""
+        r = self.phi[1](self.phi[0](F.normalize(at_least_float32(z), dim=-1)))
+        return torch.cat([r, r.new_ones(*r.shape[:-1], 1)], dim=-1)
+
+    def _folds_last_layer(self) -> bool:
+        last = self.phi[2]
+        return last.out_features > last.in_features + 1
+
+    def _gram(self) -> Tensor:
+        last = self.phi[2]
+        w = torch.cat([last.weight, last.bias.unsqueeze(-1)], dim=-1)  # [d, h+1]
+        return w.T @ w
+
     def pair_temperatures(self, a: Tensor, b: Tensor | None = None) -> Tensor:
         """tau(a_i, b_j) for all pairs: ``[..., N, d] x [..., M, d] -> [..., N, M]`` (b defaults to a)."""
-        phi_a = self(a)
-        phi_b = phi_a if b is None else self(b)
-        return pair_temperatures(phi_a, phi_b, self.tau_min, self.tau_max)
+        if not self._folds_last_layer():
+            phi_a = self(a)
+            phi_b = phi_a if b is None else self(b)
+            return pair_temperatures(phi_a, phi_b, self.tau_min, self.tau_max)
+        with torch.autocast(a.device.type, enabled=False):
+            r_a = self._hidden(a)
+            r_b = r_a if b is None else self._hidden(b)
+            scores = (r_a @ self._gram()) @ r_b.transpose(-1, -2)
+            return temperature_from_scores(scores, self.tau_min, self.tau_max)
 
     def paired_temperatures(self, a: Tensor, b: Tensor) -> Tensor:
         """tau(a_i, b_i) for row-wise pairs: ``[..., N, d] x [..., N, d] -> [..., N]``."""
-        return paired_temperatures(self(a), self(b), self.tau_min, self.tau_max)
+        if not self._folds_last_layer():
+            return paired_temperatures(self(a), self(b), self.tau_min, self.tau_max)
+        with torch.autocast(a.device.type, enabled=False):
+            scores = ((self._hidden(a) @ self._gram()) * self._hidden(b)).sum(-1)
+            return temperature_from_scores(scores, self.tau_min, self.tau_max)

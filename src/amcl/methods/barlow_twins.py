@@ -9,7 +9,6 @@ from amcl.config import PretrainConfig
 from amcl.errors import AmclError
 from amcl.losses import amcl_barlow_twins_loss, barlow_twins_loss, batch_standardise
 from amcl.methods.base import PretrainMethod
-from amcl.nn import MultiHeadProjector
 
 
 class BarlowTwins(PretrainMethod):
@@ -25,10 +24,7 @@ class BarlowTwins(PretrainMethod):
 
     def __init__(self, config: PretrainConfig, num_classes: int) -> None:
         super().__init__(config, num_classes)
-        self.projector = MultiHeadProjector(
-            self.backbone.out_dim, [config.proj_hidden] * (config.proj_layers - 1), config.proj_dim, config.heads,
-            batch_norm=True,
-        )
+        self.projector = self.make_projector(batch_norm=True)
         self.temperature_net = self.make_temperature_net(config.batch_size)
 
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

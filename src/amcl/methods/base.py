@@ -17,7 +17,7 @@ from torch import Tensor
 from amcl.config import PretrainConfig
 from amcl.eval.knn import knn_predict
 from amcl.losses import ContrastiveTerms
-from amcl.nn import TemperatureNet, build_backbone
+from amcl.nn import MultiHeadProjector, TemperatureNet, build_backbone
 
 
 class PretrainMethod(L.LightningModule):
@@ -36,6 +36,12 @@ class PretrainMethod(L.LightningModule):
         mode = config.temperature_mode if config.amcl else "constant"
         self.adaptive_positive = mode in ("adaptive", "positive")
         self.adaptive_negative = mode in ("adaptive", "negative")
+
+    def make_projector(self, batch_norm: bool = False, last_batch_norm: bool = False) -> MultiHeadProjector:
+        """The C projection heads of the config: ``proj_layers`` linear layers, ``proj_hidden`` wide."""
+        cfg = self.config
+        hidden = [cfg.proj_hidden] * (cfg.proj_layers - 1)
+        return MultiHeadProjector(self.backbone.out_dim, hidden, cfg.proj_dim, cfg.heads, batch_norm, last_batch_norm)
 
     def make_temperature_net(self, dim: int) -> TemperatureNet | None:
         """The shared temperature network phi over ``dim``-sized vectors, or None if nothing is learned."""

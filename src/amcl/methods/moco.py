@@ -9,7 +9,7 @@ from torch import Tensor
 from amcl.config import PretrainConfig
 from amcl.losses import amcl_moco_terms, moco_infonce_loss, pair_temperatures, paired_temperatures
 from amcl.methods.base import PretrainMethod, contrastive_extras
-from amcl.nn import FeatureQueue, MultiHeadProjector, momentum_copy, momentum_update_
+from amcl.nn import FeatureQueue, momentum_copy, momentum_update_
 
 
 class MoCo(PretrainMethod):
@@ -23,9 +23,7 @@ class MoCo(PretrainMethod):
 
     def __init__(self, config: PretrainConfig, num_classes: int) -> None:
         super().__init__(config, num_classes)
-        self.projector = MultiHeadProjector(
-            self.backbone.out_dim, [config.proj_hidden] * (config.proj_layers - 1), config.proj_dim, config.heads
-        )
+        self.projector = self.make_projector()
         self.momentum_backbone = momentum_copy(self.backbone)
         self.momentum_projector = momentum_copy(self.projector)
         self.queue = FeatureQueue(config.heads, config.queue_size, config.proj_dim)

@@ -8,7 +8,6 @@ from torch import Tensor
 from amcl.config import PretrainConfig
 from amcl.losses import amcl_nt_xent_terms, nt_xent_loss
 from amcl.methods.base import PretrainMethod, contrastive_extras
-from amcl.nn import MultiHeadProjector
 
 
 class SimCLR(PretrainMethod):
@@ -19,9 +18,7 @@ class SimCLR(PretrainMethod):
 
     def __init__(self, config: PretrainConfig, num_classes: int) -> None:
         super().__init__(config, num_classes)
-        self.projector = MultiHeadProjector(
-            self.backbone.out_dim, [config.proj_hidden] * (config.proj_layers - 1), config.proj_dim, config.heads
-        )
+        self.projector = self.make_projector()
         self.temperature_net = self.make_temperature_net(config.proj_dim)
 
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

@@ -9,7 +9,7 @@ from torch import Tensor
 from amcl.config import PretrainConfig
 from amcl.losses import amcl_simsiam_loss, simsiam_loss
 from amcl.methods.base import PretrainMethod
-from amcl.nn import MultiHeadPredictor, MultiHeadProjector
+from amcl.nn import MultiHeadPredictor
 
 
 class SimSiam(PretrainMethod):
@@ -22,10 +22,7 @@ class SimSiam(PretrainMethod):
 
     def __init__(self, config: PretrainConfig, num_classes: int) -> None:
         super().__init__(config, num_classes)
-        self.projector = MultiHeadProjector(
-            self.backbone.out_dim, [config.proj_hidden] * (config.proj_layers - 1), config.proj_dim, config.heads,
-            batch_norm=True, last_batch_norm=True,
-        )
+        self.projector = self.make_projector(batch_norm=True, last_batch_norm=True)
         self.predictor = MultiHeadPredictor(config.proj_dim, config.predictor_hidden, config.proj_dim, config.heads)
         self.temperature_net = self.make_temperature_net(config.proj_dim)
 

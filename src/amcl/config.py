@@ -177,15 +177,19 @@ class PretrainConfig:
                 "--temperature-mode negative needs negative pairs, which simsiam does not have; use adaptive "
                 "(= positive) or constant"
             )
-        if contrastive:
-            if self.method == "simclr":
-                what, negatives = f"negatives of a batch of {self.batch_size}", 2 * self.batch_size - 2
-                fix = "a larger --batch-size"
-            else:
-                what, negatives, fix = f"entries of the --queue-size {self.queue_size} queue", self.queue_size, "a larger --queue-size"
-            negatives += self.amcl_form == "infonce"
-            if self.topk > negatives:
-                raise AmclError(f"--topk {self.topk} is larger than the {negatives} {what}; use --topk <= {negatives} or {fix}")
+        if not contrastive:
+            return
+        if self.method == "simclr":
+            negatives, what = 2 * self.batch_size - 2, f"negatives of a batch of {self.batch_size}"
+            fix = "a larger --batch-size"
+        else:
+            negatives, what = self.queue_size, f"entries of the --queue-size {self.queue_size} queue"
+            fix = "a larger --queue-size"
+        negatives += self.amcl_form == "infonce"  # Eq. 2.4 also ranks the positive
+        if self.topk > negatives:
+            raise AmclError(
+                f"--topk {self.topk} is larger than the {negatives} {what}; use --topk <= {negatives} or {fix}"
+            )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)

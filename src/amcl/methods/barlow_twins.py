@@ -36,7 +36,8 @@ class BarlowTwins(PretrainMethod):
         taus = self.channel_temperatures(z1, z2)
         loss = amcl_barlow_twins_loss(z1, z2, taus, cfg.barlow_lambda, cfg.beta)
         with torch.no_grad():
-            taus = torch.as_tensor(taus, device=loss.device).detach().float().expand(z.shape[0], z.shape[-1], z.shape[-1])
+            dim = z.shape[-1]
+            taus = torch.as_tensor(taus, device=loss.device).detach().float().expand(z.shape[0], dim, dim)
             diagonal = torch.diagonal(taus, dim1=1, dim2=2)
             off_diagonal_mean = (taus.sum() - diagonal.sum()) / max(1, taus.numel() - diagonal.numel())
         return loss, {"tau_pos_mean": diagonal.mean(), "tau_neg_mean": off_diagonal_mean}

@@ -94,7 +94,6 @@ class PretrainMethod(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-
 def contrastive_extras(terms: ContrastiveTerms) -> dict[str, Tensor]:
     """Per-epoch means of the temperatures and similarities of the positive and hardest-negative pairs."""
     return {

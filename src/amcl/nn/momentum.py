@@ -66,8 +66,9 @@ class FeatureQueue(nn.Module):
     @torch.no_grad()
     def push(self, keys: Tensor) -> None:
         """Enqueue ``[C, N, dim]`` keys (normalised here) over the oldest entries, wrapping around."""
-        if keys.dim() != 3 or keys.shape[0] != self.features.shape[0] or keys.shape[2] != self.features.shape[2]:
-            raise ValueError(f"keys must be [{self.features.shape[0]}, N, {self.features.shape[2]}], got {tuple(keys.shape)}")
+        heads, _, dim = self.features.shape
+        if keys.dim() != 3 or keys.shape[0] != heads or keys.shape[2] != dim:
+            raise ValueError(f"keys must be [{heads}, N, {dim}], got {tuple(keys.shape)}")
         n = keys.shape[1]
         keys = F.normalize(keys.detach().to(self.features.dtype), dim=-1)
         start = self.pointer

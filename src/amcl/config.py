@@ -20,7 +20,11 @@ import yaml
 from amcl.errors import AmclError
 
 METHODS = ("simclr", "moco", "simsiam", "barlow_twins")
-DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "stl10")
+DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "stl10", "folder")
+#: Datasets read from --data-root, and those with an unlabeled split (--unlabeled).
+FILE_DATASETS = ("cifar10", "cifar100", "stl10", "folder")
+UNLABELED_DATASETS = ("stl10", "folder")
+CACHE_CHOICES = ("auto", "always", "never")
 TEMPERATURE_MODES = ("adaptive", "constant", "positive", "negative")
 AMCL_FORMS = ("hardest", "infonce")
 
@@ -45,7 +49,9 @@ def _by_method(key: str) -> str:
     return "default: " + ", ".join(values)
 
 #: Image size used when ``image_size`` is unset.
-DATASET_IMAGE_SIZES = {"digits": 16, "synthetic": 32, "cifar10": 32, "cifar100": 32, "stl10": 96}
+DATASET_IMAGE_SIZES = {"digits": 16, "synthetic": 32, "cifar10": 32, "cifar100": 32, "stl10": 96, "folder": 224}
+#: From this image size on, the default backbone is ResNet-18 with the ImageNet stem (7x7/2 conv + max-pool).
+IMAGENET_STEM_FROM = 128
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -90,11 +96,33 @@ class PretrainConfig:
     # data
     dataset: str = _opt("digits", "dataset to pre-train on", DATASETS)
     data_root: str | None = _opt(None, "folder holding the dataset files (not needed for digits, synthetic)")
-    image_size: int | None = _opt(None, "side of the training images in pixels (default: the dataset's)")
+    image_size: int | None = _opt(
+        None, "side of the training images in pixels (default: the dataset's: digits 16, cifar 32, stl10 96, "
+        "folder 224)"
+    )
+    unlabeled: bool = _opt(
+        False, "add the dataset's unlabeled images to pre-training: stl10's unlabeled_X.bin (100,000 images) or a "
+        "folder's <root>/unlabeled/"
+    )
+    class_list: str | None = _opt(
+        None, "folder: a text file naming the class folders to use, one per line (e.g. the ImageNet-100 list)"
+    )
+    strict_data: bool = _opt(
+        False, "stop on an image file that cannot be decoded instead of skipping it with a warning"
+    )
+    cache_images: str = _opt(
+        "auto", "folder: decode all images once and keep them in memory (always), decode them every epoch in "
+        "DataLoader workers (never), or cache when they fit in 8 GiB and a quarter of the RAM (auto)",
+        CACHE_CHOICES,
+    )
+    workers: int | None = _opt(None, "DataLoader processes decoding folder images (default: CPU cores, at most 8)")
     augs: str = _opt("default", "augmentation policy: letters from abcde, 'default' (= acde) or 'color'")
     color_strength: float = _opt(0.5, "colour distortion strength s (policy letter d and 'color')")
     # model and optimisation
-    backbone: str = _opt("resnet18", "encoder: resnet18/34/50 (CIFAR stem), *_imagenet stems, small_cnn")
+    backbone: str | None = _opt(
+        None, f"encoder: resnet18/34/50 (CIFAR stem), resnet*_imagenet, small_cnn (default: resnet18, or "
+        f"resnet18_imagenet from --image-size {IMAGENET_STEM_FROM})"
+    )
     epochs: int = _opt(800, "training epochs")
     batch_size: int = _opt(512, "images per batch (each gives two views)")
     lr: float | None = _opt(None, f"SGD learning rate ({_by_method('lr')})")
@@ -122,13 +150,15 @@ class PretrainConfig:
             values["heads"] = 3 if self.amcl else 1
         if values["image_size"] is None:
             values["image_size"] = DATASET_IMAGE_SIZES.get(self.dataset, 32)
+        if values["backbone"] is None:
+            values["backbone"] = "resnet18_imagenet" if values["image_size"] >= IMAGENET_STEM_FROM else "resnet18"
         cfg = PretrainConfig(**values)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
         """Check values that need no data; raises AmclError naming the option and the fix."""
-        for name in ("method", "dataset", "temperature_mode", "amcl_form"):
+        for name in ("method", "dataset", "temperature_mode", "amcl_form", "cache_images"):
             choices = _choices(name)
             if getattr(self, name) not in choices:
                 raise AmclError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")
@@ -139,10 +169,12 @@ class PretrainConfig:
             parse_policy(self.augs)
         except ValueError as exc:
             raise AmclError(f"--augs: {exc}") from None
-        if self.backbone not in BACKBONES:
+        if self.backbone is not None and self.backbone not in BACKBONES:
             raise AmclError(f"unknown backbone {self.backbone!r}; choose one of: {', '.join(sorted(BACKBONES))}")
         positive = ["heads", "epochs", "batch_size", "topk", "knn_k", "knn_every", "runs", "image_size",
                     "proj_hidden", "proj_dim", "proj_layers", "temperature_hidden", "predictor_hidden", "queue_size"]
+        if self.workers is not None and self.workers < 0:
+            raise AmclError(f"--workers must be 0 (decode in the main process) or more, got {self.workers}")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise AmclError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
@@ -162,8 +194,17 @@ class PretrainConfig:
                 raise AmclError(f"--{_flag(name)} must be a number >= 0, got {value}")
         if self.amcl:
             self._validate_amcl()
-        if self.dataset in ("cifar10", "cifar100", "stl10") and not self.data_root:
+        self._validate_data()
+
+    def _validate_data(self) -> None:
+        if self.dataset in FILE_DATASETS and not self.data_root:
             raise AmclError(f"--dataset {self.dataset} needs --data-root DIR (the folder holding its files)")
+        if self.unlabeled and self.dataset not in UNLABELED_DATASETS:
+            raise AmclError(
+                f"--unlabeled applies to {' and '.join(UNLABELED_DATASETS)}; {self.dataset} has no unlabeled split"
+            )
+        if self.class_list and self.dataset != "folder":
+            raise AmclError(f"--class-list applies to --dataset folder, not {self.dataset}")
 
     def _validate_amcl(self) -> None:
         contrastive = self.method in CONTRASTIVE_METHODS

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from amcl.config import PretrainConfig
-from amcl.data.datasets import load_dataset
+from amcl.data.datasets import load_configured_dataset
 from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError
 from amcl.methods import METHOD_CLASSES
@@ -47,6 +47,8 @@ class MetricsRecorder(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         record: dict[str, float] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         record.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        if getattr(trainer.datamodule, "streamed", False):
+            record["unreadable_files"] = len(trainer.datamodule.unreadable)
         record["time_s"] = round(time.perf_counter() - self.started, 3)
         self.epochs.append(record)
         write_json(self.path, self.summary())
@@ -90,7 +92,7 @@ def _trainer(**options: Any) -> L.Trainer:
 
 def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
     """One run of a resolved config; returns the metrics summary."""
-    splits = load_dataset(config.dataset, config.data_root, config.seed)
+    splits = load_configured_dataset(config)
     n_train = len(splits.train_labels)
     if config.batch_size > n_train:
         raise AmclError(
@@ -100,7 +102,9 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
     out = Path(config.out)
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
-    data = ContrastiveDataModule(splits, config.batch_size, config.augs, config.image_size, config.color_strength)
+    data = ContrastiveDataModule(splits, config.batch_size, config.augs, config.image_size, config.color_strength,
+                                 workers=config.workers)
+    monitor = data.can_monitor  # no kNN without labelled train and held-out images (e.g. unlabeled folders)
     model = METHOD_CLASSES[config.method](config, splits.num_classes)
     recorder = MetricsRecorder(out / "metrics.json")
     trainer = _trainer(
@@ -110,6 +114,7 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
         max_epochs=config.epochs,
         max_steps=config.max_steps,
         check_val_every_n_epoch=config.knn_every,
+        limit_val_batches=None if monitor else 0,
         num_sanity_val_steps=0,
         logger=False,
         enable_progress_bar=config.progress,
@@ -124,7 +129,7 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
     except OSError as exc:
         raise AmclError(f"cannot write outputs to --out {config.out}: {exc.strerror}; choose a writable folder") from None
     trainer.fit(model, datamodule=data)
-    if recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
+    if monitor and recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
         # the run stopped (max_steps, knn_every) without monitoring its final state: do it now
         recorder.epochs[-1]["knn_acc"] = trainer.validate(model, datamodule=data, verbose=False)[0]["knn_acc"]
     summary = recorder.summary()

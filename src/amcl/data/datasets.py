@@ -1,12 +1,31 @@
-"""One entry point for every dataset: ``load_dataset(name, root, seed)`` -> :class:`ImageSplits`."""
+"""One entry point for every dataset: :func:`load_dataset` -> :class:`ImageSplits` (in memory) or
+:class:`FolderSplits` (an image folder too large to hold, decoded every epoch)."""
 
 from __future__ import annotations
 
+from amcl.config import DATASETS, PretrainConfig
+from amcl.data.folders import FolderSplits
 from amcl.data.readers import ImageSplits
 
 
-def load_dataset(name: str, root: str | None = None, seed: int = 0) -> ImageSplits:
-    """Read a dataset by name: digits, synthetic, cifar10, cifar100 or stl10 (the last three from ``root``)."""
+def load_dataset(
+    name: str,
+    root: str | None = None,
+    seed: int = 0,
+    *,
+    image_size: int = 224,
+    unlabeled: bool = False,
+    class_list: str | None = None,
+    strict: bool = False,
+    cache: str = "auto",
+    workers: int | None = None,
+) -> ImageSplits | FolderSplits:
+    """Read a dataset by name (see :data:`amcl.config.DATASETS`); all but digits and synthetic read ``root``.
+
+    ``unlabeled`` adds STL-10's unlabeled split, or a folder's ``unlabeled/`` images, to the training
+    images (label -1). ``image_size``, ``class_list``, ``strict``, ``cache`` and ``workers`` apply
+    to ``folder`` (see :func:`amcl.data.folders.read_image_folder`).
+    """
     if name == "digits":
         from amcl.data.digits import read_digits
 
@@ -15,12 +34,29 @@ def load_dataset(name: str, root: str | None = None, seed: int = 0) -> ImageSpli
         from amcl.data.synthetic import make_synthetic
 
         return make_synthetic(seed=seed)
-    from amcl.data import readers
+    from amcl.data import folders, readers
 
     if name == "cifar10":
         return readers.read_cifar10(root)
     if name == "cifar100":
         return readers.read_cifar100(root)
     if name == "stl10":
-        return readers.read_stl10(root)
-    raise ValueError(f"unknown dataset {name!r}")
+        return readers.read_stl10(root, include_unlabeled=unlabeled)
+    if name == "folder":
+        return folders.read_image_folder(root, image_size, class_list, unlabeled, strict, cache, workers)
+    raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def load_configured_dataset(config: PretrainConfig, cache: str | None = None) -> ImageSplits | FolderSplits:
+    """The dataset a resolved config names, with its data options (``cache`` overrides the config's)."""
+    return load_dataset(
+        config.dataset,
+        config.data_root,
+        config.seed,
+        image_size=config.image_size,
+        unlabeled=config.unlabeled,
+        class_list=config.class_list,
+        strict=config.strict_data,
+        cache=cache or config.cache_images,
+        workers=config.workers,
+    )

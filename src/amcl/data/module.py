@@ -1,8 +1,15 @@
-"""The Lightning data module: images held as uint8 tensors, sent to the training device once,
-sampled and augmented there in whole batches.
+"""The Lightning data module: fixed-size uint8 images, augmented on the training device in whole batches.
 
-The data loaders yield only batches of indices; ``on_after_batch_transfer`` turns them into
-two augmented views (training) or plain images and labels (kNN monitor) on the device.
+Two input paths, one interface:
+
+* **in memory** (:class:`ImageSplits`: CIFAR, STL-10, digits, synthetic, cached folders): the images
+  are sent to the training device once; the loaders yield only batches of indices, and
+  ``on_after_batch_transfer`` gathers and augments them there.
+* **streamed** (:class:`FolderSplits`: large image folders): DataLoader workers decode files to
+  uint8 ``[B, 3, S, S]`` batches, which are moved to the device and augmented there.
+
+Either way a training batch becomes two augmented views, and an evaluation batch plain images
+with labels. Unlabeled images (label -1) take part in pre-training only.
 """
 
 from __future__ import annotations
@@ -15,7 +22,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from amcl.data.augment import TwoViews, ViewAugmentation
-from amcl.data.readers import ImageSplits
+from amcl.data.folders import DecodedImages, FolderSplits, ImageFiles, decode_failure, default_workers, file_batches
+from amcl.data.readers import DatasetError, ImageSplits
+from amcl.errors import warn
+
+#: Images used to estimate the normalisation statistics (an even spread over the training split).
+STATS_SAMPLE = 10_000
+STREAMED_STATS_SAMPLE = 512
+_WARN_UNREADABLE = 5
 
 
 class _Indices(Dataset):
@@ -39,35 +53,106 @@ def channel_stats(images: Tensor) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
+def _spread(n: int, count: int) -> Tensor:
+    """``min(n, count)`` indices spread evenly over ``range(n)``."""
+    return torch.linspace(0, n - 1, min(n, count)).round().long().unique()
+
+
 class ContrastiveDataModule(L.LightningDataModule):
-    """Two augmented views per image for pre-training; plain images for the kNN monitor."""
+    """Two augmented views per image for pre-training; plain labelled images for the kNN monitor."""
 
     def __init__(
         self,
-        splits: ImageSplits,
+        splits: ImageSplits | FolderSplits,
         batch_size: int,
         policy: str = "default",
         image_size: int = 32,
         color_strength: float = 0.5,
         eval_batch_size: int = 1024,
+        workers: int | None = None,
     ) -> None:
         super().__init__()
         self.splits = splits
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        mean, std = channel_stats(splits.train_images)
+        self.streamed = isinstance(splits, FolderSplits)
+        self.workers = default_workers() if workers is None else workers
+        self.unreadable: set[str] = set()
+        self._on_device: dict[str, tuple[Tensor, Tensor]] = {}
+        mean, std = channel_stats(self._stats_sample())
         self.augment = ViewAugmentation(policy, image_size, color_strength, mean, std)
         self.two_views = TwoViews(self.augment)
-        self._on_device: dict[str, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def can_monitor(self) -> bool:
+        """Whether the kNN monitor can run: labelled training images and a labelled held-out split."""
+        s = self.splits
+        return s.num_classes > 0 and bool((s.train_labels >= 0).any()) and len(s.test_labels) > 0
+
+    def _stats_sample(self) -> Tensor:
+        if not self.streamed:
+            images = self.splits.train_images
+            return images[_spread(len(images), STATS_SAMPLE)]
+        files = self.splits.train
+        keep = torch.zeros(len(files), dtype=torch.bool)
+        keep[_spread(len(files), STREAMED_STATS_SAMPLE)] = True
+        sample = files.subset(keep)
+        return torch.cat([b[0] for b in file_batches(DecodedImages(sample, self.splits.image_size), self.workers)])
+
+    # ----------------------------------------------------------------- loaders
+
+    def _files(self, split: str) -> ImageFiles:
+        return self.splits.train if split == "train" else self.splits.test
+
+    def _file_loader(self, files: ImageFiles, batch_size: int, **options) -> DataLoader:
+        trainer = self.trainer
+        pin = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return file_batches(DecodedImages(files, self.splits.image_size), self.workers, batch_size,
+                            pin_memory=pin, **options)
 
     def train_dataloader(self) -> DataLoader:
+        if self.streamed:
+            return self._file_loader(self.splits.train, self.batch_size, shuffle=True, drop_last=True,
+                                     persistent_workers=self.workers > 0)
         return DataLoader(_Indices(len(self.splits.train_labels)), self.batch_size, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
+        if self.streamed:
+            return self._file_loader(self.splits.test, self.eval_batch_size)
         return DataLoader(_Indices(len(self.splits.test_labels)), self.eval_batch_size)
 
+    # ----------------------------------------------------------------- batches
+
+    def _note_unreadable(self, paths: tuple[str, ...], broken: Tensor) -> None:
+        """Report files (``paths[broken]``) a worker could not decode and replaced by the next image;
+        refuse them if strict."""
+        broken = broken[broken >= 0]
+        if not len(broken):
+            return
+        for i in broken.tolist():
+            path = paths[i]
+            if path in self.unreadable:
+                continue
+            reason = decode_failure(path, self.splits.image_size)
+            if self.splits.strict:
+                raise DatasetError(f"{path} is not a readable image ({reason}); remove or replace it, or drop "
+                                   "--strict-data to skip such files")
+            self.unreadable.add(path)
+            if len(self.unreadable) <= _WARN_UNREADABLE:
+                more = "; further ones are counted in the run's metrics" if len(self.unreadable) == _WARN_UNREADABLE else ""
+                warn(f"unreadable image {path} ({reason}) replaced by the next file; --strict-data makes this an "
+                     f"error{more}")
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if not self.streamed:
+            return batch
+        images, labels, broken, _ = batch
+        training = self.trainer is not None and self.trainer.training
+        self._note_unreadable(self._files("train" if training else "test").paths, broken)
+        return images, labels
+
     def split_on_device(self, split: str, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The split's uint8 images and labels on ``device``, copied there once."""
+        """An in-memory split's uint8 images and labels on ``device``, copied there once."""
         cached = self._on_device.get(split)
         if cached is None or cached[0].device != device:
             images = getattr(self.splits, f"{split}_images")
@@ -76,16 +161,27 @@ class ContrastiveDataModule(L.LightningDataModule):
             self._on_device[split] = cached
         return cached
 
-    def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        if self.trainer is not None and self.trainer.training:
-            images, _ = self.split_on_device("train", batch.device)
-            return self.two_views(images[batch])
-        images, labels = self.split_on_device("test", batch.device)
-        return self.augment.plain(images[batch]), labels[batch]
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        training = self.trainer is not None and self.trainer.training
+        if self.streamed:
+            images, labels = batch
+        else:
+            images, labels = self.split_on_device("train" if training else "test", batch.device)
+            images, labels = images[batch], labels[batch]
+        if training:
+            return self.two_views(images)
+        return self.augment.plain(images), labels
 
     def plain_batches(self, split: str, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-        """All images of a split, un-augmented, with labels, in evaluation-sized chunks on ``device``."""
+        """The labelled images of a split, un-augmented, with labels, in evaluation-sized chunks on ``device``."""
+        if self.streamed:
+            files = self._files(split)
+            labelled = files.subset(files.labels >= 0)
+            for images, labels, broken, _ in self._file_loader(labelled, self.eval_batch_size):
+                self._note_unreadable(labelled.paths, broken)
+                yield self.augment.plain(images.to(device)), labels.to(device)
+            return
         images, labels = self.split_on_device(split, device)
-        for start in range(0, len(labels), self.eval_batch_size):
-            end = start + self.eval_batch_size
-            yield self.augment.plain(images[start:end]), labels[start:end]
+        labelled = (labels >= 0).nonzero().flatten()
+        for index in labelled.split(self.eval_batch_size):
+            yield self.augment.plain(images[index]), labels[index]

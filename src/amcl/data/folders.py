@@ -1,0 +1,427 @@
+"""Image folders: ImageNet-style ``train/<class>/`` and ``val/<class>/`` trees of JPEG/PNG files of any size.
+
+Layouts (``root`` is ``--data-root``)::
+
+    root/train/<class>/**/*.jpg|png|...   labelled training images (required for labels)
+    root/val/<class>/...  or root/test/   labelled held-out images (the kNN monitor's queries)
+    root/unlabeled/**/*                   extra images for pre-training only (with ``unlabeled=True``)
+    root/**/*  (no train/ folder)         an unlabeled folder: pre-training only, no kNN monitor
+
+Every image is decoded to RGB, its shorter side resized to ``image_size`` and the centre
+cropped to a square, giving fixed-size uint8 ``[3, S, S]`` tensors that batch and augment on
+the training device. Decoding runs in DataLoader worker processes; a small folder is decoded
+once and held in memory (``cache="auto"``), a large one every epoch.
+
+A file that cannot be decoded is skipped with a :class:`~amcl.errors.AmclWarning` giving the
+count and an example, or raises :class:`~amcl.data.readers.DatasetError` when ``strict``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from amcl.data.readers import DatasetError, ImageSplits, _brief
+from amcl.errors import warn
+
+__all__ = [
+    "FOLDER_LAYOUT",
+    "FolderSplits",
+    "ImageFiles",
+    "DecodedImages",
+    "decode_image",
+    "default_workers",
+    "read_image_folder",
+    "read_class_list",
+]
+
+FOLDER_LAYOUT = (
+    "expected <root>/train/<class>/<images> and <root>/val/<class>/<images> (or test/), optionally "
+    "<root>/unlabeled/<images> for --unlabeled; a folder of images without train/ is used unlabeled"
+)
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+#: Decode errors that mean "this file is not a readable image" (PIL raises all of these on bad input).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+#: ``cache="auto"`` keeps decoded images in memory up to this many bytes (and a quarter of the RAM).
+CACHE_LIMIT_BYTES = 8 << 30
+
+
+def default_workers() -> int:
+    """DataLoader worker processes for decoding: one per CPU core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_image(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, int]:
+    """Decode ``path`` to RGB uint8 ``[3, size, size]``: EXIF orientation applied, shorter side
+    resized to ``size`` (bilinear, antialiased), centre crop. Also returns the original shorter side.
+
+    Raises OSError (or another of PIL's errors) when the file is not a readable image.
+    """
+    with Image.open(path) as im:
+        im.draft("RGB", (size, size))  # JPEG: let the decoder downscale by 1/2..1/8, keeping >= size
+        im = ImageOps.exif_transpose(im)
+        short = min(im.size)
+        with warnings.catch_warnings():  # palette images with transparency warn on convert
+            warnings.simplefilter("ignore")
+            im = im.convert("RGB")
+        w, h = im.size
+        if short != size:
+            w, h = max(size, round(w * size / short)), max(size, round(h * size / short))
+            im = im.resize((w, h), Image.Resampling.BILINEAR)
+        left, top = (w - size) // 2, (h - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        return np.asarray(im).transpose(2, 0, 1).copy(), short
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """Image file paths with int64 labels (-1 = unlabeled)."""
+
+    paths: tuple[str, ...]
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, keep: Tensor) -> "ImageFiles":
+        """The entries where boolean ``keep`` is true."""
+        index = keep.nonzero().flatten().tolist()
+        return ImageFiles(tuple(self.paths[i] for i in index), self.labels[keep])
+
+
+class DecodedImages(Dataset):
+    """``files[i]`` decoded to ``(uint8 [3, S, S], label, broken, short_side)``.
+
+    A file that cannot be decoded is replaced by the next decodable one (so batches keep their
+    size) and ``broken`` is its index (-1 when the file itself decoded), so the main process can
+    count, report or refuse it. ``short_side`` is the original image's shorter side.
+    """
+
+    max_substitutes = 32
+
+    def __init__(self, files: ImageFiles, size: int) -> None:
+        self.files = files
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int, int]:
+        n = len(self.files)
+        for step in range(min(n, self.max_substitutes)):
+            k = (i + step) % n
+            try:
+                image, short = decode_image(self.files.paths[k], self.size)
+            except _DECODE_ERRORS:
+                continue
+            return torch.from_numpy(image), int(self.files.labels[k]), (i if step else -1), short
+        raise DatasetError(
+            f"{self.max_substitutes} image files in a row from {self.files.paths[i]} cannot be decoded; "
+            "check the folder (are these images?)"
+        )
+
+
+class _ImageHeaders(Dataset):
+    """``(width, height)`` of each file from its header alone, (-1, -1) when it is not an image."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Tensor:
+        try:
+            with Image.open(self.paths[i]) as im:
+                return torch.tensor(im.size)
+        except _DECODE_ERRORS:
+            return torch.tensor([-1, -1])
+
+
+def file_batches(dataset: Dataset, workers: int, batch_size: int = 256, **options) -> DataLoader:
+    """A DataLoader over ``dataset`` decoding in ``workers`` processes (0: in this process)."""
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, **options)
+
+
+def decode_failure(path: str, size: int) -> str:
+    """Why ``path`` cannot be decoded, as one line (re-decodes it in this process)."""
+    try:
+        decode_image(path, size)
+    except _DECODE_ERRORS as err:
+        return _brief(err).replace(f" '{path}'", "").replace(f" {path}", "")
+    return "it decoded on a second try (flaky storage?)"
+
+
+def report_unreadable(paths: Sequence[str], total: int, where: str, size: int, strict: bool) -> None:
+    """Warn about (or with ``strict`` refuse) the unreadable image files ``paths`` out of ``total``."""
+    if not paths:
+        return
+    example = f"{paths[0]}: {decode_failure(paths[0], size)}"
+    if strict:
+        raise DatasetError(
+            f"{len(paths)} of {total} files under {where} are not readable images (first: {example}); "
+            "remove or replace them, or drop --strict-data to skip them"
+        )
+    warn(
+        f"skipped {len(paths)} of {total} files under {where} that are not readable images "
+        f"(e.g. {example}); --strict-data makes this an error"
+    )
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def _visible(entries: Iterator[os.DirEntry]) -> list[os.DirEntry]:
+    return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+
+
+def _files_under(folder: Path) -> list[str]:
+    """Every non-hidden file below ``folder`` (recursively, sorted); hidden files and folders skipped."""
+    out: list[str] = []
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        with os.scandir(current) as it:
+            entries = _visible(it)
+        out += [e.path for e in entries if e.is_file()]
+        stack += [Path(e.path) for e in reversed(entries) if e.is_dir()]
+    return sorted(out)
+
+
+def read_class_list(path: str | os.PathLike[str]) -> list[str]:
+    """Class folder names from a text file: one per line; blank lines and ``#`` comments ignored."""
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"class list {p} does not exist; give a text file with one class folder name per line")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"cannot read class list {p} ({_brief(err)}); it must be a UTF-8 text file") from None
+    names = [s.split("#", 1)[0].strip() for s in lines]
+    names = list(dict.fromkeys(n for n in names if n))
+    if not names:
+        raise DatasetError(f"class list {p} names no classes; write one class folder name per line")
+    return names
+
+
+def _class_folders(split: Path, wanted: list[str] | None) -> dict[str, list[str]]:
+    """The class sub-folders of ``split`` (restricted to ``wanted``) and their files."""
+    with os.scandir(split) as it:
+        entries = _visible(it)
+    folders = {e.name: Path(e.path) for e in entries if e.is_dir()}
+    stray = [e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in _IMAGE_SUFFIXES]
+    if stray:
+        raise DatasetError(
+            f"{split} holds images outside class folders (e.g. {stray[0]}); put each class in its own "
+            f"sub-folder {split}/<class>/, or point --data-root at a folder without train/ to use them unlabeled"
+        )
+    if not folders:
+        raise DatasetError(f"{split} has no class sub-folders; {FOLDER_LAYOUT}")
+    if wanted is not None:
+        missing = [c for c in wanted if c not in folders]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise DatasetError(
+                f"the class list names {len(missing)} classes with no folder in {split}: {shown}; "
+                "fix the list or the folder"
+            )
+        folders = {c: folders[c] for c in wanted}
+    files = {name: _files_under(path) for name, path in sorted(folders.items())}
+    empty = [name for name, paths in files.items() if not paths]
+    if empty:
+        raise DatasetError(
+            f"class folder {split / empty[0]} is empty"
+            + (f" ({len(empty)} empty class folders in {split})" if len(empty) > 1 else "")
+            + "; add its images or remove the folder (or leave the class out with --class-list)"
+        )
+    return files
+
+
+def _labelled(files: dict[str, list[str]], classes: list[str]) -> ImageFiles:
+    index = {c: i for i, c in enumerate(classes)}
+    paths = [p for c in files for p in files[c]]
+    labels = [index[c] for c in files for _ in files[c]]
+    return ImageFiles(tuple(paths), torch.tensor(labels, dtype=torch.int64))
+
+
+def _unlabeled(paths: list[str]) -> ImageFiles:
+    return ImageFiles(tuple(paths), torch.full((len(paths),), -1, dtype=torch.int64))
+
+
+def scan_image_folder(
+    root: str | os.PathLike[str], class_list: str | os.PathLike[str] | None = None, unlabeled: bool = False
+) -> tuple[ImageFiles, ImageFiles, tuple[str, ...]]:
+    """Find the train and held-out files of an image folder (no decoding); see the module docstring."""
+    path = Path(root)
+    if not path.exists():
+        raise DatasetError(f"image folder {path} does not exist; {FOLDER_LAYOUT}")
+    if not path.is_dir():
+        raise DatasetError(f"image folder path {path} is a file, not a folder; {FOLDER_LAYOUT}")
+    wanted = read_class_list(class_list) if class_list else None
+    train_dir = path / "train"
+    if not train_dir.is_dir():
+        if wanted is not None:
+            raise DatasetError(f"--class-list needs labelled classes in {train_dir}/<class>/, which does not exist")
+        if unlabeled:
+            raise DatasetError(f"--unlabeled needs {train_dir}/<class>/ beside {path}/unlabeled/; {FOLDER_LAYOUT}")
+        everything = _files_under(path)
+        if not everything:
+            raise DatasetError(f"image folder {path} holds no files; {FOLDER_LAYOUT}")
+        warn(
+            f"{path} has no train/ folder: using its {len(everything)} files as unlabeled images for "
+            "pre-training only (no kNN monitor); for labels use <root>/train/<class>/ and <root>/val/<class>/"
+        )
+        return _unlabeled(everything), _unlabeled([]), ()
+    train_files = _class_folders(train_dir, wanted)
+    classes = list(train_files)
+    held_out = next((path / name for name in ("val", "test") if (path / name).is_dir()), None)
+    if held_out is None:
+        test = _unlabeled([])
+        warn(f"{path} has no val/ or test/ folder: the kNN monitor is off (no held-out labelled images)")
+    else:
+        present = _subdirs(held_out)
+        test_files = _class_folders(held_out, [c for c in wanted if c in present] if wanted else None)
+        extra = [c for c in test_files if c not in train_files]
+        if extra:
+            raise DatasetError(
+                f"{held_out} has class folders that {train_dir} lacks (e.g. {extra[0]}); the held-out classes must "
+                "be training classes: remove them or add them to train/"
+            )
+        test = _labelled(test_files, classes)
+    train = _labelled(train_files, classes)
+    if unlabeled:
+        extra_dir = path / "unlabeled"
+        if not extra_dir.is_dir():
+            raise DatasetError(f"--unlabeled: {extra_dir} does not exist; {FOLDER_LAYOUT}")
+        more = _files_under(extra_dir)
+        train = ImageFiles(train.paths + tuple(more), torch.cat([train.labels, _unlabeled(more).labels]))
+    return train, test, tuple(classes)
+
+
+def _subdirs(folder: Path) -> set[str]:
+    with os.scandir(folder) as it:
+        return {e.name for e in it if e.is_dir()}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class FolderSplits:
+    """An image folder decoded on the fly: file lists for the train and held-out splits.
+
+    ``train_labels`` / ``test_labels`` mirror :class:`ImageSplits` so callers can count and check
+    labels without decoding anything.
+    """
+
+    name: str
+    train: ImageFiles
+    test: ImageFiles
+    classes: tuple[str, ...]
+    image_size: int
+    strict: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def train_labels(self) -> Tensor:
+        return self.train.labels
+
+    @property
+    def test_labels(self) -> Tensor:
+        return self.test.labels
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
+def _drop_unreadable_headers(files: ImageFiles, where: Path, size: int, strict: bool, workers: int) -> ImageFiles:
+    """Check every file's header (fast, no decoding); skip or refuse the unreadable ones."""
+    if not len(files):
+        return files
+    sizes = torch.cat(list(file_batches(_ImageHeaders(files.paths), workers, batch_size=512)))
+    ok = sizes[:, 0] >= 0
+    report_unreadable([p for p, good in zip(files.paths, ok.tolist()) if not good], len(files), str(where), size, strict)
+    _warn_upscaled(int((sizes[ok].min(dim=1).values < size).sum()), int(ok.sum()), where, size)
+    return files.subset(ok)
+
+
+def _warn_upscaled(count: int, total: int, where: Path, size: int) -> None:
+    if count:
+        warn(
+            f"{count} of {total} images under {where} are smaller than --image-size {size} and are upscaled; "
+            "a smaller --image-size keeps their detail without interpolation"
+        )
+
+
+def _decode_all(files: ImageFiles, where: Path, size: int, strict: bool, workers: int) -> tuple[Tensor, Tensor]:
+    """Decode every file once (in worker processes) into uint8 ``[N, 3, S, S]`` and its labels."""
+    images = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
+    broken = torch.empty(len(files), dtype=torch.int64)
+    short = torch.empty(len(files), dtype=torch.int64)
+    start = 0
+    for batch_images, _, batch_broken, batch_short in file_batches(DecodedImages(files, size), workers):
+        end = start + len(batch_images)
+        images[start:end], broken[start:end], short[start:end] = batch_images, batch_broken, batch_short
+        start = end
+    ok = broken < 0
+    report_unreadable([files.paths[i] for i in broken[~ok].tolist()], len(files), str(where), size, strict)
+    _warn_upscaled(int((short[ok] < size).sum()), int(ok.sum()), where, size)
+    return images[ok], files.labels[ok]
+
+
+def read_image_folder(
+    root: str | os.PathLike[str],
+    image_size: int,
+    class_list: str | os.PathLike[str] | None = None,
+    unlabeled: bool = False,
+    strict: bool = False,
+    cache: str = "auto",
+    workers: int | None = None,
+) -> ImageSplits | FolderSplits:
+    """Read an image folder (see the module docstring) at ``image_size`` pixels.
+
+    ``cache``: ``"always"`` decodes every image once now and returns in-memory :class:`ImageSplits`;
+    ``"never"`` checks the file headers and returns :class:`FolderSplits`, decoded every epoch by
+    DataLoader workers; ``"auto"`` caches when the decoded images take at most 8 GiB and a quarter
+    of the machine's memory.
+    """
+    if cache not in ("auto", "always", "never"):
+        raise ValueError(f"cache must be auto, always or never, not {cache!r}")
+    workers = default_workers() if workers is None else workers
+    train, test, classes = scan_image_folder(root, class_list, unlabeled)
+    name = Path(root).name or str(root)
+    decoded_bytes = (len(train) + len(test)) * 3 * image_size * image_size
+    if cache == "auto":
+        cache = "always" if decoded_bytes <= min(CACHE_LIMIT_BYTES, _memory_bytes() // 4) else "never"
+    where = Path(root)
+    if cache == "never":
+        return FolderSplits(
+            name,
+            _drop_unreadable_headers(train, where, image_size, strict, workers),
+            _drop_unreadable_headers(test, where, image_size, strict, workers),
+            classes,
+            image_size,
+            strict,
+        )
+    train_x, train_y = _decode_all(train, where, image_size, strict, workers)
+    test_x, test_y = _decode_all(test, where, image_size, strict, workers)
+    return ImageSplits(name, train_x, train_y, test_x, test_y, classes)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from amcl.cli import main
 
@@ -41,6 +42,13 @@ from amcl.cli import main
         (["--method", "simsiam", "--amcl", "--temperature-mode", "negative"], ["simsiam does not have"]),
         (["--method", "barlow_twins", "--barlow-lambda", "-0.1"], ["--barlow-lambda must be a number >= 0"]),
         (["--amcl-form", "max"], ["unknown amcl_form 'max'", "infonce"]),
+        (["--dataset", "cifar10", "--data-root", "x", "--unlabeled"], ["--unlabeled applies to stl10 and folder"]),
+        (["--class-list", "classes.txt"], ["--class-list applies to --dataset folder, not digits"]),
+        (["--dataset", "folder"], ["--dataset folder needs --data-root"]),
+        (["--dataset", "folder", "--data-root", "/no/such/dir"],
+         ["image folder /no/such/dir does not exist", "<root>/train/<class>/<images>"]),
+        (["--workers", "-1"], ["--workers must be 0"]),
+        (["--cache-images", "maybe"], ["unknown cache_images 'maybe'", "auto, always, never"]),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(args, fragments, capsys, tmp_path):
@@ -118,3 +126,61 @@ def test_every_preset_loads_and_resolves():
         defaults = PretrainConfig(method=method, amcl=True, dataset="cifar10", data_root="DIR").resolved()
         for key in ("lr", "beta", "temperature", "proj_hidden", "proj_dim", "proj_layers", "batch_size", "epochs"):
             assert getattr(amcl, key) == getattr(defaults, key), (method, key)
+
+
+def _empty_class(root):
+    (root / "train" / "cat").mkdir(parents=True)
+    (root / "train" / "dog").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "train" / "cat" / "0.png")
+
+
+def _flat_train(root):
+    (root / "train").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "train" / "0.png")
+
+
+def _truncated_stl(root):
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    for name in ("train_X.bin", "test_X.bin"):
+        (folder / name).write_bytes(bytes(3 * 96 * 96 - 5))
+    for name in ("train_y.bin", "test_y.bin"):
+        (folder / name).write_bytes(bytes([1]))
+    (folder / "class_names.txt").write_text("a\n")
+
+
+def _stl_as_cifar(root):
+    _truncated_stl(root)
+
+
+def _corrupt_and_good(root):
+    _only_corrupt(root)
+    Image.new("RGB", (8, 8)).save(root / "train" / "cat" / "1.png")
+
+
+def _only_corrupt(root):
+    (root / "train" / "cat").mkdir(parents=True)
+    (root / "train" / "cat" / "0.png").write_bytes(b"\x89PNG but not really")
+
+
+@pytest.mark.parametrize(
+    "dataset,build,extra,fragments",
+    [
+        ("folder", _empty_class, [], ["class folder", "dog is empty", "add its images or remove the folder"]),
+        ("folder", _flat_train, [], ["holds images outside class folders", "train/<class>/"]),
+        ("folder", _only_corrupt, [], ["none of the 1 files", "is a readable image", "0.png"]),
+        ("folder", _corrupt_and_good, ["--strict-data"], ["1 of 2 files", "not readable images", "0.png"]),
+        ("stl10", _truncated_stl, [], ["train_X.bin has 27643 bytes", "truncated"]),
+        ("cifar10", _stl_as_cifar, [], ["CIFAR-10 folder", "is missing data_batch_1", "cifar-10-batches-py"]),
+    ],
+)
+def test_dataset_mistakes_give_one_line_and_exit_2(tmp_path, capsys, dataset, build, extra, fragments):
+    build(tmp_path / "data")
+    code = main(["pretrain", "--dataset", dataset, "--data-root", str(tmp_path / "data"), "--out",
+                 str(tmp_path / "run"), "--image-size", "8", "--workers", "0", *extra])
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if not line.startswith("amcl: warning: ")]  # warnings may come first
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("amcl pretrain: error: "), lines
+    for fragment in fragments:
+        assert fragment in errors[0]
+    assert not (tmp_path / "run").exists()

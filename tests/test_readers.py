@@ -328,6 +328,16 @@ def test_cifar_wrong_data_size(tmp_path: Path) -> None:
     assert "test_batch" in msg and "[N, 3072]" in msg
 
 
+def test_cifar_image_size_mismatch_names_the_sizes(tmp_path: Path) -> None:
+    """A CIFAR-format pickle of 64x64 images (like downsampled ImageNet) is refused, not misread."""
+    make_cifar10(tmp_path)
+    bad = {b"data": np.zeros((4, 3 * 64 * 64), dtype=np.uint8), b"labels": [0, 1, 2, 3]}
+    write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_2", bad)
+    msg = raises(read_cifar10, tmp_path)
+    assert "data_batch_2 holds 64x64 images (12288 values per row)" in msg
+    assert "are 32x32" in msg and "--dataset folder" in msg
+
+
 def test_cifar_label_count_and_range(tmp_path: Path) -> None:
     make_cifar10(tmp_path)
     folder = tmp_path / "cifar-10-batches-py"

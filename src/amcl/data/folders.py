@@ -104,22 +104,30 @@ class ImageFiles:
 class DecodedImages(Dataset):
     """``files[i]`` decoded to ``(uint8 [3, S, S], label, broken, short_side)``.
 
-    A file that cannot be decoded is replaced by the next decodable one (so batches keep their
-    size) and ``broken`` is its index (-1 when the file itself decoded), so the main process can
-    count, report or refuse it. ``short_side`` is the original image's shorter side.
+    ``broken`` is -1 when the file decoded, else its index, so the main process can count, report
+    or refuse it. A broken file is replaced by the next decodable one when ``substitute`` (so
+    training batches keep their size), else by zeros. ``short_side`` is the original image's
+    shorter side (0 for a broken file without substitute).
     """
 
     max_substitutes = 32
 
-    def __init__(self, files: ImageFiles, size: int) -> None:
+    def __init__(self, files: ImageFiles, size: int, substitute: bool = True) -> None:
         self.files = files
         self.size = size
+        self.substitute = substitute
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int, int]:
         n = len(self.files)
+        if not self.substitute:
+            try:
+                image, short = decode_image(self.files.paths[i], self.size)
+            except _DECODE_ERRORS:
+                return torch.zeros(3, self.size, self.size, dtype=torch.uint8), int(self.files.labels[i]), i, 0
+            return torch.from_numpy(image), int(self.files.labels[i]), -1, short
         for step in range(min(n, self.max_substitutes)):
             k = (i + step) % n
             try:
@@ -169,6 +177,9 @@ def report_unreadable(paths: Sequence[str], total: int, where: str, size: int, s
     if not paths:
         return
     example = f"{paths[0]}: {decode_failure(paths[0], size)}"
+    if len(paths) == total:
+        raise DatasetError(f"none of the {total} files under {where} is a readable image (e.g. {example}); "
+                           f"{FOLDER_LAYOUT}")
     if strict:
         raise DatasetError(
             f"{len(paths)} of {total} files under {where} are not readable images (first: {example}); "
@@ -378,7 +389,7 @@ def _decode_all(files: ImageFiles, where: Path, size: int, strict: bool, workers
     broken = torch.empty(len(files), dtype=torch.int64)
     short = torch.empty(len(files), dtype=torch.int64)
     start = 0
-    for batch_images, _, batch_broken, batch_short in file_batches(DecodedImages(files, size), workers):
+    for batch_images, _, batch_broken, batch_short in file_batches(DecodedImages(files, size, False), workers):
         end = start + len(batch_images)
         images[start:end], broken[start:end], short[start:end] = batch_images, batch_broken, batch_short
         start = end

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import math
 import os
 import pickle
 import tarfile
@@ -212,6 +213,13 @@ def _cifar_batch(
                 f"{where} has no {key!r} entry; it is not a {spec.name} batch, re-download it"
             )
     data, labels = d["data"], d[spec.label_key]
+    if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] != 3072:
+        side = math.isqrt(data.shape[1] // 3)
+        if 3 * side * side == data.shape[1]:  # e.g. the 64x64 "downsampled ImageNet" pickles
+            raise DatasetError(
+                f"{where} holds {side}x{side} images ({data.shape[1]} values per row), but {spec.name} images "
+                f"are 32x32 (3072); this is not {spec.name}: use --dataset folder for images of other sizes"
+            )
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
             and data.shape[1] == 3072):
         shape = getattr(data, "shape", None)

@@ -70,9 +70,11 @@ def decode_image(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, i
     Raises OSError (or another of PIL's errors) when the file is not a readable image.
     """
     with Image.open(path) as im:
+        short = min(im.size)
         im.draft("RGB", (size, size))  # JPEG: let the decoder downscale by 1/2..1/8, keeping >= size
         im = ImageOps.exif_transpose(im)
-        short = min(im.size)
+        if im.mode.startswith("I"):  # 16-bit (or 32-bit int) grey: convert("RGB") would clip at 255
+            im = Image.fromarray((np.asarray(im, dtype=np.float64).clip(0, 65535) / 257).round().astype(np.uint8))
         with warnings.catch_warnings():  # palette images with transparency warn on convert
             warnings.simplefilter("ignore")
             im = im.convert("RGB")
@@ -136,7 +138,7 @@ class DecodedImages(Dataset):
                 continue
             return torch.from_numpy(image), int(self.files.labels[k]), (i if step else -1), short
         raise DatasetError(
-            f"{self.max_substitutes} image files in a row from {self.files.paths[i]} cannot be decoded; "
+            f"{min(n, self.max_substitutes)} image files in a row from {self.files.paths[i]} cannot be decoded; "
             "check the folder (are these images?)"
         )
 

@@ -104,16 +104,18 @@ class ContrastiveDataModule(L.LightningDataModule):
     def _files(self, split: str) -> ImageFiles:
         return self.splits.train if split == "train" else self.splits.test
 
-    def _file_loader(self, files: ImageFiles, batch_size: int, **options) -> DataLoader:
+    def _file_loader(self, files: ImageFiles, batch_size: int, training: bool = False, **options) -> DataLoader:
+        """Decoded batches of ``files``. Training replaces a broken file by the next image (batches keep
+        their size); evaluation drops it (``on_before_batch_transfer``), as the in-memory cache does."""
         trainer = self.trainer
         pin = trainer is not None and trainer.strategy.root_device.type == "cuda"
-        return file_batches(DecodedImages(files, self.splits.image_size), self.workers, batch_size,
-                            pin_memory=pin, **options)
+        return file_batches(DecodedImages(files, self.splits.image_size, substitute=training), self.workers,
+                            batch_size, pin_memory=pin, **options)
 
     def train_dataloader(self) -> DataLoader:
         if self.streamed:
-            return self._file_loader(self.splits.train, self.batch_size, shuffle=True, drop_last=True,
-                                     persistent_workers=self.workers > 0)
+            return self._file_loader(self.splits.train, self.batch_size, training=True, shuffle=True,
+                                     drop_last=True, persistent_workers=self.workers > 0)
         return DataLoader(_Indices(len(self.splits.train_labels)), self.batch_size, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -149,7 +151,7 @@ class ContrastiveDataModule(L.LightningDataModule):
         images, labels, broken, _ = batch
         training = self.trainer is not None and self.trainer.training
         self._note_unreadable(self._files("train" if training else "test").paths, broken)
-        return images, labels
+        return (images, labels) if training else _readable(images, labels, broken)
 
     def split_on_device(self, split: str, device: torch.device) -> tuple[Tensor, Tensor]:
         """An in-memory split's uint8 images and labels on ``device``, copied there once."""
@@ -179,9 +181,18 @@ class ContrastiveDataModule(L.LightningDataModule):
             labelled = files.subset(files.labels >= 0)
             for images, labels, broken, _ in self._file_loader(labelled, self.eval_batch_size):
                 self._note_unreadable(labelled.paths, broken)
+                images, labels = _readable(images, labels, broken)
                 yield self.augment.plain(images.to(device)), labels.to(device)
             return
         images, labels = self.split_on_device(split, device)
         labelled = (labels >= 0).nonzero().flatten()
         for index in labelled.split(self.eval_batch_size):
             yield self.augment.plain(images[index]), labels[index]
+
+
+def _readable(images: Tensor, labels: Tensor, broken: Tensor) -> tuple[Tensor, Tensor]:
+    """A decoded evaluation batch without its unreadable files (on the host, before the transfer)."""
+    if bool((broken < 0).all()):
+        return images, labels
+    keep = broken < 0
+    return images[keep], labels[keep]

@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss_speed.py
+	$(BIN)/python benchmarks/input_pipeline.py --png
 
 clean:
 	rm -rf $(VENV) runs demo-runs .pytest_cache

@@ -124,19 +124,15 @@ class DecodedImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int, int]:
         n = len(self.files)
-        if not self.substitute:
-            try:
-                image, short = decode_image(self.files.paths[i], self.size)
-            except _DECODE_ERRORS:
-                return torch.zeros(3, self.size, self.size, dtype=torch.uint8), int(self.files.labels[i]), i, 0
-            return torch.from_numpy(image), int(self.files.labels[i]), -1, short
-        for step in range(min(n, self.max_substitutes)):
+        for step in range(min(n, self.max_substitutes) if self.substitute else 1):
             k = (i + step) % n
             try:
                 image, short = decode_image(self.files.paths[k], self.size)
             except _DECODE_ERRORS:
                 continue
             return torch.from_numpy(image), int(self.files.labels[k]), (i if step else -1), short
+        if not self.substitute:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), int(self.files.labels[i]), i, 0
         raise DatasetError(
             f"{min(n, self.max_substitutes)} image files in a row from {self.files.paths[i]} cannot be decoded; "
             "check the folder (are these images?)"

@@ -73,6 +73,28 @@ def test_max_steps_and_repeated_runs_summary(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
 
 
+def test_summarize_runs_mean_and_sample_std():
+    from amcl.train import summarize_runs
+
+    runs = [
+        {"final_loss": 1.0, "final_knn_acc": 0.5, "best_knn_acc": 0.6, "time_s": 2.0,
+         "epochs": [{"epoch": 0, "loss": 1.0, "tau_pos_mean": 0.2}]},
+        {"final_loss": 3.0, "final_knn_acc": 0.7, "best_knn_acc": 0.9, "time_s": 4.0,
+         "epochs": [{"epoch": 0, "loss": 3.0, "tau_pos_mean": 0.4}]},
+        {"final_loss": 5.0, "final_knn_acc": None, "best_knn_acc": 0.6, "time_s": 6.0,
+         "epochs": [{"epoch": 0, "loss": 5.0}]},
+    ]
+    summary = summarize_runs(runs)
+    assert summary["final_loss"] == {"mean": 3.0, "std": 2.0, "values": [1.0, 3.0, 5.0]}  # sqrt((4+0+4)/2)
+    assert summary["best_knn_acc"]["mean"] == pytest.approx(0.7)
+    assert summary["best_knn_acc"]["std"] == pytest.approx((2 * 0.1**2 + 0.2**2) ** 0.5 / 2**0.5)
+    assert summary["final_knn_acc"]["values"] == [0.5, 0.7]  # the run without kNN is left out
+    assert summary["final_tau_pos_mean"]["mean"] == pytest.approx(0.3)
+    assert summary["final_tau_pos_mean"]["std"] == pytest.approx(0.1 * 2**0.5)
+    assert "final_epoch" not in summary and "final_knn_acc" in summary
+    assert summarize_runs(runs[:1])["final_loss"]["std"] == 0.0
+
+
 def test_constant_temperature_ablation_has_no_temperature_net(tmp_path):
     config = PretrainConfig(epochs=1, max_steps=2, amcl=True, temperature_mode="constant", out=str(tmp_path), **TINY)
     summary = pretrain(config)

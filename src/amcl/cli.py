@@ -13,7 +13,7 @@ import warnings
 from typing import Any, Sequence
 
 from amcl import __version__
-from amcl.config import PretrainConfig, coerce, field_types, load_yaml
+from amcl.config import METHODS, PretrainConfig, coerce, field_types, load_yaml
 from amcl.errors import AmclError, AmclWarning
 
 #: The config options ``amcl preview`` takes (the dataset and how its images are read).
@@ -103,6 +103,154 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json_summary(result: dict, keys: Sequence[str]) -> None:
+    shown = {k: result[k] for k in keys if result.get(k) is not None}
+    print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from amcl.eval.protocols import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.checkpoint, args.protocol, dataset=args.dataset, data_root=args.data_root, workers=args.workers,
+        knn_k=args.knn_k, knn_t=args.knn_t, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        weight_decay=args.weight_decay, augment=args.augment, device=args.device, seed=args.seed, out=args.out,
+    )
+    _print_json_summary(result, ("protocol", "top1", "top5"))
+    print(f"wrote {result['json']}")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from amcl.eval.analysis import analyze_checkpoint
+
+    result = analyze_checkpoint(
+        args.checkpoint, args.out, pairs=args.pairs, augs=args.augs, dataset=args.dataset, data_root=args.data_root,
+        workers=args.workers, bins=args.bins, seed=args.seed, device=args.device,
+    )
+    print(f"backbone overlap {result['backbone']['overlap']:.3f}; per head: "
+          + ", ".join(f"{h['overlap']:.3f}" for h in result["heads"]))
+    print(f"wrote {', '.join(result['files'])}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from amcl.export import export_encoder
+
+    result = export_encoder(
+        args.checkpoint, args.out, features=args.features, splits=args.splits, dataset=args.dataset,
+        data_root=args.data_root, workers=args.workers, device=args.device,
+    )
+    print(f"wrote {', '.join(result['files'])}")
+    return 0
+
+
+#: ``amcl compare`` takes every pretrain option except those its grid sets per cell.
+COMPARE_GRID_OPTIONS = ("method", "amcl", "augs", "seed", "runs", "out")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from amcl.compare import run_comparison
+
+    names = [f.name for f in dataclasses.fields(PretrainConfig) if f.name not in COMPARE_GRID_OPTIONS]
+    base = config_from_args(args, names)
+    result = run_comparison(base, args.methods, _split_policies(args.policies), args.seeds, args.modes, args.out,
+                            args.metric)
+    print(result["table"])
+    print(f"wrote {result['markdown']} and {result['json']}")
+    return 0
+
+
+def _split_policies(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command reading a checkpoint shares: the file, the data, the device."""
+    parser.add_argument("--checkpoint", required=True, metavar="FILE",
+                        help="a last.ckpt written by amcl pretrain (or its --out folder)")
+    parser.add_argument("--dataset", choices=None, metavar="DATASET",
+                        help="evaluate on another dataset than the checkpoint's (same choices as pretrain)")
+    parser.add_argument("--data-root", metavar="DIR", help="where that dataset's files are [default: the checkpoint's]")
+    parser.add_argument("--workers", type=int, metavar="N", help="DataLoader processes decoding folder images")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ... "
+                                                          "[default: auto]")
+    parser.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
+
+
+def _add_commands(commands) -> None:
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a checkpoint's frozen encoder: weighted kNN or a linear probe (top-1, top-5)",
+        description="Evaluate a pre-trained encoder, frozen, on a labelled dataset: weighted kNN (bank = "
+                    "training images) or a linear classifier trained on its features. Prints top-1 and top-5 "
+                    "and writes them to JSON beside the checkpoint.",
+    )
+    _add_checkpoint_options(evaluate)
+    evaluate.add_argument("--protocol", choices=("knn", "linear"), default="knn", help="[default: knn]")
+    evaluate.add_argument("--knn-k", type=int, help="kNN neighbours [default: the checkpoint's, 200]")
+    evaluate.add_argument("--knn-t", type=float, help="kNN temperature [default: the checkpoint's, 0.1]")
+    evaluate.add_argument("--epochs", type=int, default=100, help="linear probe epochs [default: 100]")
+    evaluate.add_argument("--lr", type=float, default=0.1, help="linear probe SGD learning rate, cosine schedule "
+                                                                 "[default: 0.1]")
+    evaluate.add_argument("--batch-size", type=int, default=256, help="linear probe batch size [default: 256]")
+    evaluate.add_argument("--weight-decay", type=float, default=0.0, help="linear probe weight decay [default: 0]")
+    evaluate.add_argument("--augment", action="store_true",
+                          help="train the probe on augmented views (crop + flip) through the frozen encoder each "
+                               "epoch, instead of on precomputed features (slower)")
+    evaluate.add_argument("--out", metavar="FILE.json",
+                          help="result file [default: eval-<protocol>.json beside the checkpoint]")
+    evaluate.set_defaults(func=_eval)
+
+    analyze = commands.add_parser(
+        "analyze", help="similarity histograms of positive vs negative pairs, their overlap, learned temperatures",
+        description="On held-out images, compare positive pairs (two views of one image) with negative pairs "
+                    "(views of different images): cosine-similarity histograms for the backbone and each head, "
+                    "the overlap of the two distributions, and the learned temperatures of both kinds of pair. "
+                    "Writes PNG figures and analysis.json.",
+    )
+    _add_checkpoint_options(analyze)
+    analyze.add_argument("--pairs", type=int, default=500, help="positive and negative pairs each [default: 500]")
+    analyze.add_argument("--augs", help="augmentation policy of the views [default: the checkpoint's]")
+    analyze.add_argument("--bins", type=int, default=40, help="histogram bins [default: 40]")
+    analyze.add_argument("--out", metavar="DIR", help="output folder [default: analysis/ beside the checkpoint]")
+    analyze.set_defaults(func=_analyze)
+
+    export = commands.add_parser(
+        "export", help="the encoder as a plain state dict (+ JSON), and optionally dataset features as .npy",
+        description="Write the checkpoint's encoder as encoder.pt (a plain state dict, loadable with "
+                    "torch.load(weights_only=True)) and encoder.json (backbone, feature size, image size, "
+                    "normalisation); with --features also features-<split>.npy and labels-<split>.npy.",
+    )
+    _add_checkpoint_options(export)
+    export.add_argument("--features", action="store_true", help="also write the features of the dataset's splits")
+    export.add_argument("--splits", nargs="+", choices=("train", "test"), default=["train", "test"],
+                        help="splits whose features to write [default: train test]")
+    export.add_argument("--out", metavar="DIR", help="output folder [default: export/ beside the checkpoint]")
+    export.set_defaults(func=_export)
+
+    compare = commands.add_parser(
+        "compare", help="baseline vs AMCL over methods x augmentation policies x seeds: results.md and .json",
+        description="Pre-train every cell of a grid (methods x {baseline, AMCL} x augmentation policies x seeds) "
+                    "and write results.md (mean ± std per cell, the better of each baseline/AMCL pair in bold) "
+                    "and results.json. Finished cells are kept: running the same command again resumes the grid. "
+                    "All pretrain options except --method, --amcl, --augs, --seed, --runs and --out set every cell.",
+    )
+    compare.add_argument("--config", metavar="FILE.yaml", help="read the shared pretrain options from a YAML file")
+    compare.add_argument("--methods", nargs="+", default=["simclr"], choices=METHODS,
+                         help="methods [default: simclr]")
+    compare.add_argument("--modes", nargs="+", default=["baseline", "amcl"], choices=("baseline", "amcl"),
+                         help="[default: baseline amcl]")
+    compare.add_argument("--augs", dest="policies", type=_policy_list, default="default",
+                         help="comma-separated augmentation policies, e.g. a,ab,abc,abcd,abcde [default: default]")
+    compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="[default: 0 1 2]")
+    compare.add_argument("--metric", default="final_knn_acc", choices=("final_knn_acc", "best_knn_acc"),
+                         help="the metric the table reports [default: final_knn_acc]")
+    compare.add_argument("--out", default="runs/compare", metavar="DIR", help="[default: runs/compare]")
+    _add_config_options(compare, [f.name for f in dataclasses.fields(PretrainConfig)
+                                  if f.name not in COMPARE_GRID_OPTIONS])
+    compare.set_defaults(func=_compare)
+
+
 def _policy_list(text: str) -> str:
     from amcl.data.augment import parse_policy
 
@@ -146,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--out", default="preview.png", help="PNG file to write [default: preview.png]")
     _add_config_options(preview, PREVIEW_OPTIONS)
     preview.set_defaults(func=_preview)
+    _add_commands(commands)
     return parser
 
 

@@ -105,7 +105,7 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
     data = ContrastiveDataModule(splits, config.batch_size, config.augs, config.image_size, config.color_strength,
                                  workers=config.workers)
     monitor = data.can_monitor  # no kNN without labelled train and held-out images (e.g. unlabeled folders)
-    model = METHOD_CLASSES[config.method](config, splits.num_classes)
+    model = METHOD_CLASSES[config.method](config, splits.num_classes, data.normalization)
     recorder = MetricsRecorder(out / "metrics.json")
     trainer = _trainer(
         accelerator=config.accelerator,
@@ -133,7 +133,34 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
         # the run stopped (max_steps, knn_every) without monitoring its final state: do it now
         recorder.epochs[-1]["knn_acc"] = trainer.validate(model, datamodule=data, verbose=False)[0]["knn_acc"]
     summary = recorder.summary()
+    summary["complete"] = True  # the run ended normally (amcl compare skips such cells when resuming)
     write_json(out / "metrics.json", summary)
+    return summary
+
+
+_SUMMARY_KEYS = ("final_loss", "final_knn_acc", "best_knn_acc", "time_s")
+_NOT_SUMMARISED = ("epoch", "step", "time_s", "loss", "knn_acc")
+
+
+def summarize_runs(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean, sample standard deviation (0 for one run) and values over runs of every metric: the run
+    summaries' ``final_loss``, ``final_knn_acc``, ``best_knn_acc``, ``time_s``, and ``final_<name>`` for
+    every other value of the last epoch (e.g. ``final_tau_pos_mean``). Runs lacking a metric are left
+    out of its statistics."""
+    per_run: list[dict[str, float]] = []
+    for result in results:
+        values = {k: result.get(k) for k in _SUMMARY_KEYS}
+        last = result["epochs"][-1] if result.get("epochs") else {}
+        values.update({f"final_{k}": v for k, v in last.items() if k not in _NOT_SUMMARISED})
+        per_run.append({k: float(v) for k, v in values.items() if isinstance(v, (int, float))})
+    summary = {}
+    for key in dict.fromkeys(k for run in per_run for k in run):
+        values = [run[key] for run in per_run if key in run]
+        summary[key] = {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values,
+        }
     return summary
 
 
@@ -148,14 +175,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         seed = config.seed + r
         results.append(pretrain_once(replace(config, seed=seed, runs=1, out=str(out / f"run-{seed}"))))
     summary: dict[str, Any] = {"runs": config.runs, "seeds": [config.seed + r for r in range(config.runs)]}
-    for key in ("final_loss", "final_knn_acc", "best_knn_acc", "time_s"):
-        values = [r[key] for r in results if r[key] is not None]
-        if values:
-            summary[key] = {
-                "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "values": values,
-            }
+    summary.update(summarize_runs(results))
     write_json(out / "summary.json", summary)
     (out / "config.yaml").write_text(config.to_yaml())
     return summary

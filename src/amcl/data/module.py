@@ -70,7 +70,10 @@ class ContrastiveDataModule(L.LightningDataModule):
         color_strength: float = 0.5,
         eval_batch_size: int = 1024,
         workers: int | None = None,
+        normalization: dict[str, list[float]] | None = None,
     ) -> None:
+        """``normalization`` (``{"mean": [...], "std": [...]}``) overrides the statistics measured on the
+        training images, e.g. to evaluate a checkpoint exactly as it was trained."""
         super().__init__()
         self.splits = splits
         self.batch_size = batch_size
@@ -79,7 +82,11 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.workers = default_workers() if workers is None else workers
         self.unreadable: set[str] = set()
         self._on_device: dict[str, tuple[Tensor, Tensor]] = {}
-        mean, std = channel_stats(self._stats_sample())
+        if normalization is None:
+            mean, std = channel_stats(self._stats_sample())
+        else:
+            mean, std = normalization["mean"], normalization["std"]
+        self.normalization = {"mean": list(mean), "std": list(std)}
         self.augment = ViewAugmentation(policy, image_size, color_strength, mean, std)
         self.two_views = TwoViews(self.augment)
 

@@ -22,8 +22,9 @@ class BarlowTwins(PretrainMethod):
     off-diagonal as the negative ones.
     """
 
-    def __init__(self, config: PretrainConfig, num_classes: int) -> None:
-        super().__init__(config, num_classes)
+    def __init__(self, config: PretrainConfig | dict, num_classes: int, normalization: dict | None = None) -> None:
+        super().__init__(config, num_classes, normalization)
+        config = self.config
         self.projector = self.make_projector(batch_norm=True)
         self.temperature_net = self.make_temperature_net(config.batch_size)
 

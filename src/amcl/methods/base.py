@@ -23,9 +23,16 @@ from amcl.nn import MultiHeadProjector, TemperatureNet, build_backbone
 class PretrainMethod(L.LightningModule):
     """Self-supervised pre-training with SGD + cosine schedule and an online weighted-kNN monitor."""
 
-    def __init__(self, config: PretrainConfig, num_classes: int) -> None:
+    def __init__(
+        self, config: PretrainConfig | dict, num_classes: int, normalization: dict[str, list[float]] | None = None
+    ) -> None:
+        """``normalization`` (``{"mean": [...], "std": [...]}``, the data module's) is saved with the
+        checkpoint so evaluation normalises images exactly as training did."""
         super().__init__()
-        self.save_hyperparameters({"config": dataclasses.asdict(config), "num_classes": num_classes})
+        config = PretrainConfig(**config) if isinstance(config, dict) else config
+        self.save_hyperparameters(
+            {"config": dataclasses.asdict(config), "num_classes": num_classes, "normalization": normalization}
+        )
         self.config = config
         self.num_classes = num_classes
         self.backbone = build_backbone(config.backbone)

@@ -21,8 +21,9 @@ class MoCo(PretrainMethod):
     the keys are computed, as in MoCo.
     """
 
-    def __init__(self, config: PretrainConfig, num_classes: int) -> None:
-        super().__init__(config, num_classes)
+    def __init__(self, config: PretrainConfig | dict, num_classes: int, normalization: dict | None = None) -> None:
+        super().__init__(config, num_classes, normalization)
+        config = self.config
         self.projector = self.make_projector()
         self.momentum_backbone = momentum_copy(self.backbone)
         self.momentum_projector = momentum_copy(self.projector)

@@ -16,8 +16,9 @@ class SimCLR(PretrainMethod):
     come from one temperature network shared by the heads.
     """
 
-    def __init__(self, config: PretrainConfig, num_classes: int) -> None:
-        super().__init__(config, num_classes)
+    def __init__(self, config: PretrainConfig | dict, num_classes: int, normalization: dict | None = None) -> None:
+        super().__init__(config, num_classes, normalization)
+        config = self.config
         self.projector = self.make_projector()
         self.temperature_net = self.make_temperature_net(config.proj_dim)
 

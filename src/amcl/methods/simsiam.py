@@ -20,8 +20,9 @@ class SimSiam(PretrainMethod):
     SimSiam has only positive pairs, so ``temperature_mode`` positive equals adaptive.
     """
 
-    def __init__(self, config: PretrainConfig, num_classes: int) -> None:
-        super().__init__(config, num_classes)
+    def __init__(self, config: PretrainConfig | dict, num_classes: int, normalization: dict | None = None) -> None:
+        super().__init__(config, num_classes, normalization)
+        config = self.config
         self.projector = self.make_projector(batch_norm=True, last_batch_norm=True)
         self.predictor = MultiHeadPredictor(config.proj_dim, config.predictor_hidden, config.proj_dim, config.heads)
         self.temperature_net = self.make_temperature_net(config.proj_dim)

@@ -1,0 +1,94 @@
+"""Loading a pre-training checkpoint (``last.ckpt``) back into its method, safely.
+
+Checkpoints are read with ``torch.load(weights_only=True)``, which refuses arbitrary pickled
+objects; a file that is missing, truncated, not a torch file or not written by ``amcl pretrain``
+raises :class:`~amcl.errors.AmclError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from amcl.config import PretrainConfig
+from amcl.errors import AmclError
+
+__all__ = ["Pretrained", "load_pretrained", "read_checkpoint", "resolve_device"]
+
+
+@dataclass
+class Pretrained:
+    """A pre-trained method rebuilt from its checkpoint, in eval mode."""
+
+    model: Any  # amcl.methods.base.PretrainMethod
+    config: PretrainConfig
+    num_classes: int
+    normalization: dict[str, list[float]] | None
+    path: Path
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        return self.model.backbone
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint dict of an ``amcl pretrain`` run (tensors on the CPU), checked to be one of ours."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "last.ckpt").is_file():
+            raise AmclError(f"{p} is a folder without last.ckpt; give a checkpoint file or an amcl pretrain --out folder")
+        p = p / "last.ckpt"
+    if not p.is_file():
+        raise AmclError(f"checkpoint {p} does not exist; give the last.ckpt an amcl pretrain run wrote")
+    try:
+        checkpoint = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds on truncated or foreign files
+        reason = " ".join(str(err).split())[:160]
+        raise AmclError(
+            f"cannot read checkpoint {p} ({type(err).__name__}: {reason}); it is truncated or not a checkpoint "
+            "written by amcl pretrain"
+        ) from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not (isinstance(hparams, dict) and isinstance(hparams.get("config"), dict) and "state_dict" in checkpoint):
+        raise AmclError(f"{p} is a torch file but not an amcl pretrain checkpoint (no config or state_dict)")
+    checkpoint["path"] = str(p)
+    return checkpoint
+
+
+def load_pretrained(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Pretrained:
+    """Rebuild the method a checkpoint was trained with, load its weights, and put it in eval mode."""
+    from amcl.methods import METHOD_CLASSES
+
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint["hyper_parameters"]
+    known = PretrainConfig.__dataclass_fields__
+    try:
+        config = PretrainConfig(**{k: v for k, v in hparams["config"].items() if k in known})
+        model = METHOD_CLASSES[config.method](config, int(hparams["num_classes"]), hparams.get("normalization"))
+        model.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, RuntimeError, AmclError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise AmclError(
+            f"checkpoint {checkpoint['path']} does not match this version of amcl ({reason}); evaluate it with the "
+            "version that wrote it"
+        ) from None
+    model.eval().to(device)
+    return Pretrained(model, config, int(hparams["num_classes"]), hparams.get("normalization"),
+                      Path(checkpoint["path"]))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; otherwise the named device, checked to exist."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AmclError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise AmclError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return resolved

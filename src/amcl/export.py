@@ -1,0 +1,174 @@
+"""``amcl export``: a pre-trained encoder as plain weights, and a dataset's features as ``.npy``.
+
+Writes into the output folder:
+
+* ``encoder.pt``: the backbone's ``state_dict`` (CPU tensors only), loadable with
+  ``torch.load(path, weights_only=True)`` into ``amcl.nn.build_backbone(name)``;
+* ``encoder.json``: what is needed to use it: backbone name, feature size, image size and the
+  normalisation the encoder was trained with, plus where it came from;
+* with ``features=True``, per split: ``features-<split>.npy`` (float32 ``[N, D]``),
+  ``labels-<split>.npy`` (int64 ``[N]``, -1 for unlabeled images) and, for image folders,
+  ``paths-<split>.txt`` (the file of each row). Every image of the split is included, labelled
+  or not; unreadable folder images are left out (and absent from ``paths``).
+
+:func:`load_encoder` reads the first two back into a ready encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from amcl import __version__
+from amcl.data.folders import DecodedImages, FolderSplits, file_batches
+from amcl.data.module import ContrastiveDataModule
+from amcl.errors import AmclError
+from amcl.eval.checkpoint import load_pretrained, resolve_device
+from amcl.eval.features import evaluation_data
+
+__all__ = ["export_encoder", "load_encoder", "ENCODER_FORMAT"]
+
+ENCODER_FORMAT = "amcl-encoder/1"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` and move the result onto ``path``: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as f:  # a file object: np.save would append .npy to a path
+        np.save(f, array)
+
+
+@torch.no_grad()
+def _split_features(
+    data: ContrastiveDataModule, split: str, encoder: nn.Module, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """Features and labels of every image of ``split`` (unlabeled ones too), and folder paths."""
+    features, labels, paths = [], [], None
+    if isinstance(data.splits, FolderSplits):
+        files = data.splits.train if split == "train" else data.splits.test
+        decoded = DecodedImages(files, data.splits.image_size, substitute=False)
+        paths, offset = [], 0
+        for images, batch_labels, broken, _ in file_batches(decoded, data.workers, data.eval_batch_size):
+            keep = broken < 0
+            paths += [files.paths[offset + i] for i in keep.nonzero().flatten().tolist()]
+            offset += len(broken)
+            features.append(encoder(data.augment.plain(images[keep].to(device))).float().cpu())
+            labels.append(batch_labels[keep])
+    else:
+        images, all_labels = data.split_on_device(split, device)
+        for start in range(0, len(all_labels), data.eval_batch_size):
+            chunk = slice(start, start + data.eval_batch_size)
+            features.append(encoder(data.augment.plain(images[chunk])).float().cpu())
+            labels.append(all_labels[chunk].cpu())
+    if not features:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), paths
+    return torch.cat(features).numpy(), torch.cat(labels).numpy().astype(np.int64), paths
+
+
+def export_encoder(
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    features: bool = False,
+    splits: Sequence[str] = ("train", "test"),
+    dataset: str | None = None,
+    data_root: str | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Export a checkpoint's encoder (and with ``features`` the features of ``splits``) into ``out``
+    (default: ``export/`` beside the checkpoint). Returns the description written to ``encoder.json``
+    plus ``files``, the paths written."""
+    pretrained = load_pretrained(checkpoint, resolve_device(device))
+    folder = Path(out) if out is not None else pretrained.path.parent / "export"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AmclError(f"cannot create the output folder {folder}: {err.strerror}; choose a writable --out") from None
+    backbone, config = pretrained.backbone, pretrained.config
+    state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+    info: dict[str, Any] = {
+        "format": ENCODER_FORMAT,
+        "backbone": config.backbone,
+        "in_channels": 3,
+        "feature_dim": int(backbone.out_dim),
+        "image_size": config.image_size,
+        "normalization": pretrained.normalization,
+        "method": config.method,
+        "amcl": config.amcl,
+        "heads": config.heads,
+        "dataset": config.dataset,
+        "checkpoint": str(pretrained.path),
+        "amcl_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    files = [folder / "encoder.pt", folder / "encoder.json"]
+    _atomic_write(files[0], lambda p: torch.save(state, p))
+    if features:
+        overrides = {k: v for k, v in (("dataset", dataset), ("data_root", data_root), ("workers", workers)) if v is not None}
+        if (dataset or config.dataset) == "folder":
+            overrides["cache_images"] = "never"  # stream the folder, so each row keeps its file path
+        data = evaluation_data(pretrained, **overrides)
+        info["features"] = {}
+        for split in splits:
+            feats, labels, paths = _split_features(data, split, backbone, next(backbone.parameters()).device)
+            names = {"features": folder / f"features-{split}.npy", "labels": folder / f"labels-{split}.npy"}
+            _atomic_write(names["features"], lambda p: _save_npy(p, feats))
+            _atomic_write(names["labels"], lambda p: _save_npy(p, labels))
+            files += list(names.values())
+            if paths is not None:
+                names["paths"] = folder / f"paths-{split}.txt"
+                _atomic_write(names["paths"], lambda p: p.write_text("".join(f"{x}\n" for x in paths)))
+                files.append(names["paths"])
+            info["features"][split] = {"count": int(len(labels)), "labelled": int((labels >= 0).sum()),
+                                       **{k: v.name for k, v in names.items()}}
+    _atomic_write(files[1], lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
+    return {**info, "files": [str(f) for f in files]}
+
+
+def load_encoder(folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The encoder ``amcl export`` wrote into ``folder``, in eval mode, and its description.
+
+    Feed it images resized to ``info["image_size"]``, scaled to [0, 1] and normalised with
+    ``info["normalization"]`` (per-channel mean and std), as in pre-training::
+
+        encoder, info = load_encoder("runs/simclr/export")
+        features = encoder(images)  # [N, info["feature_dim"]]
+    """
+    from amcl.nn.backbones import BACKBONES, build_backbone
+
+    path = Path(folder)
+    try:
+        info = json.loads((path / "encoder.json").read_text())
+    except (OSError, ValueError) as err:
+        raise AmclError(f"cannot read {path / 'encoder.json'} ({err}); export the encoder with amcl export") from None
+    if info.get("format") != ENCODER_FORMAT or info.get("backbone") not in BACKBONES:
+        raise AmclError(f"{path / 'encoder.json'} does not describe an encoder exported by this version of amcl")
+    try:
+        state = torch.load(path / "encoder.pt", map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, foreign or missing file
+        raise AmclError(f"cannot load {path / 'encoder.pt'} ({type(err).__name__}); export the encoder again") from None
+    encoder = build_backbone(info["backbone"], info.get("in_channels", 3))
+    try:
+        encoder.load_state_dict(state)
+    except (RuntimeError, TypeError) as err:
+        raise AmclError(f"{path / 'encoder.pt'} does not fit a {info['backbone']} ({str(err).splitlines()[0]})") from None
+    return encoder.eval().to(device), info
+

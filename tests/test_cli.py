@@ -48,6 +48,7 @@ from amcl.cli import main
         (["--dataset", "folder", "--data-root", "/no/such/dir"],
          ["image folder /no/such/dir does not exist", "<root>/train/<class>/<images>"]),
         (["--workers", "-1"], ["--workers must be 0"]),
+        (["--seed", "-1"], ["--seed must be in 0..4294967295"]),
         (["--cache-images", "maybe"], ["unknown cache_images 'maybe'", "auto, always, never"]),
     ],
 )

@@ -109,3 +109,10 @@ def test_amcl_trains_under_bfloat16_mixed_precision(tmp_path):
     record = summary["epochs"][-1]
     assert record["step"] == 3 and 0.0 <= record["knn_acc"] <= 1.0
     assert all(map(lambda v: v == v, record.values()))  # no NaN anywhere
+
+
+def test_rerun_into_the_same_folder_replaces_the_checkpoint(tmp_path):
+    for steps in (1, 2):
+        pretrain(PretrainConfig(epochs=1, max_steps=steps, out=str(tmp_path), **TINY))
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["last.ckpt"]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 2

@@ -186,6 +186,8 @@ class PretrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise AmclError(f"--{_flag(name)} must be a positive number, got {value}")
+        if not 0 <= self.seed < 2**32:
+            raise AmclError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
         if not 0 <= self.ema_momentum < 1:
             raise AmclError(f"--ema-momentum must be in [0, 1), got {self.ema_momentum}")
         for name in ("beta", "color_strength", "momentum", "weight_decay", "barlow_lambda"):

@@ -119,7 +119,8 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
         logger=False,
         enable_progress_bar=config.progress,
         enable_model_summary=False,
-        callbacks=[recorder, ModelCheckpoint(dirpath=out, filename="last", save_top_k=0, save_last=True)]
+        callbacks=[recorder, ModelCheckpoint(dirpath=out, filename="last", save_top_k=0, save_last=True,
+                                               enable_version_counter=False)]
         + ([TrainingProgressBar()] if config.progress else []),
         default_root_dir=out,
     )

@@ -1,0 +1,251 @@
+"""`amcl compare` on the bundled digits: a tiny grid whose table matches its runs, resuming, bad grids."""
+
+import json
+import re
+import shutil
+import statistics
+import sys
+
+import pytest
+
+from amcl.cli import main
+from amcl.compare import run_comparison
+from amcl.config import PretrainConfig
+from amcl.errors import AmclError
+
+TINY = dict(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, epochs=1, max_steps=2, knn_k=10,
+            progress=False)
+GRID = dict(methods=["simclr"], policies=["a", "ae"], seeds=[0, 1])
+CELLS = [(mode, policy) for policy in ("a", "ae") for mode in ("baseline", "amcl")]
+CLI_TINY = ["--dataset", "digits", "--backbone", "small_cnn", "--image-size", "16", "--batch-size", "128",
+            "--epochs", "1", "--max-steps", "2", "--knn-k", "10", "--no-progress"]
+
+
+def metrics_files(out):
+    return sorted(out.glob("*/seed-*/metrics.json"))
+
+
+def mtimes(out):
+    return {p: p.stat().st_mtime_ns for p in metrics_files(out)}
+
+
+def table_rows(markdown):
+    """{(method, policy): [cell texts]} of the results table."""
+    rows = {}
+    for line in markdown.splitlines():
+        parts = [p.strip() for p in line.strip("|").split("|")]
+        if line.startswith("| simclr"):
+            rows[(parts[0], parts[1])] = parts[2:]
+    return rows
+
+
+def copy_grid(src, dst):
+    """The finished grid without its checkpoints (resuming needs only config.yaml and metrics.json)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.ckpt"))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "grid"
+    result = run_comparison(PretrainConfig(**TINY), out=str(out), **GRID)
+    return out, result
+
+
+def test_table_cells_match_the_individual_runs(grid):
+    out, result = grid
+    assert result["trained"] == 8 and result["reused"] == 0
+    markdown = (out / "results.md").read_text()
+    data = json.loads((out / "results.json").read_text())
+    assert result["markdown"] == str(out / "results.md") and result["json"] == str(out / "results.json")
+    assert result["table"] in markdown and result["cells"] == data["cells"]
+    assert data["metric"] == "final_knn_acc" and data["runs_finished"] == data["runs_total"] == 8
+    assert data["config"]["epochs"] == 1 and data["config"]["lr"] is None  # shared; lr is per method
+    rows = table_rows(markdown)
+    assert set(rows) == {("simclr", "a"), ("simclr", "ae")}
+    cells = {(c["mode"], c["policy"]): c for c in data["cells"]}
+    assert set(cells) == set(CELLS)
+    means = {}
+    for mode, policy in CELLS:
+        runs = [json.loads((out / f"simclr-{mode}-{policy}" / f"seed-{s}" / "metrics.json").read_text())
+                for s in (0, 1)]
+        assert all(r["complete"] for r in runs)
+        values = [r["final_knn_acc"] for r in runs]
+        mean, std = statistics.fmean(values), statistics.stdev(values)
+        means[(mode, policy)] = mean
+        cell = cells[(mode, policy)]
+        assert cell["values"] == values and cell["seeds"] == cell["finished_seeds"] == [0, 1]
+        assert cell["mean"] == mean and cell["std"] == std and cell["n"] == 2 and cell["status"] == "complete"
+        assert cell["summary"]["final_knn_acc"]["values"] == values
+        assert cell["summary"]["best_knn_acc"]["values"] == [r["best_knn_acc"] for r in runs]
+        assert [s["final_loss"] for s in cell["per_seed"]] == [r["final_loss"] for r in runs]
+        assert cell["config"]["heads"] == (3 if mode == "amcl" else 1) and cell["config"]["lr"] == 0.06
+        shown = rows[("simclr", policy)][0 if mode == "baseline" else 1]
+        assert shown.strip("*") == f"{100 * mean:.2f} ± {100 * std:.2f}"
+    for policy in ("a", "ae"):
+        baseline, amcl, delta = rows[("simclr", policy)]
+        b, a = (round(100 * means[(m, policy)], 2) for m in ("baseline", "amcl"))
+        assert baseline.startswith("**") == (b > a) and amcl.startswith("**") == (a > b)  # a tie: neither
+        difference = f"{100 * (means[('amcl', policy)] - means[('baseline', policy)]):+.2f}"
+        assert delta == (difference.lstrip("+-") if float(difference) == 0 else difference)
+    assert "dataset digits" in markdown and "backbone small_cnn" in markdown and "batch size 128" in markdown
+    assert "in %" in markdown and "2 seeds" in markdown and "8 of 8 runs finished" in markdown
+
+
+def test_running_again_trains_nothing_and_gives_the_same_results(grid, capsys):
+    out, first = grid
+    before, results = mtimes(out), json.loads((out / "results.json").read_text())
+    again = run_comparison(PretrainConfig(**TINY), out=str(out), **GRID)
+    lines = capsys.readouterr().out.splitlines()
+    assert again["trained"] == 0 and again["reused"] == 8
+    assert sum("skipped (finished earlier)" in line for line in lines) == 8
+    assert "[8/8] simclr amcl ae seed 1: skipped" in "\n".join(lines)
+    assert mtimes(out) == before and len(before) == 8
+    assert json.loads((out / "results.json").read_text()) == results and again["table"] == first["table"]
+
+
+def test_cli_resumes_the_grid_and_prints_the_table(grid, capsys):
+    out, first = grid
+    before = mtimes(out)
+    code = main(["compare", "--methods", "simclr", "--augs", "a,ae", "--seeds", "0", "1", "--out", str(out),
+                 *CLI_TINY])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert first["table"] in printed and f"wrote {out / 'results.md'} and {out / 'results.json'}" in printed
+    assert printed.count("skipped (finished earlier)") == 8 and mtimes(out) == before
+
+
+def test_changed_shared_option_with_the_same_out_is_an_error(grid, capsys):
+    out, _ = grid
+    before = mtimes(out)
+    with pytest.raises(AmclError, match=r"other settings \(epochs 1 there, 2 now\).*another --out.*delete"):
+        run_comparison(PretrainConfig(**{**TINY, "epochs": 2}), out=str(out), **GRID)
+    code = main(["compare", "--methods", "simclr", "--augs", "a,ae", "--seeds", "0", "1", "--out", str(out),
+                 *CLI_TINY, "--temperature", "0.2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "temperature 0.5 there, 0.2 now" in err
+    assert mtimes(out) == before
+
+
+def test_only_an_unfinished_run_is_trained_again(grid, tmp_path, capsys):
+    out = copy_grid(grid[0], tmp_path / "grid")
+    cut = out / "simclr-amcl-ae" / "seed-1"
+    metrics = json.loads((cut / "metrics.json").read_text())
+    (cut / "metrics.json").write_text(json.dumps({**metrics, "complete": False}))
+    (cut / "last.ckpt").write_text("a checkpoint left by a killed run")
+    before = mtimes(out)
+    result = run_comparison(PretrainConfig(**TINY), out=str(out), **GRID)
+    printed = capsys.readouterr().out
+    assert result["trained"] == 1 and printed.count("skipped (finished earlier)") == 7
+    assert "[8/8] simclr amcl ae seed 1: done" in printed
+    after = mtimes(out)
+    assert [p for p in before if after[p] != before[p]] == [cut / "metrics.json"]
+    assert json.loads((cut / "metrics.json").read_text())["complete"] is True
+    assert sorted(p.name for p in cut.iterdir()) == ["config.yaml", "last.ckpt", "metrics.json"]  # no last-v1.ckpt
+    assert (cut / "last.ckpt").stat().st_size > 1000
+    cell = next(c for c in result["cells"] if (c["mode"], c["policy"]) == ("amcl", "ae"))
+    assert cell["values"][1] == json.loads((cut / "metrics.json").read_text())["final_knn_acc"]
+
+
+def test_killed_grid_leaves_a_partial_table(grid, tmp_path, monkeypatch):
+    import amcl.train
+
+    out = copy_grid(grid[0], tmp_path / "grid")
+    for seed in (0, 1):
+        (out / "simclr-amcl-ae" / f"seed-{seed}" / "metrics.json").unlink()
+
+    def killed(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(amcl.train, "pretrain_once", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(PretrainConfig(**TINY), out=str(out), **GRID)
+    markdown = (out / "results.md").read_text()
+    rows = table_rows(markdown)
+    assert rows[("simclr", "ae")][1:] == ["pending", "–"] and "**" not in rows[("simclr", "ae")][0]
+    assert rows[("simclr", "a")][2] != "–"
+    assert "6 of 8 runs finished" in markdown and "resumes" in markdown
+    data = json.loads((out / "results.json").read_text())
+    assert data["runs_finished"] == 6 and not list(out.glob(".*.tmp"))
+
+
+def test_missing_metric_shows_n_a(grid, tmp_path):
+    out = copy_grid(grid[0], tmp_path / "grid")
+    for folder, seeds in (("simclr-baseline-a", (0, 1)), ("simclr-amcl-ae", (1,))):
+        for seed in seeds:
+            path = out / folder / f"seed-{seed}" / "metrics.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "final_knn_acc": None}))
+    result = run_comparison(PretrainConfig(**TINY), out=str(out), **GRID)
+    assert result["trained"] == 0
+    rows = table_rows(result["table"])
+    assert rows[("simclr", "a")][0] == "n/a" and rows[("simclr", "a")][2] == "–"
+    assert "**" not in "".join(rows[("simclr", "a")])  # no comparison against a missing value
+    assert rows[("simclr", "ae")][1].endswith("(1/2 seeds)") and rows[("simclr", "ae")][2] == "–"
+    cell = next(c for c in result["cells"] if (c["mode"], c["policy"]) == ("baseline", "a"))
+    assert cell["mean"] is None and cell["std"] is None and cell["values"] == [None, None]
+
+
+def test_one_mode_grid_has_no_bold_or_delta(grid, tmp_path):
+    out = copy_grid(grid[0], tmp_path / "grid")
+    result = run_comparison(PretrainConfig(**TINY), out=str(out), modes=["amcl"], **GRID)
+    assert result["trained"] == 0 and len(result["cells"]) == 2
+    header = result["table"].splitlines()[0]
+    assert "AMCL" in header and "baseline" not in header and "Δ" not in result["table"]
+    assert "**" not in (out / "results.md").read_text()
+    assert all(len(row) == 1 for row in table_rows(result["table"]).values())
+
+
+def test_duplicates_are_run_once(grid, tmp_path):
+    out = copy_grid(grid[0], tmp_path / "grid")
+    with pytest.warns(UserWarning, match="'ea' is the same as 'ae'"):
+        result = run_comparison(PretrainConfig(**TINY), ["simclr", "simclr"], ["a", "ae", "a", "ea"], [0, 1, 0],
+                                modes=["baseline", "amcl", "amcl"], out=str(out))
+    assert result["trained"] == 0 and result["reused"] == 8 and len(result["cells"]) == 4
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--methods", "simsiam", "--amcl-form", "infonce"], "applies to simclr and moco"),
+        (["--methods", "simclr", "barlow_twins", "--amcl-form", "infonce"], "barlow_twins amcl"),
+        (["--batch-size", "4", "--topk", "7"], "--topk 7"),
+        (["--seeds", "-1"], "--seeds: -1"),
+    ],
+)
+def test_bad_grid_fails_at_once_and_trains_nothing(args, fragment, tmp_path, capsys):
+    out = tmp_path / "grid"
+    code = main(["compare", "--augs", "a,ae", "--out", str(out), *CLI_TINY, *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and fragment in err, err
+    assert err.startswith("amcl compare: error:")
+    assert not out.exists()
+
+
+def test_bad_policy_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(main(["compare", "--augs", "a,xz", "--out", str(tmp_path / "grid"), *CLI_TINY]))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "'x'" in err and "'z'" in err
+    assert not (tmp_path / "grid").exists()
+
+
+@pytest.mark.parametrize(
+    "changes,fragment",
+    [
+        ({"methods": []}, "--methods: give at least one"),
+        ({"policies": []}, "--augs: give at least one"),
+        ({"seeds": []}, "--seeds: give at least one"),
+        ({"modes": []}, "--modes: give at least one"),
+        ({"methods": ["byol"]}, "unknown method 'byol'"),
+        ({"modes": ["both"]}, "unknown mode 'both'"),
+        ({"policies": ["a", "xz"]}, "--augs: unknown augmentation code(s) 'x', 'z'"),
+        ({"seeds": [0, 2**32]}, "--seeds: 4294967296 is not a seed"),
+        ({"metric": "top1"}, "unknown metric 'top1'"),
+    ],
+)
+def test_bad_inputs_raise_before_anything_is_written(changes, fragment, tmp_path):
+    out = tmp_path / "grid"
+    options = {**GRID, "modes": ["baseline", "amcl"], "metric": "final_knn_acc", **changes}
+    with pytest.raises(AmclError, match=re.escape(fragment)):
+        run_comparison(PretrainConfig(**TINY), out=str(out), **options)
+    assert not out.exists()

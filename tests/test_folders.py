@@ -281,7 +281,7 @@ def test_class_list_naming_a_missing_class(tmp_path: Path) -> None:
 @pytest.mark.parametrize("cache", CACHES)
 def test_folder_without_train_is_unlabeled(tmp_path: Path, cache: str) -> None:
     files = write_files(tmp_path, {"": ["b.png", "a.png"], "misc/deep": ["c.png"]})
-    with pytest.warns(AmclWarning, match="no train/ folder: using its 3 files as unlabeled images for pre-training only"):
+    with pytest.warns(AmclWarning, match="no train/ folder: its 3 files are unlabeled images, for pre-training only"):
         splits = read(tmp_path, cache)
     assert splits.classes == () and splits.num_classes == 0
     images, labels = decoded(splits, "train")
@@ -535,7 +535,7 @@ def test_streamed_and_cached_modules_give_identical_batches(tmp_path: Path) -> N
 @pytest.mark.parametrize("cache", CACHES)
 def test_can_monitor_needs_a_held_out_split(tmp_path: Path, cache: str) -> None:
     write_files(tmp_path, {"train/a": ["1.png"], "train/b": ["2.png"]})
-    with pytest.warns(AmclWarning, match="no val/ or test/ folder: the kNN monitor is off"):
+    with pytest.warns(AmclWarning, match="no val/ or test/ folder: no held-out labelled images, so no kNN monitor"):
         splits = read(tmp_path, cache)
     assert not ContrastiveDataModule(splits, 1, image_size=S, workers=0).can_monitor
     write_files(tmp_path, {"val/a": ["3.png"]})

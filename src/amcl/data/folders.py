@@ -289,8 +289,8 @@ def scan_image_folder(
         if not everything:
             raise DatasetError(f"image folder {path} holds no files; {FOLDER_LAYOUT}")
         warn(
-            f"{path} has no train/ folder: using its {len(everything)} files as unlabeled images for "
-            "pre-training only (no kNN monitor); for labels use <root>/train/<class>/ and <root>/val/<class>/"
+            f"{path} has no train/ folder: its {len(everything)} files are unlabeled images, for pre-training "
+            "only (no kNN monitor or evaluation); for labels use <root>/train/<class>/ and <root>/val/<class>/"
         )
         return _unlabeled(everything), _unlabeled([]), ()
     train_files = _class_folders(train_dir, wanted)
@@ -298,7 +298,8 @@ def scan_image_folder(
     held_out = next((path / name for name in ("val", "test") if (path / name).is_dir()), None)
     if held_out is None:
         test = _unlabeled([])
-        warn(f"{path} has no val/ or test/ folder: the kNN monitor is off (no held-out labelled images)")
+        warn(f"{path} has no val/ or test/ folder: no held-out labelled images, so no kNN monitor, evaluation or "
+             "analysis on this dataset")
     else:
         present = _subdirs(held_out)
         test_files = _class_folders(held_out, [c for c in wanted if c in present] if wanted else None)

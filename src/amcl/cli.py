@@ -77,8 +77,12 @@ def config_from_args(args: argparse.Namespace, names: Sequence[str] | None = Non
 def _pretrain(args: argparse.Namespace) -> int:
     from amcl.train import pretrain
 
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     config = config_from_args(args).resolved()
     summary = pretrain(config)
+    if rank_zero_only.rank != 0:  # in multi-process training, one process reports
+        return 0
     best = summary["best_knn_acc"]["mean"] if config.runs > 1 else summary["best_knn_acc"]
     if best is not None:
         print(f"best kNN accuracy: {best:.4f}")

@@ -182,6 +182,7 @@ def _plan(base: PretrainConfig, methods: Sequence[str], policies: Sequence[str],
                                      out=str(folder))
                     try:
                         config = config.resolved()
+                        config = replace(config, precision=_effective_precision(config))  # as pretrain saves it
                     except AmclError as exc:
                         raise AmclError(f"{method} {mode}: {exc}") from None
                     grid.runs.append(_Run(method, mode, policy, seed, config))
@@ -425,3 +426,9 @@ def _write_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _effective_precision(config: PretrainConfig) -> str:
+    from amcl.train import effective_precision
+
+    return effective_precision(config)

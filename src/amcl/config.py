@@ -137,8 +137,33 @@ class PretrainConfig:
     seed: int = _opt(0, "random seed")
     out: str = _opt("runs/pretrain", "output folder (config.yaml, metrics.json, last.ckpt)")
     accelerator: str = _opt("auto", "Lightning accelerator: auto, cpu, gpu")
-    precision: str = _opt("32-true", "Lightning precision, e.g. 32-true or bf16-mixed")
+    precision: str = _opt(
+        "auto", "Lightning precision, e.g. 32-true or bf16-mixed (auto: bf16-mixed on a CUDA GPU that supports it, "
+        "else 32-true; losses and temperatures always run in float32)"
+    )
+    devices: str = _opt("1", "devices per node: a number, a list such as 0,1, or auto (all visible GPUs)")
+    num_nodes: int = _opt(1, "machines (nodes) taking part; the global batch is batch-size x devices x nodes")
+    strategy: str = _opt("auto", "Lightning strategy: auto (DDP when there are several devices), ddp, ddp_spawn ...")
+    sync_batchnorm: bool = _opt(False, "synchronise BatchNorm statistics across processes (SyncBatchNorm, CUDA)")
+    channels_last: bool = _opt(True, "on CUDA, keep images and convolutions in channels-last memory format")
+    compile: bool = _opt(False, "compile the backbone with torch.compile (faster steps after a slow first one)")
     progress: bool = _opt(True, "show a progress bar")
+
+    @property
+    def world_size(self) -> int:
+        """Processes taking part in training: devices per node x nodes (``auto`` counts visible GPUs)."""
+        devices = str(self.devices).strip()
+        if devices in ("auto", "-1"):
+            count = 1
+            if self.accelerator in ("auto", "gpu", "cuda"):
+                import torch
+
+                count = max(1, torch.cuda.device_count())
+        elif "," in devices or devices.startswith("["):
+            count = len([d for d in devices.strip("[]").split(",") if d.strip()])
+        else:
+            count = int(devices)
+        return count * self.num_nodes
 
     def resolved(self) -> "PretrainConfig":
         """A copy with every ``None`` replaced by its default, validated (raises AmclError)."""
@@ -186,6 +211,14 @@ class PretrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise AmclError(f"--{_flag(name)} must be a positive number, got {value}")
+        try:
+            if self.world_size < 1:
+                raise ValueError
+        except ValueError:
+            raise AmclError(
+                f"--devices {self.devices!r} with --num-nodes {self.num_nodes}: give a positive number of devices, "
+                "a list such as 0,1, or auto"
+            ) from None
         if not 0 <= self.seed < 2**32:
             raise AmclError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
         if not 0 <= self.ema_momentum < 1:

@@ -40,7 +40,7 @@ class MetricsRecorder(Callback):
     """Collects the epoch-level logged values into ``metrics.json`` after every epoch."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.path = path  # written by the global-rank-0 process only
         self.epochs: list[dict[str, float]] = []
         self.started = time.perf_counter()
 
@@ -51,7 +51,8 @@ class MetricsRecorder(Callback):
             record["unreadable_files"] = len(trainer.datamodule.unreadable)
         record["time_s"] = round(time.perf_counter() - self.started, 3)
         self.epochs.append(record)
-        write_json(self.path, self.summary())
+        if trainer.is_global_zero:
+            write_json(self.path, self.summary())
 
     def summary(self) -> dict[str, Any]:
         knn = [e["knn_acc"] for e in self.epochs if "knn_acc" in e]
@@ -85,8 +86,8 @@ def _trainer(**options: Any) -> L.Trainer:
         return L.Trainer(**options)
     except (MisconfigurationException, ValueError) as exc:
         raise AmclError(
-            f"cannot set up training with --accelerator {options['accelerator']} --precision "
-            f"{options['precision']}: {str(exc).splitlines()[0]}"
+            f"cannot set up training with --accelerator {options['accelerator']} --devices {options['devices']} "
+            f"--strategy {options['strategy']} --precision {options['precision']}: {str(exc).splitlines()[0]}"
         ) from None
 
 
@@ -100,16 +101,21 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
             f"{config.dataset}; use --batch-size <= {n_train}"
         )
     out = Path(config.out)
+    config = replace(config, precision=effective_precision(config))  # config.yaml records what ran
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = ContrastiveDataModule(splits, config.batch_size, config.augs, config.image_size, config.color_strength,
-                                 workers=config.workers)
+                                 workers=config.workers, seed=config.seed, channels_last=config.channels_last)
     monitor = data.can_monitor  # no kNN without labelled train and held-out images (e.g. unlabeled folders)
     model = METHOD_CLASSES[config.method](config, splits.num_classes, data.normalization)
     recorder = MetricsRecorder(out / "metrics.json")
     trainer = _trainer(
         accelerator=config.accelerator,
-        devices=1,
+        devices=_devices(config.devices),
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        sync_batchnorm=config.sync_batchnorm,
+        use_distributed_sampler=False,  # the data module shards training and evaluation itself
         precision=config.precision,
         max_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -126,7 +132,8 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
     )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config.to_yaml())
+        if trainer.is_global_zero:
+            (out / "config.yaml").write_text(config.to_yaml())
     except OSError as exc:
         raise AmclError(f"cannot write outputs to --out {config.out}: {exc.strerror}; choose a writable folder") from None
     trainer.fit(model, datamodule=data)
@@ -135,8 +142,29 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
         recorder.epochs[-1]["knn_acc"] = trainer.validate(model, datamodule=data, verbose=False)[0]["knn_acc"]
     summary = recorder.summary()
     summary["complete"] = True  # the run ended normally (amcl compare skips such cells when resuming)
-    write_json(out / "metrics.json", summary)
+    if trainer.is_global_zero:
+        write_json(out / "metrics.json", summary)
     return summary
+
+
+def effective_precision(config: PretrainConfig) -> str:
+    """``config.precision``, with ``auto`` made concrete: bf16-mixed on a CUDA GPU that supports it."""
+    if config.precision != "auto":
+        return config.precision
+    import torch
+
+    cuda = config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _devices(devices: str) -> int | list[int] | str:
+    """``--devices`` as Lightning takes it: a count, a list of indices, or ``auto``."""
+    text = str(devices).strip()
+    if text in ("auto", "-1"):
+        return text if text == "auto" else -1
+    if "," in text or text.startswith("["):
+        return [int(d) for d in text.strip("[]").split(",") if d.strip()]
+    return int(text)
 
 
 _SUMMARY_KEYS = ("final_loss", "final_knn_acc", "best_knn_acc", "time_s")

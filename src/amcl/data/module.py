@@ -19,7 +19,7 @@ from typing import Iterator
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from amcl.data.augment import TwoViews, ViewAugmentation
 from amcl.data.folders import DecodedImages, FolderSplits, ImageFiles, decode_failure, default_workers, file_batches
@@ -33,14 +33,16 @@ _WARN_UNREADABLE = 5
 
 
 class _Indices(Dataset):
-    def __init__(self, n: int) -> None:
-        self.n = n
+    """The indices ``start, start + step, ...`` below ``n`` (one process's shard when ``step`` > 1)."""
+
+    def __init__(self, n: int, start: int = 0, step: int = 1) -> None:
+        self.n, self.start, self.step = n, start, step
 
     def __len__(self) -> int:
-        return self.n
+        return len(range(self.start, self.n, self.step))
 
     def __getitem__(self, i: int) -> int:
-        return i
+        return self.start + i * self.step
 
 
 def channel_stats(images: Tensor) -> tuple[list[float], list[float]]:
@@ -71,6 +73,8 @@ class ContrastiveDataModule(L.LightningDataModule):
         eval_batch_size: int = 1024,
         workers: int | None = None,
         normalization: dict[str, list[float]] | None = None,
+        seed: int = 0,
+        channels_last: bool = False,
     ) -> None:
         """``normalization`` (``{"mean": [...], "std": [...]}``) overrides the statistics measured on the
         training images, e.g. to evaluate a checkpoint exactly as it was trained."""
@@ -79,6 +83,8 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.streamed = isinstance(splits, FolderSplits)
+        self.seed = seed  # the training order across processes (DistributedSampler)
+        self.channels_last = channels_last  # on CUDA: views in channels-last layout, faster convolutions
         self.workers = default_workers() if workers is None else workers
         self.unreadable: set[str] = set()
         self._on_device: dict[str, tuple[Tensor, Tensor]] = {}
@@ -108,6 +114,18 @@ class ContrastiveDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- loaders
 
+    def _process(self) -> tuple[int, int]:
+        """This process's rank and the number of processes (0, 1 outside distributed training)."""
+        trainer = self.trainer
+        return getattr(trainer, "global_rank", 0), getattr(trainer, "world_size", 1)
+
+    def _train_sampling(self, dataset: Dataset) -> dict:
+        """Shuffled order: one process, or this process's share of a seeded global permutation."""
+        rank, world = self._process()
+        if world == 1:
+            return {"shuffle": True}
+        return {"sampler": DistributedSampler(dataset, world, rank, shuffle=True, seed=self.seed, drop_last=True)}
+
     def _files(self, split: str) -> ImageFiles:
         return self.splits.train if split == "train" else self.splits.test
 
@@ -121,14 +139,17 @@ class ContrastiveDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.streamed:
-            return self._file_loader(self.splits.train, self.batch_size, training=True, shuffle=True,
-                                     drop_last=True, persistent_workers=self.workers > 0)
-        return DataLoader(_Indices(len(self.splits.train_labels)), self.batch_size, shuffle=True, drop_last=True)
+            dataset = DecodedImages(self.splits.train, self.splits.image_size, substitute=True)
+            return self._file_loader(self.splits.train, self.batch_size, training=True, drop_last=True,
+                                     persistent_workers=self.workers > 0, **self._train_sampling(dataset))
+        dataset = _Indices(len(self.splits.train_labels))
+        return DataLoader(dataset, self.batch_size, drop_last=True, **self._train_sampling(dataset))
 
     def val_dataloader(self) -> DataLoader:
+        rank, world = self._process()  # each process takes every world-th query; the counts are summed
         if self.streamed:
-            return self._file_loader(self.splits.test, self.eval_batch_size)
-        return DataLoader(_Indices(len(self.splits.test_labels)), self.eval_batch_size)
+            return self._file_loader(_stride(self.splits.test, rank, world), self.eval_batch_size)
+        return DataLoader(_Indices(len(self.splits.test_labels), rank, world), self.eval_batch_size)
 
     # ----------------------------------------------------------------- batches
 
@@ -157,7 +178,9 @@ class ContrastiveDataModule(L.LightningDataModule):
             return batch
         images, labels, broken, _ = batch
         training = self.trainer is not None and self.trainer.training
-        self._note_unreadable(self._files("train" if training else "test").paths, broken)
+        rank, world = self._process()
+        files = self._files("train") if training else _stride(self.splits.test, rank, world)
+        self._note_unreadable(files.paths, broken)
         return (images, labels) if training else _readable(images, labels, broken)
 
     def split_on_device(self, split: str, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -178,21 +201,28 @@ class ContrastiveDataModule(L.LightningDataModule):
             images, labels = self.split_on_device("train" if training else "test", batch.device)
             images, labels = images[batch], labels[batch]
         if training:
-            return self.two_views(images)
+            views = self.two_views(images)
+            if self.channels_last and images.device.type == "cuda":
+                views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
+            return views
         return self.augment.plain(images), labels
 
-    def plain_batches(self, split: str, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-        """The labelled images of a split, un-augmented, with labels, in evaluation-sized chunks on ``device``."""
+    def plain_batches(self, split: str, device: torch.device, shard: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """The labelled images of a split, un-augmented, with labels, in evaluation-sized chunks on ``device``.
+
+        With ``shard``, only this process's share (every world-th labelled image) in distributed training.
+        """
+        rank, world = self._process() if shard else (0, 1)
         if self.streamed:
             files = self._files(split)
-            labelled = files.subset(files.labels >= 0)
+            labelled = _stride(files.subset(files.labels >= 0), rank, world)
             for images, labels, broken, _ in self._file_loader(labelled, self.eval_batch_size):
                 self._note_unreadable(labelled.paths, broken)
                 images, labels = _readable(images, labels, broken)
                 yield self.augment.plain(images.to(device)), labels.to(device)
             return
         images, labels = self.split_on_device(split, device)
-        labelled = (labels >= 0).nonzero().flatten()
+        labelled = (labels >= 0).nonzero().flatten()[rank::world]
         for index in labelled.split(self.eval_batch_size):
             yield self.augment.plain(images[index]), labels[index]
 
@@ -203,3 +233,12 @@ def _readable(images: Tensor, labels: Tensor, broken: Tensor) -> tuple[Tensor, T
         return images, labels
     keep = broken < 0
     return images[keep], labels[keep]
+
+
+def _stride(files: ImageFiles, start: int, step: int) -> ImageFiles:
+    """Every ``step``-th file from ``start``: one process's share of an evaluation split."""
+    if step == 1:
+        return files
+    keep = torch.zeros(len(files), dtype=torch.bool)
+    keep[start::step] = True
+    return files.subset(keep)

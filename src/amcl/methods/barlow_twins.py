@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from amcl.config import PretrainConfig
+from amcl.distributed import gather_with_grad
 from amcl.errors import AmclError
 from amcl.losses import amcl_barlow_twins_loss, barlow_twins_loss, batch_standardise
 from amcl.methods.base import PretrainMethod
@@ -15,8 +16,11 @@ class BarlowTwins(PretrainMethod):
     """Backbone + C BatchNorm projectors (2048, 3 layers). With AMCL the temperature tau_lm of each
     cross-correlation entry comes from one temperature network over the batch-wise channel
     vectors (each channel's B standardised values, whose inner products give C): one ``[C, d, d]``
-    matrix per step. Its input size is the batch size, so every batch must have
-    ``config.batch_size`` images.
+    matrix per step. Its input size is the global batch size (``batch_size`` x processes), so
+    every batch must have ``config.batch_size`` images on every process.
+
+    With several processes the projections are gathered (with gradients): the cross-correlation
+    and its temperatures are those of the global batch.
 
     The ablations read the diagonal (channel l with itself) as the positive pairs and the
     off-diagonal as the negative ones.
@@ -26,12 +30,12 @@ class BarlowTwins(PretrainMethod):
         super().__init__(config, num_classes, normalization)
         config = self.config
         self.projector = self.make_projector(batch_norm=True)
-        self.temperature_net = self.make_temperature_net(config.batch_size)
+        self.temperature_net = self.make_temperature_net(config.batch_size * config.world_size)
 
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         batch, cfg = view1.shape[0], self.config
         z = self.projector(self.backbone(torch.cat([view1, view2])))  # [C, 2B, d]
-        z1, z2 = z[:, :batch], z[:, batch:]
+        z1, z2 = gather_with_grad(z[:, :batch], 1), gather_with_grad(z[:, batch:], 1)  # the global batch
         if not cfg.amcl:
             return barlow_twins_loss(z1, z2, cfg.barlow_lambda), {}
         taus = self.channel_temperatures(z1, z2)
@@ -48,12 +52,13 @@ class BarlowTwins(PretrainMethod):
         cfg, net = self.config, self.temperature_net
         if net is None:
             return cfg.temperature
-        batch = z1.shape[1]
-        if batch != cfg.batch_size:
+        batch, expected = z1.shape[1], cfg.batch_size * cfg.world_size
+        if batch != expected:
+            processes = f" on each of {cfg.world_size} processes" if cfg.world_size > 1 else ""
             raise AmclError(
-                f"AMCL Barlow Twins' temperature network reads channel vectors of length --batch-size "
-                f"{cfg.batch_size}, but got a batch of {batch} images; keep every batch at {cfg.batch_size} "
-                f"(or pre-train again with --batch-size {batch})"
+                f"AMCL Barlow Twins' temperature network reads channel vectors of length {expected} (the global "
+                f"batch: --batch-size {cfg.batch_size}{processes}), but got a batch of {batch} images; keep every "
+                f"batch at {cfg.batch_size} images{processes} (or pre-train again with --batch-size {batch})"
             )
         with torch.autocast(z1.device.type, enabled=False):
             channels1 = batch_standardise(z1.float()).transpose(1, 2)  # [C, d, B]

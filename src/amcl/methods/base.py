@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from amcl.config import PretrainConfig
+from amcl.distributed import gather_rows, sum_across
 from amcl.eval.knn import knn_predict
 from amcl.losses import ContrastiveTerms
 from amcl.nn import MultiHeadProjector, TemperatureNet, build_backbone
@@ -63,18 +64,32 @@ class PretrainMethod(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, extras = self.loss(*batch)
         batch_size = batch[0].shape[0]
-        self.log("loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        # epoch means, averaged over processes once per epoch (no host synchronisation per step)
+        self.log("loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
         for name, value in extras.items():
-            self.log(name, value, on_step=False, on_epoch=True, batch_size=batch_size)
+            self.log(name, value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         return loss
 
-    # kNN monitor: bank = un-augmented training images, queries = the test split.
+    def on_fit_start(self) -> None:
+        if self.config.channels_last and self.device.type == "cuda":  # the data module sends channels-last views
+            self.backbone.to(memory_format=torch.channels_last)
+        if self.config.compile and not getattr(self, "_compiled", False):
+            self.backbone.compile()  # in place: the state dict keeps its names
+            self._compiled = True
+
+    # kNN monitor: bank = un-augmented training images (each process embeds its share, then all are
+    # gathered), queries = the test split (sharded by the data module; correct counts summed).
     def on_validation_epoch_start(self) -> None:
         features, labels = [], []
-        for images, batch_labels in self.trainer.datamodule.plain_batches("train", self.device):
+        for images, batch_labels in self.trainer.datamodule.plain_batches("train", self.device, shard=True):
             features.append(self.backbone(images))
             labels.append(batch_labels)
-        self._bank = (torch.cat(features), torch.cat(labels))
+        if features:
+            bank, bank_labels = torch.cat(features), torch.cat(labels)
+        else:  # a process whose share is empty
+            bank = torch.zeros(0, self.backbone.out_dim, device=self.device)
+            bank_labels = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._bank = (gather_rows(bank.float()), gather_rows(bank_labels))
         self._knn_correct = torch.zeros((), device=self.device)
         self._knn_total = torch.zeros((), device=self.device)
 
@@ -86,7 +101,9 @@ class PretrainMethod(L.LightningModule):
         self._knn_total += labels.numel()
 
     def on_validation_epoch_end(self) -> None:
-        self.log("knn_acc", self._knn_correct / self._knn_total.clamp_min(1), prog_bar=True)
+        correct, total = sum_across(self._knn_correct), sum_across(self._knn_total)
+        # the same value on every process (sync_dist only keeps Lightning's distributed logging consistent)
+        self.log("knn_acc", correct / total.clamp_min(1), prog_bar=True, sync_dist=True)
         self._bank = None
 
     def configure_optimizers(self):

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from amcl.config import PretrainConfig
+from amcl.distributed import gather_no_grad
 from amcl.losses import amcl_moco_terms, moco_infonce_loss, pair_temperatures, paired_temperatures
 from amcl.methods.base import PretrainMethod, contrastive_extras
 from amcl.nn import FeatureQueue, momentum_copy, momentum_update_
@@ -39,7 +40,8 @@ class MoCo(PretrainMethod):
             momentum_update_(self.momentum_backbone, self.backbone, cfg.ema_momentum)
             momentum_update_(self.momentum_projector, self.projector, cfg.ema_momentum)
             keys = self.momentum_projector(self.momentum_backbone(views))  # [k1; k2]
-        self._new_keys = keys
+        # every process enqueues the keys of the global batch, so all hold the same queue
+        self._new_keys = torch.cat([gather_no_grad(keys[:, :batch], 1), gather_no_grad(keys[:, batch:], 1)], dim=1)
         k = keys.roll(batch, dims=1)  # [k2; k1]: each query's positive is the other view's key
         queue = self.queue.features
         if not cfg.amcl:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from amcl.config import PretrainConfig
+from amcl.distributed import gather_with_grad
 from amcl.losses import amcl_nt_xent_terms, nt_xent_loss
 from amcl.methods.base import PretrainMethod, contrastive_extras
 
@@ -14,6 +15,9 @@ class SimCLR(PretrainMethod):
     """Backbone + C projection heads; NT-Xent over the other 2B - 2 views of the batch, or with
     ``config.amcl`` the AMCL loss (``config.amcl_form``: Eq. 2.1 or 2.4) whose pair temperatures
     come from one temperature network shared by the heads.
+
+    With several processes the projections of all of them are gathered (with gradients), so the
+    negatives, the hardest negatives and their temperatures are taken over the global batch.
     """
 
     def __init__(self, config: PretrainConfig | dict, num_classes: int, normalization: dict | None = None) -> None:
@@ -25,7 +29,8 @@ class SimCLR(PretrainMethod):
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         batch, cfg = view1.shape[0], self.config
         z = self.projector(self.backbone(torch.cat([view1, view2])))  # [C, 2B, d]
-        z1, z2 = z[:, :batch], z[:, batch:]
+        z1, z2 = gather_with_grad(z[:, :batch], 1), gather_with_grad(z[:, batch:], 1)  # the global batch
+        z = torch.cat([z1, z2], dim=1)
         if not cfg.amcl:
             return nt_xent_loss(z1, z2, cfg.temperature), {}
         # one [C, 2B, 2B] matrix serves positives and negatives; the ablations swap in the constant

@@ -1,0 +1,143 @@
+"""Multi-process training on CPU (gloo, 2 real processes): the losses and gradients equal those of one
+process on the same global batch, and a Lightning DDP run monitors exactly what one process would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from amcl.config import PretrainConfig
+from amcl.distributed import gather_rows, gather_with_grad
+from amcl.methods import METHOD_CLASSES
+
+WORLD, LOCAL_BATCH = 2, 4
+SMALL = dict(backbone="small_cnn", image_size=8, proj_hidden=16, proj_dim=8, proj_layers=2, temperature_hidden=8,
+             queue_size=16, tau_min=0.05, tau_max=1.5, predictor_hidden=8)
+CASES = {
+    "simclr": dict(method="simclr"),
+    "simclr-amcl": dict(method="simclr", amcl=True, heads=2, topk=2),
+    "moco": dict(method="moco"),
+    "moco-amcl": dict(method="moco", amcl=True, heads=2),
+    "barlow_twins": dict(method="barlow_twins", proj_layers=3),
+    "barlow_twins-amcl": dict(method="barlow_twins", amcl=True, heads=2, proj_layers=3),
+    "simsiam-amcl": dict(method="simsiam", amcl=True, heads=2, proj_layers=3),
+}
+
+
+def _config(case: str, world: int) -> PretrainConfig:
+    return PretrainConfig(**{**SMALL, **CASES[case]}, batch_size=LOCAL_BATCH * (WORLD // world),
+                          devices=str(world)).resolved()
+
+
+def _views(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    shape = (WORLD * LOCAL_BATCH, 3, 8, 8)
+    return torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+
+
+def _step(case: str, world: int, rank: int, state: dict) -> dict:
+    """One loss + backward of ``case`` on this process's share of the global batch. BatchNorm is in eval
+    mode, so per-process batch statistics (a separate question: --sync-batchnorm) play no part."""
+    model = METHOD_CLASSES[CASES[case]["method"]](_config(case, world), num_classes=10)
+    model.load_state_dict(state)
+    model.eval()
+    v1, v2 = _views()
+    share = slice(rank * LOCAL_BATCH * (WORLD // world), (rank + 1) * LOCAL_BATCH * (WORLD // world))
+    loss, _ = model.loss(v1[share], v2[share])
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    if world > 1:  # what DDP does to the gradients, and the epoch mean of the logged loss
+        for g in grads.values():
+            dist.all_reduce(g)
+            g /= world
+        loss = loss.detach().clone()
+        dist.all_reduce(loss)
+        loss /= world
+    out = {"loss": loss.detach(), "grads": grads}
+    if hasattr(model, "queue"):
+        model.on_train_batch_end(None, None, 0)
+        out["queue"] = model.queue.features.clone()
+    return out
+
+
+def _worker(rank: int, init_file: str, result_file: str, states: dict) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        results = {case: _step(case, WORLD, rank, states[case]) for case in CASES}
+        x = torch.arange(3.0 * (rank + 1)).reshape(rank + 1, 3)  # uneven rows
+        results["rows"] = gather_rows(x)
+        y = torch.full((2, 3), float(rank + 1), requires_grad=True)
+        (gather_with_grad(y, 0) * torch.arange(1.0, 5.0)[:, None]).sum().backward()
+        results["gather_grad"] = y.grad
+        if rank == 0:
+            torch.save(results, result_file)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gloo")
+    torch.manual_seed(0)
+    states = {case: METHOD_CLASSES[CASES[case]["method"]](_config(case, 1), 10).state_dict() for case in CASES}
+    mp.spawn(_worker, args=(str(tmp / "init"), str(tmp / "results.pt"), states), nprocs=WORLD, join=True)
+    single = {case: _step(case, 1, 0, states[case]) for case in CASES}
+    return torch.load(tmp / "results.pt", weights_only=False), single
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_match_one_process_on_the_global_batch(two_process_results, case):
+    distributed, single = two_process_results[0][case], two_process_results[1][case]
+    torch.testing.assert_close(distributed["loss"], single["loss"], rtol=1e-5, atol=1e-6)
+    assert distributed["grads"].keys() == single["grads"].keys() and len(single["grads"]) > 4
+    # float32 sums in another order: compare against the scale of the whole gradient, since some entries are
+    # exactly zero in exact arithmetic (e.g. Barlow Twins' last bias, cancelled by the batch standardisation)
+    scale = max(float(g.abs().max()) for g in single["grads"].values())
+    for name, grad in single["grads"].items():
+        error = float((distributed["grads"][name] - grad).abs().max())
+        assert error <= 1e-6 * scale + 1e-5 * float(grad.abs().max()), (name, error, scale)
+    if "queue" in single:  # both views' keys of the whole batch, in the same order
+        torch.testing.assert_close(distributed["queue"], single["queue"])
+
+
+def test_gather_helpers(two_process_results):
+    results = two_process_results[0]
+    assert results["rows"].tolist() == [[0.0, 1.0, 2.0], [0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    # every process computed sum(w * gathered); rank 0's rows carry weights 1, 2: summed over 2 processes
+    assert results["gather_grad"].tolist() == [[2.0] * 3, [4.0] * 3]
+
+
+@pytest.mark.parametrize("amcl", [False, True])
+def test_lightning_ddp_run_monitors_like_one_process(tmp_path, amcl):
+    """A real `amcl pretrain --devices 2` (Lightning DDP, gloo): it trains, writes its outputs once, and its
+    final kNN accuracy (bank gathered from both processes, queries split between them) equals a
+    single-process evaluation of the checkpoint."""
+    out = tmp_path / "run"
+    args = ["pretrain", "--dataset", "digits", "--backbone", "small_cnn", "--image-size", "16", "--batch-size", "64",
+            "--epochs", "1", "--max-steps", "3", "--knn-k", "10", "--no-progress", "--accelerator", "cpu",
+            "--devices", "2", "--strategy", "ddp", "--out", str(out)] + (["--amcl"] if amcl else [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "amcl.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["epochs"][-1]["step"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "last.ckpt", "metrics.json"]
+    assert done.stdout.count("best kNN accuracy") == 1  # printed by one process only
+    from amcl.eval import evaluate_checkpoint
+
+    single = evaluate_checkpoint(out / "last.ckpt", "knn", device="cpu", out=tmp_path / "eval.json")
+    # the bank arrives in another order, so near-tied votes may sum differently: allow one query either way
+    # (a bank or query split gone wrong would be off by far more)
+    assert abs(single["top1"] - metrics["final_knn_acc"]) <= 1 / single["test_images"] + 1e-6, (single, metrics)

@@ -39,9 +39,10 @@ def table_rows(markdown):
     return rows
 
 
-def copy_grid(src, dst):
-    """The finished grid without its checkpoints (resuming needs only config.yaml and metrics.json)."""
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.ckpt"))
+def copy_grid(src, dst, checkpoints=False):
+    """The finished grid, by default without its checkpoints (skipping finished runs needs only config.yaml
+    and metrics.json)."""
+    shutil.copytree(src, dst, ignore=None if checkpoints else shutil.ignore_patterns("*.ckpt"))
     return dst
 
 
@@ -127,24 +128,31 @@ def test_changed_shared_option_with_the_same_out_is_an_error(grid, capsys):
     assert mtimes(out) == before
 
 
-def test_only_an_unfinished_run_is_trained_again(grid, tmp_path, capsys):
-    out = copy_grid(grid[0], tmp_path / "grid")
+def test_an_unfinished_run_resumes_from_its_checkpoint(grid, tmp_path, capsys):
+    out = copy_grid(grid[0], tmp_path / "grid", checkpoints=True)
     cut = out / "simclr-amcl-ae" / "seed-1"
     metrics = json.loads((cut / "metrics.json").read_text())
     (cut / "metrics.json").write_text(json.dumps({**metrics, "complete": False}))
-    (cut / "last.ckpt").write_text("a checkpoint left by a killed run")
     before = mtimes(out)
     result = run_comparison(PretrainConfig(**TINY), out=str(out), **GRID)
     printed = capsys.readouterr().out
     assert result["trained"] == 1 and printed.count("skipped (finished earlier)") == 7
-    assert "[8/8] simclr amcl ae seed 1: done" in printed
+    assert "[8/8] simclr amcl ae seed 1: resuming from its last checkpoint" in printed
     after = mtimes(out)
-    assert [p for p in before if after[p] != before[p]] == [cut / "metrics.json"]
-    assert json.loads((cut / "metrics.json").read_text())["complete"] is True
-    assert sorted(p.name for p in cut.iterdir()) == ["config.yaml", "last.ckpt", "metrics.json"]  # no last-v1.ckpt
-    assert (cut / "last.ckpt").stat().st_size > 1000
+    assert {p.parent for p in before if after.get(p) != before[p]} == {cut}  # only that run was touched
+    assert json.loads((cut / "metrics.json").read_text()) == metrics  # its checkpoint held the whole run
+    assert not list(cut.glob("last-v*.ckpt"))
     cell = next(c for c in result["cells"] if (c["mode"], c["policy"]) == ("amcl", "ae"))
-    assert cell["values"][1] == json.loads((cut / "metrics.json").read_text())["final_knn_acc"]
+    assert cell["values"][1] == metrics["final_knn_acc"]
+
+
+def test_a_corrupt_checkpoint_is_a_clear_error(grid, tmp_path):
+    out = copy_grid(grid[0], tmp_path / "grid")
+    cut = out / "simclr-amcl-ae" / "seed-1"
+    (cut / "metrics.json").unlink()
+    (cut / "last.ckpt").write_text("not a checkpoint")
+    with pytest.raises(AmclError, match="cannot read checkpoint .*last.ckpt"):
+        run_comparison(PretrainConfig(**TINY), out=str(out), **GRID)
 
 
 def test_killed_grid_leaves_a_partial_table(grid, tmp_path, monkeypatch):
@@ -154,7 +162,7 @@ def test_killed_grid_leaves_a_partial_table(grid, tmp_path, monkeypatch):
     for seed in (0, 1):
         (out / "simclr-amcl-ae" / f"seed-{seed}" / "metrics.json").unlink()
 
-    def killed(config):
+    def killed(config, resume=False):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(amcl.train, "pretrain_once", killed)

@@ -41,7 +41,11 @@ def test_baseline_loss_falls_and_knn_beats_chance(baseline_run):
 
 def test_outputs_exist_and_parse(baseline_run):
     out, summary = baseline_run
-    assert read_metrics(out) == json.loads(json.dumps(summary))
+    assert read_metrics(out) == json.loads(json.dumps({k: v for k, v in summary.items() if k != "time_s"}))
+    run = json.loads((out / "run.json").read_text())  # clock times and versions beside the metrics
+    assert run["time_s"] == summary["time_s"] > 0 and len(run["epoch_seconds"]) == 5
+    assert run["versions"]["torch"] == torch.__version__.split("+")[0] or run["versions"]["torch"] == torch.__version__
+    assert run["versions"]["amcl"] and run["versions"]["lightning"] and run["resumed"] is False
     config = PretrainConfig(**yaml.safe_load((out / "config.yaml").read_text()))
     assert config.epochs == 5 and config.heads == 1 and config.lr == 0.06 and config.temperature == 0.5
     checkpoint = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)

@@ -79,8 +79,11 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    config = config_from_args(args).resolved()
-    summary = pretrain(config)
+    if args.resume:
+        config = _resumed_config(args)
+    else:
+        config = config_from_args(args).resolved()
+    summary = pretrain(config, resume=bool(args.resume))
     if rank_zero_only.rank != 0:  # in multi-process training, one process reports
         return 0
     best = summary["best_knn_acc"]["mean"] if config.runs > 1 else summary["best_knn_acc"]
@@ -88,6 +91,24 @@ def _pretrain(args: argparse.Namespace) -> int:
         print(f"best kNN accuracy: {best:.4f}")
     print(f"outputs in {config.out}")
     return 0
+
+
+def _resumed_config(args: argparse.Namespace) -> PretrainConfig:
+    """``--resume DIR``: the run's own config.yaml, with the options given on the command line (which
+    :func:`amcl.train.pretrain_once` checks may change)."""
+    from pathlib import Path
+
+    if getattr(args, "config", None):
+        raise AmclError("--resume DIR reads the run's own config.yaml; drop --config")
+    folder = Path(args.resume)
+    if not (folder / "config.yaml").is_file():
+        reason = "does not exist" if not folder.exists() else "has no config.yaml"
+        raise AmclError(f"--resume {folder} {reason}; give the --out folder of an amcl pretrain run")
+    values = load_yaml(folder / "config.yaml")
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in fields})
+    values["out"] = str(folder)
+    return PretrainConfig(**values).resolved()
 
 
 def _preview(args: argparse.Namespace) -> int:
@@ -281,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "option names, with - or _); options on the command line win.",
     )
     pretrain.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file")
+    pretrain.add_argument("--resume", metavar="DIR",
+                          help="continue the run in DIR (its --out folder) from its last checkpoint, with its own "
+                               "settings; finished runs are left as they are")
     _add_config_options(pretrain)
     pretrain.set_defaults(func=_pretrain)
 

@@ -126,10 +126,10 @@ def run_comparison(
         if run.reused:
             print(f"{prefix}: skipped (finished earlier), {_metric_text(run.metrics, grid.metric)}", flush=True)
             continue
-        print(f"{prefix}: training", flush=True)
-        _clear_partial(run.folder)
+        resumed = (run.folder / "last.ckpt").is_file()
+        print(f"{prefix}: {'resuming from its last checkpoint' if resumed else 'training'}", flush=True)
         started = time.perf_counter()
-        run.metrics = pretrain_once(run.config)
+        run.metrics = pretrain_once(run.config, resume=True)  # an unfinished run continues where it stopped
         print(f"{prefix}: done in {time.perf_counter() - started:.1f} s, {_metric_text(run.metrics, grid.metric)}",
               flush=True)
         paths = _write_results(grid)
@@ -220,6 +220,10 @@ def _finished_metrics(run: _Run) -> dict[str, Any] | None:
     if differences:
         shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
         raise AmclError(f"{folder} holds a finished run with other settings ({shown}); {fix}")
+    try:  # wall-clock time lives in run.json, beside the computed metrics
+        metrics["time_s"] = json.loads((folder / "run.json").read_text())["time_s"]
+    except (OSError, ValueError, KeyError):
+        pass
     return metrics
 
 
@@ -242,21 +246,6 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
         if not same(name, there, now):
             out.append(f"{name.replace('_', '-')} {there} there, {now} now")
     return out
-
-
-def _clear_partial(folder: Path) -> None:
-    """Remove what an unfinished run left, so it starts from scratch (and Lightning writes last.ckpt,
-    not last-v1.ckpt beside a stale one)."""
-    if not folder.is_dir():
-        return
-    for path in [folder / "metrics.json", folder / "metrics.json.tmp", folder / "config.yaml",
-                 *folder.glob("*.ckpt")]:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise AmclError(f"cannot remove {path} of an unfinished run: {exc.strerror}; delete {folder}") from None
 
 
 # ---------------------------------------------------------------------------------------------- results

@@ -147,6 +147,10 @@ class PretrainConfig:
     sync_batchnorm: bool = _opt(False, "synchronise BatchNorm statistics across processes (SyncBatchNorm, CUDA)")
     channels_last: bool = _opt(True, "on CUDA, keep images and convolutions in channels-last memory format")
     compile: bool = _opt(False, "compile the backbone with torch.compile (faster steps after a slow first one)")
+    on_nonfinite: str = _opt(
+        "stop", "a NaN or Inf loss or gradient: stop (keep the last good checkpoint, report the loss terms and "
+        "temperatures) or skip the step (counted in metrics.json)", ("stop", "skip"),
+    )
     progress: bool = _opt(True, "show a progress bar")
 
     @property
@@ -183,7 +187,7 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Check values that need no data; raises AmclError naming the option and the fix."""
-        for name in ("method", "dataset", "temperature_mode", "amcl_form", "cache_images"):
+        for name in ("method", "dataset", "temperature_mode", "amcl_form", "cache_images", "on_nonfinite"):
             choices = _choices(name)
             if getattr(self, name) not in choices:
                 raise AmclError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")

@@ -7,6 +7,7 @@ Writes into ``config.out``: ``config.yaml``, ``metrics.json`` (per-epoch loss, k
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,10 +23,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from amcl.config import PretrainConfig
+from amcl.checkpointing import AtomicCheckpointIO, NonFiniteGuard, RandomStates, remove_partial_checkpoints
+from amcl.config import PretrainConfig, load_yaml
 from amcl.data.datasets import load_configured_dataset
 from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError
+from amcl.eval.checkpoint import read_checkpoint
 from amcl.methods import METHOD_CLASSES
 
 
@@ -37,22 +40,39 @@ def write_json(path: Path, data: Any) -> None:
 
 
 class MetricsRecorder(Callback):
-    """Collects the epoch-level logged values into ``metrics.json`` after every epoch."""
+    """Collects the epoch-level logged values into ``metrics.json`` after every epoch.
+
+    ``metrics.json`` holds only what the run computed (no clock times), so one seed and config give
+    the same file on a CPU; wall-clock times go to ``run.json``. The recorded epochs travel in every
+    checkpoint, so a resumed run continues the same file.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path  # written by the global-rank-0 process only
         self.epochs: list[dict[str, float]] = []
-        self.started = time.perf_counter()
+        self.epoch_seconds: list[float] = []
+        self._clock = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._clock = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         record: dict[str, float] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         record.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         if getattr(trainer.datamodule, "streamed", False):
             record["unreadable_files"] = len(trainer.datamodule.unreadable)
-        record["time_s"] = round(time.perf_counter() - self.started, 3)
+        if pl_module.config.on_nonfinite == "skip":
+            record["skipped_steps"] = pl_module.skipped_steps
         self.epochs.append(record)
+        self.epoch_seconds.append(round(time.perf_counter() - self._clock, 3))
         if trainer.is_global_zero:
             write_json(self.path, self.summary())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "epoch_seconds": self.epoch_seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs, self.epoch_seconds = list(state["epochs"]), list(state["epoch_seconds"])
 
     def summary(self) -> dict[str, Any]:
         knn = [e["knn_acc"] for e in self.epochs if "knn_acc" in e]
@@ -61,7 +81,6 @@ class MetricsRecorder(Callback):
             "final_loss": self.epochs[-1].get("loss") if self.epochs else None,
             "final_knn_acc": knn[-1] if knn else None,
             "best_knn_acc": max(knn) if knn else None,
-            "time_s": self.epochs[-1]["time_s"] if self.epochs else 0.0,
         }
 
 
@@ -78,6 +97,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*The number of training batches.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", ".*The dirpath has changed from.*")
 
 
 def _trainer(**options: Any) -> L.Trainer:
@@ -91,8 +112,25 @@ def _trainer(**options: Any) -> L.Trainer:
         ) from None
 
 
-def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
-    """One run of a resolved config; returns the metrics summary."""
+#: Options that may differ when a run is resumed: they change how it runs, not what it computes.
+RESUMABLE_CHANGES = ("progress", "workers", "cache_images", "on_nonfinite", "out")
+
+
+def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+    """One run of a resolved config; returns the metrics summary (plus ``time_s``, the wall-clock time).
+
+    With ``resume``, a run already in ``config.out`` continues from its ``last.ckpt`` (model,
+    optimiser, schedule, MoCo queue, random states, recorded epochs), a finished one is returned as
+    it is, and a folder without a checkpoint starts from scratch.
+    """
+    out = Path(config.out)
+    config = replace(config, precision=effective_precision(config))  # config.yaml records what ran
+    checkpoint = out / "last.ckpt"
+    if resume:
+        finished = _finished_run(config, out)
+        if finished is not None:
+            return finished
+    resuming = resume and checkpoint.is_file()
     splits = load_configured_dataset(config)
     n_train = len(splits.train_labels)
     if config.batch_size > n_train:
@@ -100,8 +138,6 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
             f"--batch-size {config.batch_size} is larger than the {n_train} training images of "
             f"{config.dataset}; use --batch-size <= {n_train}"
         )
-    out = Path(config.out)
-    config = replace(config, precision=effective_precision(config))  # config.yaml records what ran
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = ContrastiveDataModule(splits, config.batch_size, config.augs, config.image_size, config.color_strength,
@@ -109,6 +145,11 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
     monitor = data.can_monitor  # no kNN without labelled train and held-out images (e.g. unlabeled folders)
     model = METHOD_CLASSES[config.method](config, splits.num_classes, data.normalization)
     recorder = MetricsRecorder(out / "metrics.json")
+    # order matters: the epoch is recorded and checked before the checkpoint that includes it is written
+    callbacks = [recorder, NonFiniteGuard(), RandomStates(),
+                 # one checkpoint, last.ckpt, rewritten at the end of every epoch
+                 ModelCheckpoint(dirpath=out, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                                 save_on_train_epoch_end=True, enable_version_counter=False)]
     trainer = _trainer(
         accelerator=config.accelerator,
         devices=_devices(config.devices),
@@ -117,6 +158,8 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
         sync_batchnorm=config.sync_batchnorm,
         use_distributed_sampler=False,  # the data module shards training and evaluation itself
         precision=config.precision,
+        plugins=[AtomicCheckpointIO()],
+        benchmark=True,  # cuDNN picks the fastest convolutions for the fixed image size (no effect on CPU)
         max_epochs=config.epochs,
         max_steps=config.max_steps,
         check_val_every_n_epoch=config.knn_every,
@@ -125,26 +168,84 @@ def pretrain_once(config: PretrainConfig) -> dict[str, Any]:
         logger=False,
         enable_progress_bar=config.progress,
         enable_model_summary=False,
-        callbacks=[recorder, ModelCheckpoint(dirpath=out, filename="last", save_top_k=0, save_last=True,
-                                               enable_version_counter=False)]
-        + ([TrainingProgressBar()] if config.progress else []),
+        callbacks=callbacks + ([TrainingProgressBar()] if config.progress else []),
         default_root_dir=out,
     )
+    started = time.time()
     try:
         out.mkdir(parents=True, exist_ok=True)
         if trainer.is_global_zero:
+            remove_partial_checkpoints(out)
             (out / "config.yaml").write_text(config.to_yaml())
     except OSError as exc:
         raise AmclError(f"cannot write outputs to --out {config.out}: {exc.strerror}; choose a writable folder") from None
-    trainer.fit(model, datamodule=data)
+    trainer.fit(model, datamodule=data, ckpt_path=str(checkpoint) if resuming else None)
     if monitor and recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
         # the run stopped (max_steps, knn_every) without monitoring its final state: do it now
         recorder.epochs[-1]["knn_acc"] = trainer.validate(model, datamodule=data, verbose=False)[0]["knn_acc"]
     summary = recorder.summary()
-    summary["complete"] = True  # the run ended normally (amcl compare skips such cells when resuming)
+    summary["complete"] = True  # the run ended normally (amcl compare and --resume skip such runs)
     if trainer.is_global_zero:
         write_json(out / "metrics.json", summary)
-    return summary
+        write_json(out / "run.json", run_record(config, started, recorder.epoch_seconds, resumed=resuming))
+    return {**summary, "time_s": round(sum(recorder.epoch_seconds), 3)}
+
+
+def _finished_run(config: PretrainConfig, out: Path) -> dict[str, Any] | None:
+    """For ``--resume``: the summary of a run in ``out`` that already finished (None if it did not), after
+    checking that the run there has the same settings."""
+    saved_path = out / "config.yaml"
+    if not saved_path.is_file():
+        if (out / "last.ckpt").is_file():
+            raise AmclError(f"{out} has a checkpoint but no config.yaml; it was not written by amcl pretrain")
+        return None
+    saved = load_yaml(saved_path)
+    current = dataclasses.asdict(config)
+    differences = [f"--{k.replace('_', '-')} {current[k]!r} now, {saved[k]!r} in the run"
+                   for k in current if k not in RESUMABLE_CHANGES and k in saved and saved[k] != current[k]]
+    if differences:
+        raise AmclError(
+            f"cannot resume {out} with other settings ({'; '.join(differences[:3])}); resume with the run's own "
+            f"settings (only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_CHANGES[:-1])} may change)"
+        )
+    if (out / "last.ckpt").is_file():
+        read_checkpoint(out / "last.ckpt")  # a truncated or foreign file: a clear error, not a traceback
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not metrics.get("complete"):
+        return None
+    try:
+        metrics["time_s"] = json.loads((out / "run.json").read_text())["time_s"]
+    except (OSError, ValueError, KeyError):
+        pass
+    return metrics
+
+
+def run_record(config: PretrainConfig, started: float, epoch_seconds: list[float], resumed: bool) -> dict[str, Any]:
+    """``run.json``: when and where the run ran, with which versions, and how long each epoch took."""
+    import platform
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("amcl", "torch", "lightning", "kornia", "numpy", "scikit-learn", "pillow"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {
+        "versions": {"python": platform.python_version(), **versions},
+        "platform": platform.platform(),
+        "command": " ".join(sys.argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resumed": resumed,
+        "epoch_seconds": epoch_seconds,
+        "time_s": round(sum(epoch_seconds), 3),
+        "seed": config.seed,
+    }
 
 
 def effective_precision(config: PretrainConfig) -> str:
@@ -193,18 +294,26 @@ def summarize_runs(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return summary
 
 
-def pretrain(config: PretrainConfig) -> dict[str, Any]:
-    """Run ``config.runs`` seeds (seed, seed + 1, ...); with several, also write ``summary.json``."""
+def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run ``config.runs`` seeds (seed, seed + 1, ...); with several, also write ``summary.json``.
+
+    ``resume`` continues each seed's run from its checkpoint, skips finished ones and starts the
+    missing ones (see :func:`pretrain_once`).
+    """
     config = config.resolved()
     if config.runs == 1:
-        return pretrain_once(config)
+        return pretrain_once(config, resume)
     out = Path(config.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config.to_yaml())  # first, so a killed series can be resumed
+    except OSError as exc:
+        raise AmclError(f"cannot write outputs to --out {config.out}: {exc.strerror}; choose a writable folder") from None
     results = []
     for r in range(config.runs):
         seed = config.seed + r
-        results.append(pretrain_once(replace(config, seed=seed, runs=1, out=str(out / f"run-{seed}"))))
+        results.append(pretrain_once(replace(config, seed=seed, runs=1, out=str(out / f"run-{seed}")), resume))
     summary: dict[str, Any] = {"runs": config.runs, "seeds": [config.seed + r for r in range(config.runs)]}
     summary.update(summarize_runs(results))
     write_json(out / "summary.json", summary)
-    (out / "config.yaml").write_text(config.to_yaml())
     return summary

@@ -73,7 +73,7 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5, decoupled: bo
         logits = sim / temperature
         masked = torch.eye(n, dtype=torch.bool, device=sim.device)
         if decoupled:
-            masked = masked | F.one_hot(pos, n).bool()
+            masked = masked | masked.roll(n // 2, dims=1)  # the positives: no one_hot, no host sync
         positive_logits = logits.gather(-1, pos.expand(logits.shape[0], n).unsqueeze(-1)).squeeze(-1)
         per_view = torch.logsumexp(logits.masked_fill(masked, float("-inf")), dim=-1) - positive_logits
         return per_view.mean(dim=-1).sum()
@@ -90,8 +90,8 @@ def hardest_negatives(sim: Tensor, k: int, include_positive: bool = False) -> tu
     if not 1 <= k <= candidates:
         raise ValueError(f"top-k must be between 1 and the number of negatives ({candidates}), got {k}")
     excluded = torch.eye(n, dtype=torch.bool, device=sim.device)
-    if not include_positive:
-        excluded = excluded | F.one_hot(_positive_index(n // 2, sim.device), n).bool()
+    if not include_positive:  # view i's positive is view i + B (mod 2B): the identity rolled by B
+        excluded = excluded | excluded.roll(n // 2, dims=1)
     return sim.masked_fill(excluded, float("-inf")).topk(k, dim=-1)
 
 

@@ -9,7 +9,7 @@ from amcl.config import PretrainConfig
 from amcl.distributed import gather_with_grad
 from amcl.errors import AmclError
 from amcl.losses import amcl_barlow_twins_loss, barlow_twins_loss, batch_standardise
-from amcl.methods.base import PretrainMethod
+from amcl.methods.base import PretrainMethod, temperature_range
 
 
 class BarlowTwins(PretrainMethod):
@@ -40,6 +40,7 @@ class BarlowTwins(PretrainMethod):
             return barlow_twins_loss(z1, z2, cfg.barlow_lambda), {}
         taus = self.channel_temperatures(z1, z2)
         loss = amcl_barlow_twins_loss(z1, z2, taus, cfg.barlow_lambda, cfg.beta)
+        self.diagnose(**temperature_range(taus))
         with torch.no_grad():
             dim = z.shape[-1]
             taus = torch.as_tensor(taus, device=loss.device).detach().float().expand(z.shape[0], dim, dim)

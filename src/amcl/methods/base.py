@@ -16,6 +16,7 @@ from torch import Tensor
 
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_rows, sum_across
+from amcl.errors import AmclError, warn
 from amcl.eval.knn import knn_predict
 from amcl.losses import ContrastiveTerms
 from amcl.nn import MultiHeadProjector, TemperatureNet, build_backbone
@@ -44,6 +45,12 @@ class PretrainMethod(L.LightningModule):
         mode = config.temperature_mode if config.amcl else "constant"
         self.adaptive_positive = mode in ("adaptive", "positive")
         self.adaptive_negative = mode in ("adaptive", "negative")
+        # non-finite guard (see optimizer_step): this step's loss terms and temperature range, and the
+        # first step whose loss or gradients were not finite, with the terms it had (all on the device)
+        self._diagnostics: dict[str, Tensor] = {}
+        self._first_nonfinite = torch.tensor(-1)
+        self._nonfinite_terms: dict[str, Tensor] = {}
+        self.skipped_steps = 0
 
     def make_projector(self, batch_norm: bool = False, last_batch_norm: bool = False) -> MultiHeadProjector:
         """The C projection heads of the config: ``proj_layers`` linear layers, ``proj_hidden`` wide."""
@@ -61,8 +68,16 @@ class PretrainMethod(L.LightningModule):
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
+    def diagnose(self, **values: Tensor | float) -> None:
+        """Record this step's loss terms and temperature range (``tau_low``, ``tau_high``) for the
+        non-finite report; tensors stay on the device."""
+        for name, value in values.items():
+            self._diagnostics[name] = torch.as_tensor(value, device=self.device).detach().float()
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        self._diagnostics = {}
         loss, extras = self.loss(*batch)
+        self.diagnose(loss=loss)
         batch_size = batch[0].shape[0]
         # epoch means, averaged over processes once per epoch (no host synchronisation per step)
         self.log("loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
@@ -70,9 +85,59 @@ class PretrainMethod(L.LightningModule):
             self.log(name, value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         return loss
 
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """The SGD step, guarded against non-finite losses and gradients (``config.on_nonfinite``).
+
+        ``stop`` records the first bad step on the device (no host synchronisation);
+        :class:`~amcl.train.NonFiniteGuard` reads it every few steps and before every checkpoint, and
+        stops the run, so no checkpoint ever holds the damage. ``skip`` must decide at once, so it
+        synchronises once per step and leaves the parameters untouched on a bad step.
+        """
+        loss = optimizer_closure()  # forward and backward
+        finite = torch.isfinite(loss).all() if loss is not None else torch.ones((), dtype=torch.bool, device=self.device)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            finite = finite & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+        if self.config.on_nonfinite == "skip":
+            if not bool(finite):
+                self.skipped_steps += 1
+                if self.skipped_steps == 1:
+                    warn(f"skipped a step with non-finite values ({self._describe(self._diagnostics)}); "
+                         "further skips are counted in metrics.json (skipped_steps)")
+                optimizer.zero_grad(set_to_none=True)
+                return
+        else:
+            first = self._first_nonfinite.to(finite.device)
+            take = (first < 0) & ~finite
+            self._first_nonfinite = torch.where(take, torch.tensor(self.global_step, device=finite.device), first)
+            for name, value in self._diagnostics.items():
+                before = self._nonfinite_terms.get(name, torch.full_like(value, float("nan")))
+                self._nonfinite_terms[name] = torch.where(take, value, before)
+        optimizer.step()
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteError` if a step since the start had a non-finite loss or gradient."""
+        step = int(self._first_nonfinite)
+        if step >= 0:
+            raise NonFiniteError(f"the loss or its gradients became non-finite at step {step} "
+                                 f"({self._describe(self._nonfinite_terms)})")
+
+    def _describe(self, terms: dict[str, Tensor]) -> str:
+        values = {k: float(v) for k, v in terms.items()}
+        parts = [f"{k} {v:.4g}" for k, v in values.items() if not k.startswith("tau_")]
+        bad = [k for k, v in values.items() if not k.startswith("tau_") and not math.isfinite(v)]
+        text = (f"non-finite: {', '.join(bad)}; " if bad else "the loss was finite, its gradients were not; ") + \
+            ", ".join(parts)
+        if "tau_low" in values:
+            text += (f"; temperatures in that step ranged {values['tau_low']:.3g}..{values['tau_high']:.3g} "
+                     f"(--tau-min {self.config.tau_min:g}, --tau-max {self.config.tau_max:g})")
+        elif self.config.amcl:
+            text += f"; constant temperature {self.config.temperature:g}"
+        return text
+
     def on_fit_start(self) -> None:
         if self.config.channels_last and self.device.type == "cuda":  # the data module sends channels-last views
-            self.backbone.to(memory_format=torch.channels_last)
+            self.to(memory_format=torch.channels_last)  # every convolution, MoCo's momentum copy included
         if self.config.compile and not getattr(self, "_compiled", False):
             self.backbone.compile()  # in place: the state dict keeps its names
             self._compiled = True
@@ -116,6 +181,27 @@ class PretrainMethod(L.LightningModule):
             optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class NonFiniteError(AmclError):
+    """Training produced NaN or Inf; the message names the loss terms and the temperatures of that step."""
+
+
+def temperature_range(*temperatures: Tensor | float) -> dict[str, Tensor]:
+    """``tau_low`` / ``tau_high``: the smallest and largest temperature in use (for diagnostics)."""
+    values = [torch.as_tensor(t).detach().float() for t in temperatures]
+    return {"tau_low": torch.stack([v.min() for v in values]).min(),
+            "tau_high": torch.stack([v.max() for v in values]).max()}
+
+
+def term_diagnostics(terms: ContrastiveTerms) -> dict[str, Tensor]:
+    """The parts of an AMCL contrastive loss (summed over heads) and the temperature range of the step."""
+    return {
+        "positive term": terms.positive.detach().sum(),
+        "negative term": terms.negative.detach().sum(),
+        "regulariser": terms.regularizer.detach().sum(),
+        **temperature_range(terms.positive_temperatures, terms.negative_temperatures),
+    }
 
 
 def contrastive_extras(terms: ContrastiveTerms) -> dict[str, Tensor]:

@@ -9,7 +9,7 @@ from torch import Tensor
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_no_grad
 from amcl.losses import amcl_moco_terms, moco_infonce_loss, pair_temperatures, paired_temperatures
-from amcl.methods.base import PretrainMethod, contrastive_extras
+from amcl.methods.base import PretrainMethod, contrastive_extras, term_diagnostics
 from amcl.nn import FeatureQueue, momentum_copy, momentum_update_
 
 
@@ -55,6 +55,7 @@ class MoCo(PretrainMethod):
             if self.adaptive_negative:
                 negative = pair_temperatures(phi_q, net(queue), net.tau_min, net.tau_max)  # [C, 2B, K]
         terms = amcl_moco_terms(q, k, queue, positive, negative, cfg.beta, cfg.topk, cfg.amcl_form == "infonce")
+        self.diagnose(**term_diagnostics(terms))
         return terms.loss(), contrastive_extras(terms)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

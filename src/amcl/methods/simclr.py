@@ -8,7 +8,7 @@ from torch import Tensor
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_with_grad
 from amcl.losses import amcl_nt_xent_terms, nt_xent_loss
-from amcl.methods.base import PretrainMethod, contrastive_extras
+from amcl.methods.base import PretrainMethod, contrastive_extras, term_diagnostics
 
 
 class SimCLR(PretrainMethod):
@@ -38,4 +38,5 @@ class SimCLR(PretrainMethod):
         positive = learned if self.adaptive_positive else cfg.temperature
         negative = learned if self.adaptive_negative else cfg.temperature
         terms = amcl_nt_xent_terms(z1, z2, positive, cfg.beta, cfg.topk, negative, cfg.amcl_form == "infonce")
+        self.diagnose(**term_diagnostics(terms))
         return terms.loss(), contrastive_extras(terms)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from amcl.config import PretrainConfig
 from amcl.losses import amcl_simsiam_loss, simsiam_loss
-from amcl.methods.base import PretrainMethod
+from amcl.methods.base import PretrainMethod, temperature_range
 from amcl.nn import MultiHeadPredictor
 
 
@@ -40,6 +40,7 @@ class SimSiam(PretrainMethod):
         else:
             tau1 = tau2 = cfg.temperature
         loss = amcl_simsiam_loss(p1, p2, z1, z2, tau1, tau2, cfg.beta)
+        self.diagnose(**temperature_range(tau1, tau2))
         with torch.no_grad():
             similarity = F.cosine_similarity(p.float(), z.roll(batch, dims=1).float(), dim=-1).mean()
             tau_mean = torch.as_tensor(tau1).float().mean() / 2 + torch.as_tensor(tau2).float().mean() / 2

@@ -224,7 +224,7 @@ def _add_commands(commands) -> None:
                                "epoch, instead of on precomputed features (slower)")
     evaluate.add_argument("--out", metavar="FILE.json",
                           help="result file [default: eval-<protocol>.json beside the checkpoint]")
-    evaluate.set_defaults(func=_eval)
+    evaluate.set_defaults(parser=evaluate, func=_eval)
 
     analyze = commands.add_parser(
         "analyze", help="similarity histograms of positive vs negative pairs, their overlap, learned temperatures",
@@ -238,7 +238,7 @@ def _add_commands(commands) -> None:
     analyze.add_argument("--augs", help="augmentation policy of the views [default: the checkpoint's]")
     analyze.add_argument("--bins", type=int, default=40, help="histogram bins [default: 40]")
     analyze.add_argument("--out", metavar="DIR", help="output folder [default: analysis/ beside the checkpoint]")
-    analyze.set_defaults(func=_analyze)
+    analyze.set_defaults(parser=analyze, func=_analyze)
 
     export = commands.add_parser(
         "export", help="the encoder as a plain state dict (+ JSON), and optionally dataset features as .npy",
@@ -251,7 +251,7 @@ def _add_commands(commands) -> None:
     export.add_argument("--splits", nargs="+", choices=("train", "test"), default=["train", "test"],
                         help="splits whose features to write [default: train test]")
     export.add_argument("--out", metavar="DIR", help="output folder [default: export/ beside the checkpoint]")
-    export.set_defaults(func=_export)
+    export.set_defaults(parser=export, func=_export)
 
     compare = commands.add_parser(
         "compare", help="baseline vs AMCL over methods x augmentation policies x seeds: results.md and .json",
@@ -273,7 +273,7 @@ def _add_commands(commands) -> None:
     compare.add_argument("--out", default="runs/compare", metavar="DIR", help="[default: runs/compare]")
     _add_config_options(compare, [f.name for f in dataclasses.fields(PretrainConfig)
                                   if f.name not in COMPARE_GRID_OPTIONS])
-    compare.set_defaults(func=_compare)
+    compare.set_defaults(parser=compare, func=_compare)
 
 
 def _policy_list(text: str) -> str:
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="continue the run in DIR (its --out folder) from its last checkpoint, with its own "
                                "settings; finished runs are left as they are")
     _add_config_options(pretrain)
-    pretrain.set_defaults(func=_pretrain)
+    pretrain.set_defaults(parser=pretrain, func=_pretrain)
 
     preview = commands.add_parser(
         "preview", help="write a PNG grid of augmented image pairs, to see what a policy does",
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "[default: 8]")
     preview.add_argument("--out", default="preview.png", help="PNG file to write [default: preview.png]")
     _add_config_options(preview, PREVIEW_OPTIONS)
-    preview.set_defaults(func=_preview)
+    preview.set_defaults(parser=preview, func=_preview)
     _add_commands(commands)
     return parser
 
@@ -338,7 +338,9 @@ _default_show_warning = warnings.showwarning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # reported by the sub-command, whose --help lists its options
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:

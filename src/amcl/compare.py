@@ -108,6 +108,7 @@ def run_comparison(
     for run in grid.runs:
         run.metrics = _finished_metrics(run)
         run.reused = run.metrics is not None
+    created = [p for p in (grid.out, grid.out / "results.md", grid.out / "results.json") if not p.exists()]
     try:
         grid.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -129,12 +130,28 @@ def run_comparison(
         resumed = (run.folder / "last.ckpt").is_file()
         print(f"{prefix}: {'resuming from its last checkpoint' if resumed else 'training'}", flush=True)
         started = time.perf_counter()
-        run.metrics = pretrain_once(run.config, resume=True)  # an unfinished run continues where it stopped
+        try:
+            run.metrics = pretrain_once(run.config, resume=True)  # an unfinished run continues where it stopped
+        except AmclError:
+            if not any(r.metrics for r in grid.runs):  # the grid could not even start (e.g. bad data path)
+                _remove_created(created, run.folder)
+            raise
         print(f"{prefix}: done in {time.perf_counter() - started:.1f} s, {_metric_text(run.metrics, grid.metric)}",
               flush=True)
         paths = _write_results(grid)
     table, cells = paths.pop("table"), paths.pop("cells")
     return {"table": table, "cells": cells, "trained": total - reused, "reused": reused, **paths}
+
+
+def _remove_created(created: list[Path], run_folder: Path) -> None:
+    """Undo what a grid that failed on its first run wrote: its result files, and folders left empty."""
+    for path in [p for p in created if p.is_file()]:
+        path.unlink()
+    for folder in (run_folder, run_folder.parent, *[p for p in created if not p.suffix]):
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------------------------------------- planning

@@ -207,6 +207,11 @@ class PretrainConfig:
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise AmclError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise AmclError(f"--batch-size must be at least 2 (every method compares images within a batch), "
+                            f"got {self.batch_size}")
+        if self.sync_batchnorm and (self.accelerator == "cpu" or (self.accelerator == "auto" and not _has_cuda())):
+            raise AmclError("--sync-batchnorm works with CUDA GPUs only; drop it on --accelerator cpu")
         if not (self.tau_min > 0 and self.tau_min < self.tau_max):
             raise AmclError(
                 f"need 0 < --tau-min < --tau-max, got tau_min={self.tau_min}, tau_max={self.tau_max}"
@@ -273,6 +278,12 @@ class PretrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _flag(name: str) -> str:

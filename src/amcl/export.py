@@ -98,10 +98,6 @@ def export_encoder(
     plus ``files``, the paths written."""
     pretrained = load_pretrained(checkpoint, resolve_device(device))
     folder = Path(out) if out is not None else pretrained.path.parent / "export"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise AmclError(f"cannot create the output folder {folder}: {err.strerror}; choose a writable --out") from None
     backbone, config = pretrained.backbone, pretrained.config
     state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
     info: dict[str, Any] = {
@@ -120,12 +116,17 @@ def export_encoder(
         "torch_version": torch.__version__,
     }
     files = [folder / "encoder.pt", folder / "encoder.json"]
-    _atomic_write(files[0], lambda p: torch.save(state, p))
-    if features:
+    if features:  # read the data before writing anything: a wrong path leaves no half export behind
         overrides = {k: v for k, v in (("dataset", dataset), ("data_root", data_root), ("workers", workers)) if v is not None}
         if (dataset or config.dataset) == "folder":
             overrides["cache_images"] = "never"  # stream the folder, so each row keeps its file path
         data = evaluation_data(pretrained, **overrides)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AmclError(f"cannot create the output folder {folder}: {err.strerror}; choose a writable --out") from None
+    _atomic_write(files[0], lambda p: torch.save(state, p))
+    if features:
         info["features"] = {}
         for split in splits:
             feats, labels, paths = _split_features(data, split, backbone, next(backbone.parameters()).device)

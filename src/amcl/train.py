@@ -101,14 +101,15 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*The dirpath has changed from.*")
 
 
-def _trainer(**options: Any) -> L.Trainer:
-    """A Lightning Trainer; impossible accelerator or precision settings become a one-line error."""
+def _trainer(config: PretrainConfig, **options: Any) -> L.Trainer:
+    """A Lightning Trainer; impossible accelerator, device or precision settings become a one-line error."""
     try:
         return L.Trainer(**options)
-    except (MisconfigurationException, ValueError) as exc:
+    except (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError) as exc:
+        # e.g. an accelerator whose package is missing, device indices on a CPU
         raise AmclError(
-            f"cannot set up training with --accelerator {options['accelerator']} --devices {options['devices']} "
-            f"--strategy {options['strategy']} --precision {options['precision']}: {str(exc).splitlines()[0]}"
+            f"cannot set up training with --accelerator {config.accelerator} --devices {config.devices} "
+            f"--strategy {config.strategy} --precision {config.precision}: {str(exc).splitlines()[0]}"
         ) from None
 
 
@@ -151,6 +152,7 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
                  ModelCheckpoint(dirpath=out, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                                  save_on_train_epoch_end=True, enable_version_counter=False)]
     trainer = _trainer(
+        config,
         accelerator=config.accelerator,
         devices=_devices(config.devices),
         num_nodes=config.num_nodes,
@@ -248,6 +250,13 @@ def run_record(config: PretrainConfig, started: float, epoch_seconds: list[float
     }
 
 
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def effective_precision(config: PretrainConfig) -> str:
     """``config.precision``, with ``auto`` made concrete: bf16-mixed on a CUDA GPU that supports it."""
     if config.precision != "auto":
@@ -304,6 +313,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     if config.runs == 1:
         return pretrain_once(config, resume)
     out = Path(config.out)
+    created = [p for p in (out, out / "config.yaml") if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config.to_yaml())  # first, so a killed series can be resumed
@@ -312,7 +322,13 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     results = []
     for r in range(config.runs):
         seed = config.seed + r
-        results.append(pretrain_once(replace(config, seed=seed, runs=1, out=str(out / f"run-{seed}")), resume))
+        try:
+            results.append(pretrain_once(replace(config, seed=seed, runs=1, out=str(out / f"run-{seed}")), resume))
+        except AmclError:
+            if not results:  # the series could not even start (bad data): leave no trace of it
+                for path in reversed(created):
+                    path.unlink() if path.is_file() else _remove_if_empty(path)
+            raise
     summary: dict[str, Any] = {"runs": config.runs, "seeds": [config.seed + r for r in range(config.runs)]}
     summary.update(summarize_runs(results))
     write_json(out / "summary.json", summary)

@@ -111,13 +111,10 @@ def amcl_barlow_twins_loss(
         tau = _tau(temperatures, c)
         diagonal, tau_diagonal = torch.diagonal(c, dim1=1, dim2=2), torch.diagonal(tau, dim1=1, dim2=2)
         omega_diagonal = omega(tau_diagonal, omega_dim)
-        # off-diagonal sums as full sums minus the diagonal: no [C, d, d] mask or masked copies
-        off_diagonal = (c.pow(2) / tau).sum((1, 2)) - (diagonal.pow(2) / tau_diagonal).sum(-1)
-        omega_off_diagonal = omega(tau, omega_dim).sum((1, 2)) - omega_diagonal.sum(-1)
-        loss = (
-            (1 - diagonal / tau_diagonal).pow(2).sum(-1)
-            + lambd * off_diagonal
-            + beta * omega_diagonal.sum(-1)
-            - beta * omega_off_diagonal
-        )
+        # The off-diagonal terms lambda * C_lm^2 / tau_lm - beta * Omega(tau_lm), summed as full [C, d, d]
+        # sums minus the diagonal (no mask), in as few passes over the d x d entries as possible:
+        # lambda C^2 / tau - beta (d'/2 log tau + 1/tau) = (lambda C^2 - beta) / tau - beta d'/2 log tau.
+        full = ((lambd * c.pow(2) - beta) / tau).sum((1, 2)) - (0.5 * beta * omega_dim) * torch.log(tau).sum((1, 2))
+        off_diagonal = full - (lambd * diagonal.pow(2) / tau_diagonal - beta * omega_diagonal).sum(-1)
+        loss = (1 - diagonal / tau_diagonal).pow(2).sum(-1) + beta * omega_diagonal.sum(-1) + off_diagonal
         return loss.sum()

@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss_speed.py
 	$(BIN)/python benchmarks/input_pipeline.py --png
+	$(BIN)/python benchmarks/train_speed.py
 
 clean:
 	rm -rf $(VENV) runs demo-runs .pytest_cache

@@ -25,7 +25,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_registry_names() -> None:
-    assert set(BACKBONES) == EXPECTED_NAMES
+    assert EXPECTED_NAMES | {f"vit_{s}{p}" for s in ("tiny", "small", "base") for p in ("", "_mean")} == set(BACKBONES)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_NAMES))

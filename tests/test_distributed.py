@@ -133,7 +133,8 @@ def test_lightning_ddp_run_monitors_like_one_process(tmp_path, amcl):
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["complete"] and metrics["epochs"][-1]["step"] == 3
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "last.ckpt", "metrics.json", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "curves.png", "last.ckpt", "metrics.csv",
+                                                     "metrics.json", "run.json"]
     assert done.stdout.count("best kNN accuracy") == 1  # printed by one process only
     from amcl.eval import evaluate_checkpoint
 

@@ -120,14 +120,27 @@ class PretrainConfig:
     color_strength: float = _opt(0.5, "colour distortion strength s (policy letter d and 'color')")
     # model and optimisation
     backbone: str | None = _opt(
-        None, f"encoder: resnet18/34/50 (CIFAR stem), resnet*_imagenet, small_cnn (default: resnet18, or "
-        f"resnet18_imagenet from --image-size {IMAGENET_STEM_FROM})"
+        None, f"encoder: resnet18/34/50 (CIFAR stem), resnet*_imagenet, small_cnn, vit_tiny/small/base (class "
+        f"token; patch 4 up to 64 px, 16 from 128 px), vit_*_mean (mean pooling), or timm:NAME (any timm model, "
+        f"needs the timm package) (default: resnet18, or resnet18_imagenet from --image-size {IMAGENET_STEM_FROM})"
     )
     epochs: int = _opt(800, "training epochs")
     batch_size: int = _opt(512, "images per batch (each gives two views)")
-    lr: float | None = _opt(None, f"SGD learning rate ({_by_method('lr')})")
-    momentum: float = _opt(0.9, "SGD momentum")
-    weight_decay: float = _opt(5e-4, "SGD weight decay")
+    optimizer: str = _opt(
+        "sgd", "sgd (every parameter decayed, the authors' recipe), lars (trust ratio; biases, normalisation "
+        "parameters, position embeddings and class tokens excluded from it and from weight decay) or adamw "
+        "(betas 0.9, 0.999; the same parameters not decayed; --momentum unused)", ("sgd", "lars", "adamw"),
+    )
+    lr: float | None = _opt(None, f"base learning rate ({_by_method('lr')})")
+    lr_scaling: str = _opt(
+        "none", "none: --lr is the learning rate; linear: --lr x global batch / 256 (global batch = "
+        "--batch-size x devices x nodes)", ("none", "linear"),
+    )
+    warmup_epochs: float = _opt(
+        0.0, "epochs of linear learning-rate warm-up before the per-step cosine decay (may be fractional; 0: none)"
+    )
+    momentum: float = _opt(0.9, "SGD and LARS momentum")
+    weight_decay: float = _opt(5e-4, "weight decay (L2 for sgd and lars, decoupled for adamw)")
     max_steps: int = _opt(-1, "stop after this many optimisation steps (-1: run all epochs)")
     # monitoring and runs
     knn_k: int = _opt(200, "neighbours of the kNN monitor")
@@ -187,19 +200,24 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Check values that need no data; raises AmclError naming the option and the fix."""
-        for name in ("method", "dataset", "temperature_mode", "amcl_form", "cache_images", "on_nonfinite"):
+        for name in ("method", "dataset", "temperature_mode", "amcl_form", "cache_images", "on_nonfinite",
+                     "optimizer", "lr_scaling"):
             choices = _choices(name)
             if getattr(self, name) not in choices:
                 raise AmclError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")
         from amcl.data.augment import parse_policy
-        from amcl.nn.backbones import BACKBONES
+        from amcl.nn.backbones import BACKBONES, image_size_problem, is_backbone_name
 
         try:
             parse_policy(self.augs)
         except ValueError as exc:
             raise AmclError(f"--augs: {exc}") from None
-        if self.backbone is not None and self.backbone not in BACKBONES:
-            raise AmclError(f"unknown backbone {self.backbone!r}; choose one of: {', '.join(sorted(BACKBONES))}")
+        if self.backbone is not None and not is_backbone_name(self.backbone):
+            raise AmclError(f"unknown backbone {self.backbone!r}; choose one of: {', '.join(sorted(BACKBONES))}, "
+                            "or timm:NAME (a timm model, needs the timm package)")
+        problem = self.backbone and self.image_size and image_size_problem(self.backbone, self.image_size)
+        if problem:  # a ViT whose patch size does not divide the image size
+            raise AmclError(problem)
         positive = ["heads", "epochs", "batch_size", "topk", "knn_k", "knn_every", "runs", "image_size",
                     "proj_hidden", "proj_dim", "proj_layers", "temperature_hidden", "predictor_hidden", "queue_size"]
         if self.workers is not None and self.workers < 0:
@@ -236,6 +254,9 @@ class PretrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise AmclError(f"--{_flag(name)} must be a number >= 0, got {value}")
+        if not (math.isfinite(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs):
+            raise AmclError(f"--warmup-epochs must be >= 0 and less than --epochs {self.epochs} (the cosine decay "
+                            f"follows the warm-up), got {self.warmup_epochs}")
         if self.amcl:
             self._validate_amcl()
         self._validate_data()

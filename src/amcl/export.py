@@ -3,7 +3,7 @@
 Writes into the output folder:
 
 * ``encoder.pt``: the backbone's ``state_dict`` (CPU tensors only), loadable with
-  ``torch.load(path, weights_only=True)`` into ``amcl.nn.build_backbone(name)``;
+  ``torch.load(path, weights_only=True)`` into ``amcl.nn.build_backbone(name, image_size=size)``;
 * ``encoder.json``: what is needed to use it: backbone name, feature size, image size and the
   normalisation the encoder was trained with, plus where it came from;
 * with ``features=True``, per split: ``features-<split>.npy`` (float32 ``[N, D]``),
@@ -153,20 +153,20 @@ def load_encoder(folder: str | os.PathLike[str], device: str | torch.device = "c
         encoder, info = load_encoder("runs/simclr/export")
         features = encoder(images)  # [N, info["feature_dim"]]
     """
-    from amcl.nn.backbones import BACKBONES, build_backbone
+    from amcl.nn.backbones import build_backbone, is_backbone_name
 
     path = Path(folder)
     try:
         info = json.loads((path / "encoder.json").read_text())
     except (OSError, ValueError) as err:
         raise AmclError(f"cannot read {path / 'encoder.json'} ({err}); export the encoder with amcl export") from None
-    if info.get("format") != ENCODER_FORMAT or info.get("backbone") not in BACKBONES:
+    if info.get("format") != ENCODER_FORMAT or not is_backbone_name(str(info.get("backbone"))):
         raise AmclError(f"{path / 'encoder.json'} does not describe an encoder exported by this version of amcl")
     try:
         state = torch.load(path / "encoder.pt", map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, foreign or missing file
         raise AmclError(f"cannot load {path / 'encoder.pt'} ({type(err).__name__}); export the encoder again") from None
-    encoder = build_backbone(info["backbone"], info.get("in_channels", 3))
+    encoder = build_backbone(info["backbone"], info.get("in_channels", 3), info.get("image_size"))
     try:
         encoder.load_state_dict(state)
     except (RuntimeError, TypeError) as err:

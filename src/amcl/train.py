@@ -27,9 +27,10 @@ from amcl.checkpointing import AtomicCheckpointIO, NonFiniteGuard, RandomStates,
 from amcl.config import PretrainConfig, load_yaml
 from amcl.data.datasets import load_configured_dataset
 from amcl.data.module import ContrastiveDataModule
-from amcl.errors import AmclError
+from amcl.errors import AmclError, warn
 from amcl.eval.checkpoint import read_checkpoint
 from amcl.methods import METHOD_CLASSES
+from amcl.monitoring import plot_curves, write_csv
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -51,6 +52,7 @@ class MetricsRecorder(Callback):
         self.path = path  # written by the global-rank-0 process only
         self.epochs: list[dict[str, float]] = []
         self.epoch_seconds: list[float] = []
+        self._warned: set[str] = set()
         self._clock = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -63,10 +65,28 @@ class MetricsRecorder(Callback):
             record["unreadable_files"] = len(trainer.datamodule.unreadable)
         if pl_module.config.on_nonfinite == "skip":
             record["skipped_steps"] = pl_module.skipped_steps
+        statistics = pl_module.epoch_statistics()  # per-head temperatures and similarities, learning rate
+        record.update(statistics)
         self.epochs.append(record)
         self.epoch_seconds.append(round(time.perf_counter() - self._clock, 3))
+        self._warn_about_bounds(record, pl_module.config)
         if trainer.is_global_zero:
             write_json(self.path, self.summary())
+            write_csv(self.path.with_suffix(".csv"), self.epochs)
+            if trainer.logger is not None:
+                trainer.logger.log_metrics(statistics, step=trainer.current_epoch)
+
+    def _warn_about_bounds(self, record: dict[str, float], config: PretrainConfig) -> None:
+        """Warn (once per head and bound) when most of a head's temperatures sit on tau_min or tau_max."""
+        for key, share in record.items():
+            if not key.endswith(("/share_at_tau_min", "/share_at_tau_max")) or share <= 0.5 or key in self._warned:
+                continue
+            self._warned.add(key)
+            head, bound = key.split("/")[0], key.rsplit("_", 1)[-1]
+            value = config.tau_min if bound == "min" else config.tau_max
+            warn(f"{share:.0%} of {head}'s temperatures sit at tau_{bound} = {value:g} in epoch {record['epoch']}: "
+                 "AMCL may be collapsing (see 'Reading the curves' in the README); watch curves.png, or try "
+                 f"another --tau-{bound}, --beta or --lr")
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "epoch_seconds": self.epoch_seconds}
@@ -167,7 +187,7 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
         check_val_every_n_epoch=config.knn_every,
         limit_val_batches=None if monitor else 0,
         num_sanity_val_steps=0,
-        logger=False,
+        logger=_tensorboard(out),
         enable_progress_bar=config.progress,
         enable_model_summary=False,
         callbacks=callbacks + ([TrainingProgressBar()] if config.progress else []),
@@ -189,7 +209,11 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
     summary["complete"] = True  # the run ended normally (amcl compare and --resume skip such runs)
     if trainer.is_global_zero:
         write_json(out / "metrics.json", summary)
+        write_csv(out / "metrics.csv", recorder.epochs)
         write_json(out / "run.json", run_record(config, started, recorder.epoch_seconds, resumed=resuming))
+        if recorder.epochs:
+            mode = f"AMCL, {config.heads} heads" if config.amcl else "baseline"
+            plot_curves(out / "curves.png", recorder.epochs, f"{config.method} {mode} on {config.dataset}")
     return {**summary, "time_s": round(sum(recorder.epoch_seconds), 3)}
 
 
@@ -248,6 +272,17 @@ def run_record(config: PretrainConfig, started: float, epoch_seconds: list[float
         "time_s": round(sum(epoch_seconds), 3),
         "seed": config.seed,
     }
+
+
+def _tensorboard(out: Path):
+    """A TensorBoard logger writing into ``out/tensorboard`` when the package is installed, else none."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+        return False
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -10,6 +10,7 @@ from amcl.distributed import gather_with_grad
 from amcl.errors import AmclError
 from amcl.losses import amcl_barlow_twins_loss, barlow_twins_loss, batch_standardise
 from amcl.methods.base import PretrainMethod, temperature_range
+from amcl.monitoring import bound_shares, temperature_statistics
 
 
 class BarlowTwins(PretrainMethod):
@@ -46,6 +47,8 @@ class BarlowTwins(PretrainMethod):
             taus = torch.as_tensor(taus, device=loss.device).detach().float().expand(z.shape[0], dim, dim)
             diagonal = torch.diagonal(taus, dim1=1, dim2=2)
             off_diagonal_mean = (taus.sum() - diagonal.sum()) / max(1, taus.numel() - diagonal.numel())
+            if self.temperature_net is not None:
+                self.record_statistics(channel_statistics(taus, cfg.tau_min, cfg.tau_max))
         return loss, {"tau_pos_mean": diagonal.mean(), "tau_neg_mean": off_diagonal_mean}
 
     def channel_temperatures(self, z1: Tensor, z2: Tensor) -> Tensor | float:
@@ -72,3 +75,24 @@ class BarlowTwins(PretrainMethod):
         if self.adaptive_positive:
             return torch.where(diagonal, learned, constant)
         return torch.where(diagonal, constant, learned)
+
+
+@torch.no_grad()
+def channel_statistics(taus: Tensor, tau_min: float, tau_max: float) -> dict[str, Tensor]:
+    """Per-head monitoring of ``[C, d, d]`` channel temperatures: the diagonal tau_l as the positive
+    pairs, the off-diagonal tau_lm as the negative ones (the mean from full sums minus the diagonal,
+    without copying the off-diagonal entries). The shares at the bounds count every entry."""
+    d = taus.shape[-1]
+    diagonal = torch.diagonal(taus, dim1=1, dim2=2)
+    stats = temperature_statistics(tau_min, tau_max, diagonal)
+    off_diagonal_mean = (taus.sum((1, 2)) - diagonal.sum(-1)) / max(1, d * d - d)
+    eye = torch.eye(d, dtype=torch.bool, device=taus.device)
+    lowest = torch.where(eye, float("inf"), taus).amin((1, 2))
+    highest = torch.where(eye, float("-inf"), taus).amax((1, 2))
+    at_min, at_max = bound_shares(taus, tau_min, tau_max)
+    for c in range(taus.shape[0]):
+        head = f"head{c + 1}"
+        stats |= {f"{head}/tau_neg_mean": off_diagonal_mean[c], f"{head}/tau_neg_min": lowest[c],
+                  f"{head}/tau_neg_max": highest[c], f"{head}/share_at_tau_min": at_min[c],
+                  f"{head}/share_at_tau_max": at_max[c]}
+    return stats

@@ -17,6 +17,7 @@ from torch import Tensor
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_rows, sum_across
 from amcl.errors import AmclError, warn
+from amcl.monitoring import EpochStatistics, temperature_statistics
 from amcl.eval.knn import knn_predict
 from amcl.losses import ContrastiveTerms
 from amcl.nn import MultiHeadProjector, TemperatureNet, build_backbone
@@ -37,7 +38,7 @@ class PretrainMethod(L.LightningModule):
         )
         self.config = config
         self.num_classes = num_classes
-        self.backbone = build_backbone(config.backbone)
+        self.backbone = build_backbone(config.backbone, image_size=config.image_size)
         self._bank: tuple[Tensor, Tensor] | None = None
         self._knn_correct = self._knn_total = None
         # AMCL's ablations (config.temperature_mode): which pairs get learned temperatures; the
@@ -51,6 +52,7 @@ class PretrainMethod(L.LightningModule):
         self._first_nonfinite = torch.tensor(-1)
         self._nonfinite_terms: dict[str, Tensor] = {}
         self.skipped_steps = 0
+        self.statistics = EpochStatistics()  # per-head temperatures and similarities, reduced per epoch
 
     def make_projector(self, batch_norm: bool = False, last_batch_norm: bool = False) -> MultiHeadProjector:
         """The C projection heads of the config: ``proj_layers`` linear layers, ``proj_hidden`` wide."""
@@ -67,6 +69,30 @@ class PretrainMethod(L.LightningModule):
 
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+    def record_statistics(self, stats: dict[str, Tensor]) -> None:
+        """Add one step's per-head statistics (see :mod:`amcl.monitoring`); they stay on the device."""
+        if self.training:
+            self.statistics.update(stats)
+
+    def record_contrastive_statistics(self, terms: ContrastiveTerms) -> None:
+        """The learned temperatures (a constant side of the ablations is left out) and the similarities of
+        the positive and hardest-negative pairs, per head."""
+        cfg = self.config
+        self.record_statistics(temperature_statistics(
+            cfg.tau_min, cfg.tau_max, terms.positive_temperatures if self.adaptive_positive else None,
+            terms.negative_temperatures if self.adaptive_negative else None,
+            terms.positive_similarities, terms.negative_similarities))
+
+    def on_train_epoch_start(self) -> None:
+        self.statistics.reset()
+
+    def epoch_statistics(self) -> dict[str, float]:
+        """This epoch's statistics and learning rate, as plain numbers (one host synchronisation)."""
+        values = self.statistics.compute()
+        if self.trainer is not None and self.trainer.optimizers:
+            values["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+        return values
 
     def diagnose(self, **values: Tensor | float) -> None:
         """Record this step's loss terms and temperature range (``tau_low``, ``tau_high``) for the
@@ -172,14 +198,17 @@ class PretrainMethod(L.LightningModule):
         self._bank = None
 
     def configure_optimizers(self):
+        """``config.optimizer`` (sgd, lars, adamw; see :mod:`amcl.optim`) at ``config.lr`` (scaled with the
+        global batch under ``lr_scaling linear``), stepped per batch: a linear warm-up of ``warmup_epochs``
+        then a cosine decay to 0 at the last step (with ``--max-steps``, both fit in those steps)."""
+        from amcl.optim import build_optimizer, warmup_cosine, warmup_steps
+
         cfg = self.config
-        trained = [p for p in self.parameters() if p.requires_grad]  # not MoCo's momentum copies
-        optimizer = torch.optim.SGD(trained, lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
+        trained = [(n, p) for n, p in self.named_parameters() if p.requires_grad]  # not MoCo's momentum copies
+        optimizer, self.base_lr = build_optimizer(trained, cfg, self.trainer.world_size)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-        )
+        warmup = warmup_steps(cfg.warmup_epochs, cfg.epochs, total)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

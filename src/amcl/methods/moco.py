@@ -56,6 +56,7 @@ class MoCo(PretrainMethod):
                 negative = pair_temperatures(phi_q, net(queue), net.tau_min, net.tau_max)  # [C, 2B, K]
         terms = amcl_moco_terms(q, k, queue, positive, negative, cfg.beta, cfg.topk, cfg.amcl_form == "infonce")
         self.diagnose(**term_diagnostics(terms))
+        self.record_contrastive_statistics(terms)
         return terms.loss(), contrastive_extras(terms)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

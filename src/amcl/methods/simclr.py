@@ -39,4 +39,5 @@ class SimCLR(PretrainMethod):
         negative = learned if self.adaptive_negative else cfg.temperature
         terms = amcl_nt_xent_terms(z1, z2, positive, cfg.beta, cfg.topk, negative, cfg.amcl_form == "infonce")
         self.diagnose(**term_diagnostics(terms))
+        self.record_contrastive_statistics(terms)
         return terms.loss(), contrastive_extras(terms)

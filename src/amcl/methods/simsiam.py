@@ -9,6 +9,7 @@ from torch import Tensor
 from amcl.config import PretrainConfig
 from amcl.losses import amcl_simsiam_loss, simsiam_loss
 from amcl.methods.base import PretrainMethod, temperature_range
+from amcl.monitoring import temperature_statistics
 from amcl.nn import MultiHeadPredictor
 
 
@@ -42,6 +43,9 @@ class SimSiam(PretrainMethod):
         loss = amcl_simsiam_loss(p1, p2, z1, z2, tau1, tau2, cfg.beta)
         self.diagnose(**temperature_range(tau1, tau2))
         with torch.no_grad():
-            similarity = F.cosine_similarity(p.float(), z.roll(batch, dims=1).float(), dim=-1).mean()
+            similarities = F.cosine_similarity(p.float(), z.roll(batch, dims=1).float(), dim=-1)  # [C, 2B]
             tau_mean = torch.as_tensor(tau1).float().mean() / 2 + torch.as_tensor(tau2).float().mean() / 2
-        return loss, {"tau_pos_mean": tau_mean.to(loss.device), "sim_pos_mean": similarity}
+            if self.temperature_net is not None:
+                self.record_statistics(temperature_statistics(cfg.tau_min, cfg.tau_max, torch.cat([tau1, tau2], 1),
+                                                              positive_similarities=similarities))
+        return loss, {"tau_pos_mean": tau_mean.to(loss.device), "sim_pos_mean": similarities.mean()}

@@ -1,10 +1,11 @@
-"""Modules: backbones, the multi-head projector and predictor, the shared temperature network and
-MoCo's momentum copy and queue."""
+"""Modules: backbones (ResNets, a small convnet, Vision Transformers), the multi-head projector and
+predictor, the shared temperature network and MoCo's momentum copy and queue."""
 
 from amcl.nn.backbones import BACKBONES, build_backbone
 from amcl.nn.heads import HeadwiseLinear, MultiHeadPredictor, MultiHeadProjector
 from amcl.nn.momentum import FeatureQueue, momentum_copy, momentum_update_
 from amcl.nn.temperature import TemperatureNet
+from amcl.nn.vit import VisionTransformer
 
 __all__ = [
     "BACKBONES",
@@ -13,6 +14,7 @@ __all__ = [
     "MultiHeadPredictor",
     "MultiHeadProjector",
     "TemperatureNet",
+    "VisionTransformer",
     "build_backbone",
     "momentum_copy",
     "momentum_update_",

@@ -6,6 +6,9 @@ Implemented here rather than taken from torchvision:
   ``"cifar"`` (3x3 conv, stride 1, no max-pool) for small 32-96 px images, and
   ``"imagenet"`` (7x7 conv stride 2 + 3x3 max-pool stride 2) for large images.
 * ``SmallConvNet``: a tiny three-layer convnet for 8-32 px images.
+* ``VisionTransformer`` (:mod:`amcl.nn.vit`): ``vit_tiny``, ``vit_small``, ``vit_base`` with a class
+  token, ``vit_*_mean`` with mean pooling; patch 4 up to 64 px, 16 from 128 px.
+* ``timm:NAME``: any model of the optional ``timm`` package (imported only when asked for).
 
 No classifier head is included; every module exposes an integer ``out_dim``.
 Use :func:`build_backbone` or the :data:`BACKBONES` registry to construct them by name.
@@ -18,7 +21,10 @@ from typing import Callable, Literal
 
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "SmallConvNet", "BACKBONES", "build_backbone"]
+from amcl.errors import AmclError
+from amcl.nn.vit import VIT_SIZES, VisionTransformer, default_patch_size
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "SmallConvNet", "TimmBackbone", "BACKBONES", "build_backbone"]
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, relu: bool = True) -> nn.Sequential:
@@ -141,15 +147,96 @@ _ARCHS: dict[str, tuple[type[BasicBlock], list[int]]] = {
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
 
+#: ViT names (they take the image size, which sets the patch size and position embeddings).
+_VITS: dict[str, Callable[..., nn.Module]] = {
+    f"vit_{size}{suffix}": partial(VisionTransformer, dim=dim, depth=depth, heads=heads, pooling=pooling)
+    for size, (dim, depth, heads) in VIT_SIZES.items()
+    for suffix, pooling in (("", "cls"), ("_mean", "mean"))
+}
+#: ``--backbone timm:NAME`` builds timm's model NAME when the timm package can be imported.
+TIMM_PREFIX = "timm:"
+#: Image size of a ViT built without one.
+DEFAULT_VIT_IMAGE_SIZE = 224
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **{name: partial(ResNet, block, layers, "cifar") for name, (block, layers) in _ARCHS.items()},
     **{f"{name}_imagenet": partial(ResNet, block, layers, "imagenet") for name, (block, layers) in _ARCHS.items()},
     "small_cnn": SmallConvNet,
+    **_VITS,
 }
 
 
-def build_backbone(name: str, in_channels: int = 3) -> nn.Module:
-    """Construct the backbone registered under ``name`` (see :data:`BACKBONES`)."""
+def is_backbone_name(name: str) -> bool:
+    """Whether ``name`` is a registered backbone or ``timm:NAME`` (timm itself is checked when building)."""
+    return name in BACKBONES or (name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX))
+
+
+def image_size_problem(name: str, image_size: int) -> str | None:
+    """Why backbone ``name`` cannot take ``image_size`` px images (a ViT whose patch size does not divide
+    it), as a message naming the fix; None when it can."""
+    if name not in _VITS or image_size < 1:
+        return None
+    patch = default_patch_size(image_size)
+    if image_size % patch == 0:
+        return None
+    nearest = max(patch, round(image_size / patch) * patch)
+    return (f"--backbone {name} cuts {image_size} px images into {patch} px patches, which does not divide "
+            f"{image_size}; use an --image-size divisible by {patch}, e.g. {nearest}")
+
+
+class TimmBackbone(nn.Module):
+    """A timm model without classifier (``num_classes=0``) as a backbone: [B, C, H, W] -> [B, out_dim]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.out_dim: int = int(model.num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        if out.ndim == 4:  # a model left unpooled: average the feature map
+            out = out.mean(dim=(-2, -1))
+        elif out.ndim == 3:  # ... or the tokens
+            out = out.mean(dim=1)
+        return out
+
+
+def _build_timm(name: str, in_channels: int, image_size: int | None) -> TimmBackbone:
+    model_name = name[len(TIMM_PREFIX):]
+    try:
+        import timm
+    except Exception as exc:  # not installed, or a build that does not work with this torch
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise AmclError(
+            f"--backbone {name} needs the timm package, which cannot be imported here "
+            f"({type(exc).__name__}: {reason}); install timm, or use one of: {', '.join(sorted(BACKBONES))}"
+        ) from None
+    options = dict(pretrained=False, num_classes=0, in_chans=in_channels)
+    try:
+        try:
+            model = timm.create_model(model_name, **options, **({"img_size": image_size} if image_size else {}))
+        except TypeError:  # the model has no img_size argument (e.g. convnets)
+            model = timm.create_model(model_name, **options)
+    except Exception as exc:
+        raise AmclError(
+            f"--backbone {name}: timm cannot build {model_name!r} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); see timm.list_models() for its model names"
+        ) from None
+    return TimmBackbone(model)
+
+
+def build_backbone(name: str, in_channels: int = 3, image_size: int | None = None) -> nn.Module:
+    """Construct the backbone registered under ``name`` (see :data:`BACKBONES`), or ``timm:NAME``.
+
+    ``image_size`` sets a ViT's patch size and position embeddings (default 224) and timm models'
+    ``img_size`` where they take one; ResNets and the small convnet ignore it.
+    """
+    if name.startswith(TIMM_PREFIX) and is_backbone_name(name):
+        return _build_timm(name, in_channels, image_size)
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}")
+        raise ValueError(
+            f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}, or timm:NAME (needs timm)"
+        )
+    if name in _VITS:
+        return BACKBONES[name](in_channels=in_channels, image_size=image_size or DEFAULT_VIT_IMAGE_SIZE)
     return BACKBONES[name](in_channels=in_channels)

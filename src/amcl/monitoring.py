@@ -1,0 +1,180 @@
+"""Watching what AMCL learns: per-head temperature and similarity statistics, epoch by epoch.
+
+A temperature that collapses onto ``tau_min`` or ``tau_max`` is the first sign of a bad run, long
+before the loss or the kNN accuracy show it. Each training step adds its statistics to an
+:class:`EpochStatistics` on the device (no host synchronisation); once per epoch they are reduced
+(over steps and processes) into plain numbers, written to ``metrics.json``/``metrics.csv`` and,
+when TensorBoard is installed, to its event files. :func:`plot_curves` draws ``curves.png``.
+
+Keys are ``head<c>/<kind>``; each kind is reduced over the epoch by :data:`REDUCTIONS` (mean
+unless listed).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from amcl.distributed import is_distributed
+
+__all__ = ["EpochStatistics", "REDUCTIONS", "bound_shares", "plot_curves", "temperature_statistics", "write_csv"]
+
+#: How a statistic is reduced over the steps of an epoch (and over processes); the rest are means.
+REDUCTIONS = {"tau_pos_min": "min", "tau_pos_max": "max", "tau_neg_min": "min", "tau_neg_max": "max"}
+#: A temperature counts as "at a bound" within this fraction of (tau_max - tau_min) from it.
+BOUND_TOLERANCE = 1e-3
+
+
+def bound_shares(temperatures: Tensor, tau_min: float, tau_max: float) -> tuple[Tensor, Tensor]:
+    """Per head (dim 0), the share of temperatures at ``tau_min`` and at ``tau_max``."""
+    flat = temperatures.detach().float().flatten(1)
+    margin = BOUND_TOLERANCE * (tau_max - tau_min)
+    return (flat <= tau_min + margin).float().mean(1), (flat >= tau_max - margin).float().mean(1)
+
+
+def temperature_statistics(
+    tau_min: float,
+    tau_max: float,
+    positive: Tensor | None = None,
+    negative: Tensor | None = None,
+    positive_similarities: Tensor | None = None,
+    negative_similarities: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """One step's statistics per head: mean, min and max of the positive-pair and (hardest-)negative
+    temperatures (``[C, ...]`` each), the share of all of them at ``tau_min`` / ``tau_max``, and the
+    mean positive and negative similarities. Missing inputs are left out."""
+    stats: dict[str, Tensor] = {}
+    for side, taus in (("pos", positive), ("neg", negative)):
+        if taus is not None:
+            flat = taus.detach().float().flatten(1)
+            stats |= _per_head(f"tau_{side}_mean", flat.mean(1))
+            stats |= _per_head(f"tau_{side}_min", flat.amin(1)) | _per_head(f"tau_{side}_max", flat.amax(1))
+    learned = [t.detach().float().flatten(1) for t in (positive, negative) if t is not None]
+    if learned:
+        at_min, at_max = bound_shares(torch.cat(learned, dim=1), tau_min, tau_max)
+        stats |= _per_head("share_at_tau_min", at_min) | _per_head("share_at_tau_max", at_max)
+    for side, sims in (("pos", positive_similarities), ("neg", negative_similarities)):
+        if sims is not None:
+            stats |= _per_head(f"sim_{side}_mean", sims.detach().float().flatten(1).mean(1))
+    return stats
+
+
+def _per_head(kind: str, values: Tensor) -> dict[str, Tensor]:
+    return {f"head{c + 1}/{kind}": v for c, v in enumerate(values)}
+
+
+def _reduction(key: str) -> str:
+    return REDUCTIONS.get(key.rsplit("/", 1)[-1], "mean")
+
+
+class EpochStatistics:
+    """Running per-epoch reductions of step statistics, kept on the device until :meth:`compute`."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._values: dict[str, Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+    def update(self, stats: dict[str, Tensor]) -> None:
+        for key, value in stats.items():
+            value = value.detach().float()
+            if key not in self._values:
+                self._values[key], self._counts[key] = value.clone(), 1
+                continue
+            kind = _reduction(key)
+            if kind == "min":
+                self._values[key] = torch.minimum(self._values[key], value)
+            elif kind == "max":
+                self._values[key] = torch.maximum(self._values[key], value)
+            else:
+                self._values[key] = self._values[key] + value
+            self._counts[key] += 1
+
+    def compute(self) -> dict[str, float]:
+        """The epoch's values (one host synchronisation), reduced over processes too."""
+        out = {}
+        for key, value in self._values.items():
+            kind = _reduction(key)
+            value = value / self._counts[key] if kind == "mean" else value.clone()
+            if is_distributed():
+                op = {"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}.get(kind, dist.ReduceOp.SUM)
+                dist.all_reduce(value, op=op)
+                if kind == "mean":
+                    value /= dist.get_world_size()
+            out[key] = float(value)
+        return out
+
+
+def write_csv(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]]) -> None:
+    """``metrics.csv``: one row per epoch, one column per value ever logged (blank where absent)."""
+    columns = list(dict.fromkeys(key for record in epochs for key in record))
+    tmp = Path(path).with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(epochs)
+    os.replace(tmp, path)
+
+
+def plot_curves(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]], title: str = "") -> None:
+    """``curves.png``: loss, kNN accuracy, learning rate and, per head, the temperatures (mean with the
+    min-max range shaded) and the share at the bounds, over epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        points = [(e["epoch"], e[key]) for e in epochs if key in e]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    heads = sorted({k.split("/")[0] for e in epochs for k in e if k.startswith("head")},
+                   key=lambda h: int(h[4:]))
+    panels = [("loss", ["loss"]), ("kNN accuracy", ["knn_acc"]), ("learning rate", ["lr"])]
+    if heads:
+        panels += [("positive-pair temperature", "pos"), ("hardest-negative temperature", "neg"),
+                   ("share of temperatures at a bound", "bound")]
+    fig = Figure(figsize=(4.2 * min(3, len(panels)), 3.2 * ((len(panels) + 2) // 3)), layout="constrained")
+    axes = fig.subplots((len(panels) + 2) // 3, min(3, len(panels)), squeeze=False).flatten()
+    for ax, (name, what) in zip(axes, panels):
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        if isinstance(what, list):
+            for key in what:
+                x, y = series(key)
+                ax.plot(x, y, marker="." if len(x) < 30 else None)
+            continue
+        for head in heads:
+            if what == "bound":
+                for bound, style in (("min", "-"), ("max", "--")):
+                    x, y = series(f"{head}/share_at_tau_{bound}")
+                    if x:
+                        ax.plot(x, y, style, label=f"{head} at tau_{bound}")
+                ax.set_ylim(-0.02, 1.02)
+                continue
+            x, mean = series(f"{head}/tau_{what}_mean")
+            if not x:
+                continue
+            line, = ax.plot(x, mean, label=head)
+            _, low = series(f"{head}/tau_{what}_min")
+            _, high = series(f"{head}/tau_{what}_max")
+            if len(low) == len(x) == len(high):
+                ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+            ax.set_yscale("log")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)

@@ -1,0 +1,101 @@
+"""Monitoring what AMCL learns: per-head temperature statistics, metrics.csv, curves.png, bound warnings."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from amcl.config import PretrainConfig
+from amcl.errors import AmclWarning
+from amcl.methods.barlow_twins import channel_statistics
+from amcl.monitoring import EpochStatistics, temperature_statistics
+from amcl.train import pretrain
+
+
+def test_temperature_statistics_on_crafted_tensors():
+    positive = torch.tensor([[0.1, 0.5, 2.0, 1.0], [0.3, 0.3, 0.3, 0.3]])  # [C=2, N=4]
+    negative = torch.tensor([[[0.1, 0.2], [0.4, 0.4], [2.0, 1.0], [0.5, 0.5]],
+                             [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]])  # [C=2, N=4, k=2]
+    sims = torch.tensor([[0.9, 0.7, 0.5, 0.3], [1.0, 1.0, 0.0, 0.0]])
+    stats = {k: float(v) for k, v in temperature_statistics(0.1, 2.0, positive, negative, sims, -sims).items()}
+    assert stats["head1/tau_pos_mean"] == pytest.approx(3.6 / 4)
+    assert (stats["head1/tau_pos_min"], stats["head1/tau_pos_max"]) == pytest.approx((0.1, 2.0))
+    assert stats["head1/tau_neg_mean"] == pytest.approx(5.1 / 8)
+    assert stats["head2/tau_neg_min"] == stats["head2/tau_neg_max"] == 1.0
+    # head 1: 12 temperatures, 2 at tau_min (0.1, 0.1) and 2 at tau_max (2.0, 2.0); head 2: none
+    assert stats["head1/share_at_tau_min"] == pytest.approx(2 / 12)
+    assert stats["head1/share_at_tau_max"] == pytest.approx(2 / 12)
+    assert stats["head2/share_at_tau_min"] == stats["head2/share_at_tau_max"] == 0.0
+    assert stats["head1/sim_pos_mean"] == pytest.approx(0.6) and stats["head2/sim_neg_mean"] == pytest.approx(-0.5)
+
+
+def test_epoch_statistics_reduce_means_mins_and_maxes():
+    running = EpochStatistics()
+    running.update({"head1/tau_pos_mean": torch.tensor(1.0), "head1/tau_pos_min": torch.tensor(0.5),
+                    "head1/tau_pos_max": torch.tensor(1.5)})
+    running.update({"head1/tau_pos_mean": torch.tensor(3.0), "head1/tau_pos_min": torch.tensor(0.2),
+                    "head1/tau_pos_max": torch.tensor(1.2)})
+    assert running.compute() == {"head1/tau_pos_mean": 2.0, "head1/tau_pos_min": pytest.approx(0.2),
+                                 "head1/tau_pos_max": 1.5}
+    running.reset()
+    assert running.compute() == {}
+
+
+def test_barlow_channel_statistics_split_diagonal_and_off_diagonal():
+    taus = torch.tensor([[[0.1, 0.5, 0.7], [0.2, 0.4, 2.0], [0.9, 0.3, 0.6]]])  # [C=1, d=3, d=3]
+    stats = {k: float(v) for k, v in channel_statistics(taus, 0.1, 2.0).items()}
+    assert stats["head1/tau_pos_mean"] == pytest.approx((0.1 + 0.4 + 0.6) / 3)
+    assert stats["head1/tau_neg_mean"] == pytest.approx((0.5 + 0.7 + 0.2 + 2.0 + 0.9 + 0.3) / 6)
+    assert (stats["head1/tau_neg_min"], stats["head1/tau_neg_max"]) == pytest.approx((0.2, 2.0))
+    assert (stats["head1/tau_pos_min"], stats["head1/tau_pos_max"]) == pytest.approx((0.1, 0.6))
+    assert stats["head1/share_at_tau_min"] == pytest.approx(1 / 9) and stats["head1/share_at_tau_max"] == pytest.approx(1 / 9)
+
+
+@pytest.fixture(scope="module")
+def amcl_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("monitored")
+    config = PretrainConfig(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, epochs=3,
+                            knn_k=10, progress=False, amcl=True, heads=2, tau_min=1e-3, out=str(out))
+    return out, pretrain(config)
+
+
+def test_epochs_hold_per_head_statistics_and_the_learning_rate(amcl_run):
+    out, summary = amcl_run
+    for record in summary["epochs"]:
+        for head in ("head1", "head2"):
+            low, mean, high = (record[f"{head}/tau_pos_{k}"] for k in ("min", "mean", "max"))
+            assert 1e-3 <= low <= mean <= high <= 2.0
+            assert 0 <= record[f"{head}/share_at_tau_min"] <= 1 and -1 <= record[f"{head}/sim_neg_mean"] <= 1
+        assert "head3/tau_pos_mean" not in record
+    total = 3 * (1438 // 128)
+    for record in summary["epochs"]:  # the learning rate after the epoch's last step, per-step cosine
+        assert record["lr"] == pytest.approx(0.06 * 0.5 * (1 + math.cos(math.pi * record["step"] / total)), abs=1e-9)
+
+
+def test_csv_and_curves_hold_the_logged_values(amcl_run):
+    out, summary = amcl_run
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    epochs = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert len(rows) == len(epochs) == 3
+    for row, record in zip(rows, epochs):
+        assert {k: float(v) for k, v in row.items() if v != ""} == pytest.approx(record)
+    with Image.open(out / "curves.png") as image:
+        assert image.width > 800 and image.height > 300
+
+
+def test_most_temperatures_on_a_bound_warns_once(tmp_path):
+    """Adaptive positive temperatures only (the paper's ablation) collapse onto tau_min within a few dozen
+    steps on digits: the run warns, once."""
+    config = PretrainConfig(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, epochs=3,
+                            knn_k=10, progress=False, amcl=True, heads=1, temperature_mode="positive",
+                            temperature=0.2, out=str(tmp_path))
+    with pytest.warns(AmclWarning, match=r"of head1's temperatures sit at tau_min = 1e-05 in epoch") as record:
+        summary = pretrain(config)
+    assert len([w for w in record if "sit at tau_min" in str(w.message)]) == 1
+    assert summary["epochs"][-1]["head1/share_at_tau_min"] > 0.5

@@ -18,6 +18,7 @@ from amcl.config import PretrainConfig
 from amcl.distributed import gather_rows, sum_across
 from amcl.errors import AmclError, warn
 from amcl.monitoring import EpochStatistics, temperature_statistics
+from amcl.optim import build_optimizer, warmup_cosine, warmup_steps
 from amcl.eval.knn import knn_predict
 from amcl.losses import ContrastiveTerms
 from amcl.nn import MultiHeadProjector, TemperatureNet, build_backbone
@@ -201,8 +202,6 @@ class PretrainMethod(L.LightningModule):
         """``config.optimizer`` (sgd, lars, adamw; see :mod:`amcl.optim`) at ``config.lr`` (scaled with the
         global batch under ``lr_scaling linear``), stepped per batch: a linear warm-up of ``warmup_epochs``
         then a cosine decay to 0 at the last step (with ``--max-steps``, both fit in those steps)."""
-        from amcl.optim import build_optimizer, warmup_cosine, warmup_steps
-
         cfg = self.config
         trained = [(n, p) for n, p in self.named_parameters() if p.requires_grad]  # not MoCo's momentum copies
         optimizer, self.base_lr = build_optimizer(trained, cfg, self.trainer.world_size)

@@ -218,13 +218,12 @@ def _unique(option: str, values: Iterable[Any] | None, example: str) -> list[Any
 
 def _finished_metrics(run: _Run) -> dict[str, Any] | None:
     """The run's metrics if it finished with the settings it would run with now; None to (re-)train it."""
+    from amcl.train import finished_metrics
+
     folder = run.folder
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None  # not started, or cut off: train it (again)
-    if not isinstance(metrics, dict) or metrics.get("complete") is not True:
-        return None
+    metrics = finished_metrics(folder)
+    if metrics is None:
+        return None  # not started, or cut off: train (or resume) it
     fix = f"use another --out for this grid, or delete {folder} to run it again"
     try:
         saved = yaml.safe_load((folder / "config.yaml").read_text())
@@ -237,10 +236,6 @@ def _finished_metrics(run: _Run) -> dict[str, Any] | None:
     if differences:
         shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
         raise AmclError(f"{folder} holds a finished run with other settings ({shown}); {fix}")
-    try:  # wall-clock time lives in run.json, beside the computed metrics
-        metrics["time_s"] = json.loads((folder / "run.json").read_text())["time_s"]
-    except (OSError, ValueError, KeyError):
-        pass
     return metrics
 
 

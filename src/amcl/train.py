@@ -236,15 +236,21 @@ def _finished_run(config: PretrainConfig, out: Path) -> dict[str, Any] | None:
         )
     if (out / "last.ckpt").is_file():
         read_checkpoint(out / "last.ckpt")  # a truncated or foreign file: a clear error, not a traceback
+    return finished_metrics(out)
+
+
+def finished_metrics(out: Path) -> dict[str, Any] | None:
+    """The metrics of the run in ``out`` if it ended normally (None if it did not start or was cut off),
+    with ``time_s`` from ``run.json``, where clock times live."""
     try:
         metrics = json.loads((out / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    if not metrics.get("complete"):
+    if not isinstance(metrics, dict) or metrics.get("complete") is not True:
         return None
     try:
         metrics["time_s"] = json.loads((out / "run.json").read_text())["time_s"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     return metrics
 

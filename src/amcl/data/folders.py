@@ -99,8 +99,13 @@ class ImageFiles:
 
     def subset(self, keep: Tensor) -> "ImageFiles":
         """The entries where boolean ``keep`` is true."""
-        index = keep.nonzero().flatten().tolist()
-        return ImageFiles(tuple(self.paths[i] for i in index), self.labels[keep])
+        return self.take(keep.nonzero().flatten())
+
+    def take(self, index: Tensor | slice) -> "ImageFiles":
+        """The entries at ``index`` (int64 indices or a slice), in that order."""
+        if isinstance(index, slice):
+            return ImageFiles(self.paths[index], self.labels[index])
+        return ImageFiles(tuple(self.paths[i] for i in index.tolist()), self.labels[index])
 
 
 class DecodedImages(Dataset):

@@ -107,9 +107,7 @@ class ContrastiveDataModule(L.LightningDataModule):
             images = self.splits.train_images
             return images[_spread(len(images), STATS_SAMPLE)]
         files = self.splits.train
-        keep = torch.zeros(len(files), dtype=torch.bool)
-        keep[_spread(len(files), STREAMED_STATS_SAMPLE)] = True
-        sample = files.subset(keep)
+        sample = files.take(_spread(len(files), STREAMED_STATS_SAMPLE))
         return torch.cat([b[0] for b in file_batches(DecodedImages(sample, self.splits.image_size), self.workers)])
 
     # ----------------------------------------------------------------- loaders
@@ -119,12 +117,12 @@ class ContrastiveDataModule(L.LightningDataModule):
         trainer = self.trainer
         return getattr(trainer, "global_rank", 0), getattr(trainer, "world_size", 1)
 
-    def _train_sampling(self, dataset: Dataset) -> dict:
-        """Shuffled order: one process, or this process's share of a seeded global permutation."""
+    def _train_sampling(self, n: int) -> dict:
+        """Shuffled order of ``n`` images: one process, or this process's share of a seeded global permutation."""
         rank, world = self._process()
         if world == 1:
             return {"shuffle": True}
-        return {"sampler": DistributedSampler(dataset, world, rank, shuffle=True, seed=self.seed, drop_last=True)}
+        return {"sampler": DistributedSampler(_Indices(n), world, rank, shuffle=True, seed=self.seed, drop_last=True)}
 
     def _files(self, split: str) -> ImageFiles:
         return self.splits.train if split == "train" else self.splits.test
@@ -138,12 +136,11 @@ class ContrastiveDataModule(L.LightningDataModule):
                             batch_size, pin_memory=pin, **options)
 
     def train_dataloader(self) -> DataLoader:
+        n = len(self.splits.train_labels)
         if self.streamed:
-            dataset = DecodedImages(self.splits.train, self.splits.image_size, substitute=True)
             return self._file_loader(self.splits.train, self.batch_size, training=True, drop_last=True,
-                                     persistent_workers=self.workers > 0, **self._train_sampling(dataset))
-        dataset = _Indices(len(self.splits.train_labels))
-        return DataLoader(dataset, self.batch_size, drop_last=True, **self._train_sampling(dataset))
+                                     persistent_workers=self.workers > 0, **self._train_sampling(n))
+        return DataLoader(_Indices(n), self.batch_size, drop_last=True, **self._train_sampling(n))
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._process()  # each process takes every world-th query; the counts are summed
@@ -237,8 +234,4 @@ def _readable(images: Tensor, labels: Tensor, broken: Tensor) -> tuple[Tensor, T
 
 def _stride(files: ImageFiles, start: int, step: int) -> ImageFiles:
     """Every ``step``-th file from ``start``: one process's share of an evaluation split."""
-    if step == 1:
-        return files
-    keep = torch.zeros(len(files), dtype=torch.bool)
-    keep[start::step] = True
-    return files.subset(keep)
+    return files if step == 1 else files.take(slice(start, None, step))

@@ -28,9 +28,7 @@ def sample_images(splits: ImageSplits | FolderSplits, count: int, seed: int = 0)
     index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].sort().values
     if isinstance(splits, ImageSplits):
         return splits.train_images[index]
-    keep = torch.zeros(n, dtype=torch.bool)
-    keep[index] = True
-    decoded = DecodedImages(splits.train.subset(keep), splits.image_size)
+    decoded = DecodedImages(splits.train.take(index), splits.image_size)
     return torch.stack([decoded[i][0] for i in range(len(decoded))])
 
 

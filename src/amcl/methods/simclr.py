@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from amcl.config import PretrainConfig
-from amcl.distributed import gather_with_grad
+from amcl.distributed import gather_with_grad, is_distributed
 from amcl.losses import amcl_nt_xent_terms, nt_xent_loss
 from amcl.methods.base import PretrainMethod, contrastive_extras, term_diagnostics
 
@@ -29,8 +29,10 @@ class SimCLR(PretrainMethod):
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         batch, cfg = view1.shape[0], self.config
         z = self.projector(self.backbone(torch.cat([view1, view2])))  # [C, 2B, d]
-        z1, z2 = gather_with_grad(z[:, :batch], 1), gather_with_grad(z[:, batch:], 1)  # the global batch
-        z = torch.cat([z1, z2], dim=1)
+        z1, z2 = z[:, :batch], z[:, batch:]
+        if is_distributed():  # the global batch, gathered with gradients
+            z1, z2 = gather_with_grad(z1, 1), gather_with_grad(z2, 1)
+            z = torch.cat([z1, z2], dim=1)
         if not cfg.amcl:
             return nt_xent_loss(z1, z2, cfg.temperature), {}
         # one [C, 2B, 2B] matrix serves positives and negatives; the ablations swap in the constant

@@ -1,5 +1,6 @@
 """Contrastive losses: SimCLR's NT-Xent (Eq. 1.1), MoCo's InfoNCE with a queue, and their AMCL
-forms (Eq. 2.1 / 2.4).
+forms: the paper's hardest-negative forms (Eq. 2.1 / 2.4) and our softmax form, the log-sum-exp
+over all candidates that the max of Eq. 2.4 approximates, with a temperature per pair.
 
 Features come per head as ``[C, B, d]`` (a plain ``[B, d]`` is one head). The 2B views of a
 batch are stacked as ``[z1; z2]``, so view i's positive is view (i + B) mod 2B. Everything is
@@ -15,7 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from amcl.losses.temperature import Temperatures, at_least_float32, omega
+from amcl.losses.temperature import (
+    Temperatures,
+    at_least_float32,
+    negative_regularization,
+    omega,
+)
 
 __all__ = [
     "ContrastiveTerms",
@@ -23,6 +29,10 @@ __all__ = [
     "amcl_moco_terms",
     "amcl_nt_xent_loss",
     "amcl_nt_xent_terms",
+    "amcl_softmax_moco_loss",
+    "amcl_softmax_moco_terms",
+    "amcl_softmax_nt_xent_loss",
+    "amcl_softmax_nt_xent_terms",
     "hardest_negatives",
     "moco_infonce_loss",
     "nt_xent_loss",
@@ -98,16 +108,22 @@ def hardest_negatives(sim: Tensor, k: int, include_positive: bool = False) -> tu
 class ContrastiveTerms(NamedTuple):
     """The parts of an AMCL contrastive loss, per head (each ``[C]``), and the temperatures used.
 
-    ``loss()`` is their sum over parts and heads.
+    ``loss()`` is their sum over parts and heads. For the hardest-negative forms (Eq. 2.1 / 2.4) the
+    negative tensors hold the k selected negatives of each anchor, ``[C, N, k]``. For the softmax
+    form they hold every candidate, ``[C, N, M]``, and ``negative_mask`` (``[N, M]``, broadcast over
+    heads) marks which entries are negatives (SimCLR's matrix also holds each view itself and its
+    positive); ``None`` means every entry is one.
     """
 
     positive: Tensor  # mean over anchors of -sim(i, i+)/tau(i, i+)
-    negative: Tensor  # mean over anchors and the top-k of sim(i, n)/tau(i, n)
-    regularizer: Tensor  # beta * (Omega(tau+) - mean_k Omega(tau-)), averaged over anchors
-    positive_temperatures: Tensor  # [C, 2B]
-    negative_temperatures: Tensor  # [C, 2B, k]
-    positive_similarities: Tensor  # [C, 2B]
-    negative_similarities: Tensor  # [C, 2B, k]
+    negative: Tensor  # hardest forms: mean over anchors and the top-k of sim(i, n)/tau(i, n);
+    #                   softmax form: mean over anchors of log(exp(s+/tau+) + sum_n exp(s_n/tau_n))
+    regularizer: Tensor  # beta * (Omega(tau+) - the negative side), averaged over anchors
+    positive_temperatures: Tensor  # [C, N]
+    negative_temperatures: Tensor  # [C, N, k] or [C, N, M]
+    positive_similarities: Tensor  # [C, N]
+    negative_similarities: Tensor  # [C, N, k] or [C, N, M]
+    negative_mask: Tensor | None = None  # [N, M] bool: which entries of the negative tensors are negatives
 
     def loss(self) -> Tensor:
         return (self.positive + self.negative + self.regularizer).sum()
@@ -122,10 +138,12 @@ def _select(temperatures: Temperatures, index: Tensor, like: Tensor) -> Tensor:
 
 
 def _terms(
-    pos_sim: Tensor, pos_tau: Tensor, neg_sim: Tensor, neg_tau: Tensor, beta: float, omega_dim: int
+    pos_sim: Tensor, pos_tau: Tensor, neg_sim: Tensor, neg_tau: Tensor, beta: float, omega_dim: int,
+    negative_regularizer: str = "mean_omega",
 ) -> ContrastiveTerms:
     """Eq. 2.1 from the gathered positive ``[C, N]`` and hardest-negative ``[C, N, k]`` pairs."""
-    regularizer = beta * (omega(pos_tau, omega_dim) - omega(neg_tau, omega_dim).mean(-1))
+    negative_side = negative_regularization(neg_tau, omega_dim, negative_regularizer)
+    regularizer = beta * (omega(pos_tau, omega_dim) - negative_side)
     return ContrastiveTerms(
         positive=(-pos_sim / pos_tau).mean(-1),
         negative=(neg_sim / neg_tau).mean(-1).mean(-1),
@@ -146,6 +164,7 @@ def amcl_nt_xent_terms(
     negative_temperatures: Temperatures | None = None,
     include_positive: bool = False,
     omega_dim: int | None = None,
+    negative_regularizer: str = "mean_omega",
 ) -> ContrastiveTerms:
     """The terms of the AMCL SimCLR loss (Eq. 2.1), or its InfoNCE form (Eq. 2.4).
 
@@ -168,6 +187,10 @@ def amcl_nt_xent_terms(
             the positives (the paper's positive-only / negative-only adaptive ablations).
         include_positive: take the hardest of the N + 1 candidates, positive included (Eq. 2.4).
         omega_dim: d' in Omega; defaults to the feature dimension d.
+        negative_regularizer: the negative side of the regulariser over the k negatives:
+            ``mean_omega`` (beta * mean_k Omega(tau_k), Eq. 2.1 for k = 1) or ``sum_log_inverse``
+            (beta * sum_k (log tau_k + 1/tau_k), the authors' later code); see
+            :data:`amcl.losses.NEGATIVE_REGULARIZERS`.
     """
     with torch.autocast(z1.device.type, enabled=False):
         z1, z2 = _as_heads(z1, z2)
@@ -180,7 +203,7 @@ def amcl_nt_xent_terms(
         pos_tau = _select(temperatures, pos_index, pos_sim.unsqueeze(-1)).squeeze(-1)
         neg_sim, neg_index = hardest_negatives(sim, topk, include_positive)
         neg_tau = _select(neg_temps, neg_index, neg_sim)
-        return _terms(pos_sim, pos_tau, neg_sim, neg_tau, beta, omega_dim)
+        return _terms(pos_sim, pos_tau, neg_sim, neg_tau, beta, omega_dim, negative_regularizer)
 
 
 def amcl_nt_xent_loss(
@@ -192,6 +215,7 @@ def amcl_nt_xent_loss(
     negative_temperatures: Temperatures | None = None,
     include_positive: bool = False,
     omega_dim: int | None = None,
+    negative_regularizer: str = "mean_omega",
 ) -> Tensor:
     """The AMCL SimCLR loss (Eq. 2.1; Eq. 2.4 with ``include_positive``): a scalar.
 
@@ -205,7 +229,102 @@ def amcl_nt_xent_loss(
         >>> loss = amcl_nt_xent_loss(z1, z2, taus, beta=1e-4)
     """
     return amcl_nt_xent_terms(
-        z1, z2, temperatures, beta, topk, negative_temperatures, include_positive, omega_dim
+        z1, z2, temperatures, beta, topk, negative_temperatures, include_positive, omega_dim, negative_regularizer
+    ).loss()
+
+
+def _pair_matrix(temperatures: Temperatures, like: Tensor) -> Tensor:
+    """A pair-temperature source (a tensor broadcastable to ``like``, or a constant) as a ``like``-shaped
+    tensor; a constant is only expanded, never copied."""
+    if torch.is_tensor(temperatures):
+        return at_least_float32(temperatures).expand_as(like)
+    return torch.as_tensor(temperatures, dtype=like.dtype, device=like.device).expand_as(like)
+
+
+def amcl_softmax_nt_xent_terms(
+    z1: Tensor,
+    z2: Tensor,
+    temperatures: Temperatures,
+    beta: float = 1e-4,
+    negative_temperatures: Temperatures | None = None,
+    omega_dim: int | None = None,
+    negative_regularizer: str = "mean_omega",
+) -> ContrastiveTerms:
+    """The terms of the AMCL SimCLR loss in softmax form: our extension, not an equation of the paper.
+
+    Per head c and anchor view i, with positive i+ and the other 2B - 2 views n as negatives:
+
+        -s(i, i+)/tau(i, i+) + log( exp(s(i, i+)/tau(i, i+)) + sum_n exp(s(i, n)/tau(i, n)) )
+            + beta*Omega(tau(i, i+)) - beta*mean_n Omega(tau(i, n))
+
+    averaged over the 2B anchors (both view directions) and summed over heads. The log-sum-exp is
+    the smooth maximum that the max over the N + 1 candidates of Eq. 2.4 approximates
+    (``max_j x_j <= log sum_j exp(x_j) <= max_j x_j + log(N + 1)``), so every negative pushes, each
+    with its own temperature. With one head, a constant temperature and beta = 0 it is NT-Xent
+    (Eq. 1.1 in SimCLR's form) exactly.
+
+    Everything is one ``[C, 2B, 2B]`` similarity matrix divided by one ``[C, 2B, 2B]`` temperature
+    matrix; the returned negative tensors are those full matrices with ``negative_mask``.
+
+    Args:
+        z1, z2: projections of the two views, ``[C, B, d]`` or ``[B, d]``.
+        temperatures: tau of every pair of the 2B stacked views ``[z1; z2]``, broadcastable to
+            ``[C, 2B, 2B]`` (:meth:`amcl.nn.TemperatureNet.pair_temperatures`), or a constant.
+        beta: weight of the regulariser Omega.
+        negative_temperatures: if given, the negatives' temperatures while ``temperatures`` serves
+            the positives (the positive-only / negative-only ablations).
+        omega_dim: d' in Omega; defaults to the feature dimension d.
+        negative_regularizer: ``mean_omega`` (mean over the 2B - 2 negatives, as printed above) or
+            ``sum_log_inverse`` (their sum of log tau + 1/tau); see :func:`amcl_nt_xent_terms`.
+
+    Example:
+        >>> from amcl.nn import TemperatureNet
+        >>> z1, z2 = torch.randn(3, 8, 128), torch.randn(3, 8, 128)
+        >>> phi = TemperatureNet(128, tau_min=0.1, tau_max=1.0)
+        >>> terms = amcl_softmax_nt_xent_terms(z1, z2, phi.pair_temperatures(torch.cat([z1, z2], dim=1)))
+        >>> loss = terms.loss()
+    """
+    with torch.autocast(z1.device.type, enabled=False):
+        z1, z2 = _as_heads(z1, z2)
+        omega_dim = z1.shape[-1] if omega_dim is None else omega_dim
+        sim = view_similarities(z1, z2)
+        heads, n = sim.shape[0], sim.shape[-1]
+        itself = torch.eye(n, dtype=torch.bool, device=sim.device)
+        positives = itself.roll(n // 2, dims=1)  # view i's positive is view i + B (mod 2B): no one_hot, no sync
+        tau = _pair_matrix(temperatures, sim)
+        if negative_temperatures is not None:
+            tau = torch.where(positives, tau, _pair_matrix(negative_temperatures, sim))
+        logits = sim / tau
+        pos_index = _positive_index(n // 2, sim.device).expand(heads, n).unsqueeze(-1)
+        pos_sim = sim.gather(-1, pos_index).squeeze(-1)
+        pos_tau = tau.gather(-1, pos_index).squeeze(-1)
+        log_partition = torch.logsumexp(logits.masked_fill(itself, float("-inf")), dim=-1)
+        not_negative = torch.cat([torch.arange(n, device=sim.device).expand(heads, n).unsqueeze(-1), pos_index], -1)
+        negative_side = negative_regularization(tau, omega_dim, negative_regularizer, exclude=not_negative)
+        return ContrastiveTerms(
+            positive=(-pos_sim / pos_tau).mean(-1),
+            negative=log_partition.mean(-1),
+            regularizer=(beta * (omega(pos_tau, omega_dim) - negative_side)).mean(-1),
+            positive_temperatures=pos_tau,
+            negative_temperatures=tau,
+            positive_similarities=pos_sim,
+            negative_similarities=sim,
+            negative_mask=~(itself | positives),
+        )
+
+
+def amcl_softmax_nt_xent_loss(
+    z1: Tensor,
+    z2: Tensor,
+    temperatures: Temperatures,
+    beta: float = 1e-4,
+    negative_temperatures: Temperatures | None = None,
+    omega_dim: int | None = None,
+    negative_regularizer: str = "mean_omega",
+) -> Tensor:
+    """The AMCL SimCLR loss in softmax form as a scalar; see :func:`amcl_softmax_nt_xent_terms`."""
+    return amcl_softmax_nt_xent_terms(
+        z1, z2, temperatures, beta, negative_temperatures, omega_dim, negative_regularizer
     ).loss()
 
 
@@ -267,6 +386,7 @@ def amcl_moco_terms(
     topk: int = 1,
     include_positive: bool = False,
     omega_dim: int | None = None,
+    negative_regularizer: str = "mean_omega",
 ) -> ContrastiveTerms:
     """The terms of the AMCL MoCo loss: Eq. 2.1 with each head's queue as the negatives (Eq. 2.4
     with ``include_positive``).
@@ -290,6 +410,7 @@ def amcl_moco_terms(
         include_positive: the hardest of the K + 1 candidates ``[k_i | queue]`` (Eq. 2.4); the
             positive, when chosen, keeps its ``positive_temperatures`` value.
         omega_dim: d' in Omega; defaults to d.
+        negative_regularizer: as in :func:`amcl_nt_xent_terms`.
 
     Example:
         >>> from amcl.nn import TemperatureNet
@@ -312,7 +433,7 @@ def amcl_moco_terms(
             # the k hardest of [positive | queue] are among the positive and the k hardest of the queue
             neg_sim, best = torch.cat([pos_sim.unsqueeze(-1), neg_sim], -1).topk(topk, dim=-1)
             neg_tau = torch.cat([pos_tau.unsqueeze(-1), neg_tau], -1).gather(-1, best)
-        return _terms(pos_sim, pos_tau, neg_sim, neg_tau, beta, omega_dim)
+        return _terms(pos_sim, pos_tau, neg_sim, neg_tau, beta, omega_dim, negative_regularizer)
 
 
 def amcl_moco_loss(
@@ -325,8 +446,74 @@ def amcl_moco_loss(
     topk: int = 1,
     include_positive: bool = False,
     omega_dim: int | None = None,
+    negative_regularizer: str = "mean_omega",
 ) -> Tensor:
     """The AMCL MoCo loss as a scalar; see :func:`amcl_moco_terms`."""
     return amcl_moco_terms(
-        q, k, queue, positive_temperatures, queue_temperatures, beta, topk, include_positive, omega_dim
+        q, k, queue, positive_temperatures, queue_temperatures, beta, topk, include_positive, omega_dim,
+        negative_regularizer,
+    ).loss()
+
+
+def amcl_softmax_moco_terms(
+    q: Tensor,
+    k: Tensor,
+    queue: Tensor,
+    positive_temperatures: Temperatures,
+    queue_temperatures: Temperatures,
+    beta: float = 1e-4,
+    omega_dim: int | None = None,
+    negative_regularizer: str = "mean_omega",
+) -> ContrastiveTerms:
+    """The terms of the AMCL MoCo loss in softmax form (our extension, as
+    :func:`amcl_softmax_nt_xent_terms`): per head c and query i with positive key k_i and each
+    head's queue entries n as negatives,
+
+        -s(q_i, k_i)/tau(q_i, k_i) + log( exp(s(q_i, k_i)/tau(q_i, k_i)) + sum_n exp(s(q_i, n)/tau(q_i, n)) )
+            + beta*Omega(tau(q_i, k_i)) - beta*mean_n Omega(tau(q_i, n))
+
+    averaged over the N queries, summed over heads. With one head, a constant temperature and
+    beta = 0 it is :func:`moco_infonce_loss` exactly.
+
+    Args:
+        q, k, queue: as in :func:`moco_infonce_loss`.
+        positive_temperatures: tau(q_i, k_i), ``[C, N]``, or a constant.
+        queue_temperatures: tau(q_i, queue_j), ``[C, N, K]`` (one matrix product of phi's
+            embeddings, :func:`amcl.losses.pair_temperatures`), or a constant.
+        omega_dim, negative_regularizer: as in :func:`amcl_softmax_nt_xent_terms`.
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, queue = _queries_keys_queue(q, k, queue.detach())
+        omega_dim = q.shape[-1] if omega_dim is None else omega_dim
+        pos_sim = (q * k.detach()).sum(-1)
+        pos_tau = _per_anchor(positive_temperatures, pos_sim)
+        neg_sim = q @ queue.transpose(1, 2)
+        neg_tau = _pair_matrix(queue_temperatures, neg_sim)
+        pos_logit = pos_sim / pos_tau
+        log_partition = torch.logaddexp(pos_logit, torch.logsumexp(neg_sim / neg_tau, dim=-1))
+        negative_side = negative_regularization(neg_tau, omega_dim, negative_regularizer)
+        return ContrastiveTerms(
+            positive=(-pos_logit).mean(-1),
+            negative=log_partition.mean(-1),
+            regularizer=(beta * (omega(pos_tau, omega_dim) - negative_side)).mean(-1),
+            positive_temperatures=pos_tau,
+            negative_temperatures=neg_tau,
+            positive_similarities=pos_sim,
+            negative_similarities=neg_sim,
+        )
+
+
+def amcl_softmax_moco_loss(
+    q: Tensor,
+    k: Tensor,
+    queue: Tensor,
+    positive_temperatures: Temperatures,
+    queue_temperatures: Temperatures,
+    beta: float = 1e-4,
+    omega_dim: int | None = None,
+    negative_regularizer: str = "mean_omega",
+) -> Tensor:
+    """The AMCL MoCo loss in softmax form as a scalar; see :func:`amcl_softmax_moco_terms`."""
+    return amcl_softmax_moco_terms(
+        q, k, queue, positive_temperatures, queue_temperatures, beta, omega_dim, negative_regularizer
     ).loss()

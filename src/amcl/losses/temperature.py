@@ -13,7 +13,21 @@ from torch import Tensor
 #: A temperature source: a constant, or a tensor of per-pair temperatures.
 Temperatures = Union[float, Tensor]
 
-__all__ = ["Temperatures", "at_least_float32", "omega", "pair_temperatures", "paired_temperatures", "temperature_from_scores"]
+__all__ = [
+    "NEGATIVE_REGULARIZERS",
+    "Temperatures",
+    "at_least_float32",
+    "negative_regularization",
+    "omega",
+    "pair_temperatures",
+    "paired_temperatures",
+    "temperature_from_scores",
+]
+
+#: The negative side of the regulariser over an anchor's negatives tau_n, n = 1..k:
+#: ``mean_omega`` is mean_n Omega(tau_n) (Eq. 2.1 for k = 1, averaged for k > 1), ``sum_log_inverse``
+#: is sum_n (log tau_n + 1/tau_n), what the authors' later code computes (no d'/2, summed over k).
+NEGATIVE_REGULARIZERS = ("mean_omega", "sum_log_inverse")
 
 
 def at_least_float32(x: Tensor) -> Tensor:
@@ -62,3 +76,29 @@ def omega(tau: Tensor, dim: int) -> Tensor:
     """
     tau = at_least_float32(tau)
     return 0.5 * dim * torch.log(tau) + torch.reciprocal(tau)
+
+
+def negative_regularization(
+    tau: Tensor, dim: int, kind: str = "mean_omega", exclude: Tensor | None = None
+) -> Tensor:
+    """The negative side of the regulariser per anchor, over the last axis of ``tau`` (see
+    :data:`NEGATIVE_REGULARIZERS`): mean_n Omega(tau_n) or sum_n (log tau_n + 1/tau_n).
+
+    ``exclude`` holds indices along the last axis that are not negatives (SimCLR's full ``[C, 2B, 2B]``
+    matrix holds each view itself and its positive): they are left out of the sum and of the count,
+    without a masked copy of ``tau``.
+
+    Example:
+        >>> tau = torch.tensor([[0.5, 1.0]])
+        >>> negative_regularization(tau, 2, "sum_log_inverse")  # (log 0.5 + 2) + (log 1 + 1)
+        tensor([2.3069])
+    """
+    if kind not in NEGATIVE_REGULARIZERS:
+        raise ValueError(f"unknown negative regulariser {kind!r}; choose one of: {', '.join(NEGATIVE_REGULARIZERS)}")
+    tau = at_least_float32(tau)
+    values = omega(tau, dim) if kind == "mean_omega" else torch.log(tau) + torch.reciprocal(tau)
+    total, count = values.sum(-1), values.shape[-1]
+    if exclude is not None:
+        total = total - values.gather(-1, exclude).sum(-1)
+        count -= exclude.shape[-1]
+    return total / count if kind == "mean_omega" else total

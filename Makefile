@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench photos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# the real-photo folder of docs/results.md: patches of scikit-image's, scikit-learn's and matplotlib's sample photos
+photos: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[study]'
+	test -d data/photos/train || $(BIN)/python -m amcl.data.photos --out data/photos
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss_speed.py

@@ -19,7 +19,8 @@ from amcl.cli import main
         (["--heads", "0"], ["--heads must be at least 1"]),
         (["--tau-min", "0.5", "--tau-max", "0.1"], ["0 < --tau-min < --tau-max"]),
         (["--tau-min", "0"], ["0 < --tau-min < --tau-max"]),
-        (["--amcl", "--batch-size", "4", "--topk", "7"], ["--topk 7", "6 negatives", "--topk <= 6"]),
+        (["--amcl", "--amcl-form", "hardest", "--batch-size", "4", "--topk", "7"],
+         ["--topk 7", "6 negatives", "--topk <= 6"]),
         (["--batch-size", "5000"], ["--batch-size 5000", "1438 training images", "--batch-size <= 1438"]),
         (["--dataset", "cifar10"], ["needs --data-root"]),
         (["--dataset", "stl10", "--data-root", "/no/such/dir"], ["does not exist", "stl10_binary"]),
@@ -31,7 +32,7 @@ from amcl.cli import main
         (["--precision", "7"], ["cannot set up training", "Allowed precision values"]),
         (["--beta", "-1"], ["--beta must be a number >= 0"]),
         (["--out", "/proc/version/run", "--max-steps", "1"], ["cannot write outputs to --out"]),
-        (["--method", "moco", "--amcl", "--queue-size", "8", "--topk", "9"],
+        (["--method", "moco", "--amcl", "--amcl-form", "hardest", "--queue-size", "8", "--topk", "9"],
          ["--topk 9", "8 entries of the --queue-size 8 queue", "--topk <= 8"]),
         (["--method", "moco", "--amcl", "--amcl-form", "infonce", "--queue-size", "8", "--topk", "10"],
          ["9 entries", "--topk <= 9"]),
@@ -109,22 +110,31 @@ def test_console_script_help_and_error_without_traceback():
 def test_every_preset_loads_and_resolves():
     from pathlib import Path
 
-    from amcl.config import PretrainConfig, load_yaml
+    from amcl.config import PAPER_LITERAL, PretrainConfig, load_yaml
 
     presets = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
     assert len(presets) >= 3
     for preset in presets:
-        config = PretrainConfig(**{**load_yaml(preset), "data_root": "DIR"}).resolved()  # root given on the CLI
+        values = load_yaml(preset, extras=("variants",))  # the compare configs of studies name their variants
+        variants = values.pop("variants", None) or {}
+        config = PretrainConfig(**{**values, "data_root": "DIR"}).resolved()  # root given on the CLI
         assert config.heads >= 1 and config.lr > 0
+        for options in variants.values():  # every variant resolves too (as amcl compare builds it)
+            from amcl.compare import parse_variants
+
+            for parsed in parse_variants({"v": options}).values():
+                assert PretrainConfig(**{**values, **parsed, "data_root": "DIR"}).resolved().amcl
     for method in ("simclr", "moco", "simsiam", "barlow_twins"):  # a baseline and an AMCL preset per method
         name = method.replace("_", "-")
         base = PretrainConfig(**load_yaml(presets[0].parent / f"{name}-cifar10.yaml"), data_root="DIR").resolved()
         amcl = PretrainConfig(**load_yaml(presets[0].parent / f"{name}-amcl-cifar10.yaml"), data_root="DIR").resolved()
         assert base.method == amcl.method == method and not base.amcl and amcl.amcl
         assert (amcl.heads, amcl.tau_min, amcl.tau_max, base.heads) == (3, 1e-5, 2.0, 1)
+        assert amcl.amcl_form == PAPER_LITERAL[method].get("amcl_form")  # the paper's presets: its equations
         assert amcl.beta == (1e-6 if method == "barlow_twins" else 1e-4)
         # every preset value is the method's default of DESIGN section 2: presets and code agree
-        defaults = PretrainConfig(method=method, amcl=True, dataset="cifar10", data_root="DIR").resolved()
+        defaults = PretrainConfig(method=method, amcl=True, dataset="cifar10", data_root="DIR",
+                                  **PAPER_LITERAL[method]).resolved()
         for key in ("lr", "beta", "temperature", "proj_hidden", "proj_dim", "proj_layers", "batch_size", "epochs"):
             assert getattr(amcl, key) == getattr(defaults, key), (method, key)
 

@@ -24,7 +24,8 @@ SMALL = dict(backbone="small_cnn", image_size=8, proj_hidden=16, proj_dim=8, pro
              queue_size=16, tau_min=0.05, tau_max=1.5, predictor_hidden=8)
 CASES = {
     "simclr": dict(method="simclr"),
-    "simclr-amcl": dict(method="simclr", amcl=True, heads=2, topk=2),
+    "simclr-amcl": dict(method="simclr", amcl=True, heads=2, topk=2, amcl_form="hardest"),
+    "simclr-amcl-softmax": dict(method="simclr", amcl=True, heads=2),
     "moco": dict(method="moco"),
     "moco-amcl": dict(method="moco", amcl=True, heads=2),
     "barlow_twins": dict(method="barlow_twins", proj_layers=3),

@@ -172,3 +172,38 @@ def test_each_method_pretrains_on_digits(method, amcl, tmp_path):
     assert summary["best_knn_acc"] > 0.6  # chance is 0.1
     if amcl:
         assert 0.1 <= summary["epochs"][-1]["tau_pos_mean"] <= 1.5
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "simsiam", "barlow_twins"])
+def test_detached_temperature_input_keeps_phi_learning_but_off_the_projections(method):
+    """--temperature-input detached: phi still learns, but the projections' gradient comes from the
+    similarities alone: it equals the gradient with the temperatures fixed at the values phi gave."""
+    model = build(method, temperature_input="detached")
+    grads, _, _ = gradients(model)
+    assert sum(float(g.abs().sum()) for n, g in grads.items() if n.startswith("temperature_net.")) > 0
+    # the same step with phi's output frozen: the projector gradients must not change
+    frozen = build(method, temperature_input="detached")
+    net = frozen.temperature_net
+    for p in net.parameters():
+        p.requires_grad_(False)
+    frozen_grads, _, _ = gradients(frozen)
+    for name, g in grads.items():
+        if name.startswith(("backbone.", "projector.")):
+            assert torch.allclose(g, frozen_grads[name], atol=1e-6), name
+    attached = build(method)
+    attached_grads, _, _ = gradients(attached)
+    differs = [not torch.allclose(attached_grads[n], g, atol=1e-7) for n, g in grads.items()
+               if n.startswith("projector.") and g is not None]
+    assert any(differs)  # by default gradients do flow back through phi
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "simsiam", "barlow_twins"])
+def test_head_mean_is_the_head_sum_divided_by_the_heads(method):
+    views_ = views()
+    losses = {}
+    for reduction in ("sum", "mean"):
+        model = build(method, head_reduction=reduction)
+        model.trainer = None
+        model.log = lambda *args, **kwargs: None  # outside a Trainer
+        losses[reduction] = model.training_step(views_, 0)
+    assert losses["mean"].item() == pytest.approx(losses["sum"].item() / 3, rel=1e-5)

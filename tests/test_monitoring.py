@@ -22,7 +22,8 @@ def test_temperature_statistics_on_crafted_tensors():
     negative = torch.tensor([[[0.1, 0.2], [0.4, 0.4], [2.0, 1.0], [0.5, 0.5]],
                              [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]])  # [C=2, N=4, k=2]
     sims = torch.tensor([[0.9, 0.7, 0.5, 0.3], [1.0, 1.0, 0.0, 0.0]])
-    stats = {k: float(v) for k, v in temperature_statistics(0.1, 2.0, positive, negative, sims, -sims).items()}
+    negative_sims = -sims.unsqueeze(-1).expand(2, 4, 2)  # each anchor's 2 negatives, shaped like their temperatures
+    stats = {k: float(v) for k, v in temperature_statistics(0.1, 2.0, positive, negative, sims, negative_sims).items()}
     assert stats["head1/tau_pos_mean"] == pytest.approx(3.6 / 4)
     assert (stats["head1/tau_pos_min"], stats["head1/tau_pos_max"]) == pytest.approx((0.1, 2.0))
     assert stats["head1/tau_neg_mean"] == pytest.approx(5.1 / 8)
@@ -32,6 +33,43 @@ def test_temperature_statistics_on_crafted_tensors():
     assert stats["head1/share_at_tau_max"] == pytest.approx(2 / 12)
     assert stats["head2/share_at_tau_min"] == stats["head2/share_at_tau_max"] == 0.0
     assert stats["head1/sim_pos_mean"] == pytest.approx(0.6) and stats["head2/sim_neg_mean"] == pytest.approx(-0.5)
+
+
+def test_statistics_of_full_matrices_keep_only_the_masked_negatives():
+    """The softmax form passes whole [C, N, M] matrices and a mask of the negatives."""
+    negative = torch.tensor([[[9.0, 0.2, 0.4], [0.6, 9.0, 0.8]]])  # [C=1, N=2, M=3]; 9 marks non-negatives
+    mask = torch.tensor([[False, True, True], [True, False, True]])
+    sims = torch.tensor([[[1.0, 0.5, -0.5], [0.1, 1.0, 0.3]]])
+    positive = torch.tensor([[0.3, 0.5]])
+    stats = {k: float(v) for k, v in temperature_statistics(
+        0.2, 2.0, positive, negative, torch.tensor([[0.9, 0.7]]), sims, mask).items()}
+    assert stats["head1/tau_neg_mean"] == pytest.approx((0.2 + 0.4 + 0.6 + 0.8) / 4)
+    assert (stats["head1/tau_neg_min"], stats["head1/tau_neg_max"]) == pytest.approx((0.2, 0.8))
+    assert stats["head1/sim_neg_mean"] == pytest.approx((0.5 - 0.5 + 0.1 + 0.3) / 4)
+    assert stats["head1/share_at_tau_min"] == pytest.approx(1 / 6)  # 0.2 among 2 positives + 4 negatives
+    taus = [0.3, 0.5, 0.2, 0.4, 0.6, 0.8]
+    similarities = [0.9, 0.7, 0.5, -0.5, 0.1, 0.3]
+    mean = sum(taus) / 6
+    std = math.sqrt(sum((t - mean) ** 2 for t in taus) / 6)
+    assert stats["head1/tau_spread"] == pytest.approx(std / mean, rel=1e-5)
+    s_mean = sum(similarities) / 6
+    s_std = math.sqrt(sum((s - s_mean) ** 2 for s in similarities) / 6)
+    covariance = sum((t - mean) * (s - s_mean) for t, s in zip(taus, similarities)) / 6
+    assert stats["head1/tau_sim_corr"] == pytest.approx(covariance / (std * s_std), rel=1e-5)
+
+
+def test_one_temperature_for_every_pair_has_no_spread_and_no_correlation():
+    positive = torch.full((2, 4), 0.7)
+    negative = torch.full((2, 4, 3), 0.7)
+    sims = torch.randn(2, 4), torch.randn(2, 4, 3)
+    stats = temperature_statistics(1e-5, 2.0, positive, negative, *sims)
+    assert stats["head1/tau_spread"].item() == pytest.approx(0.0, abs=1e-6)
+    assert stats["head2/tau_sim_corr"].item() == 0.0
+    # temperatures that fall as similarity rises: correlation -1
+    sims = torch.linspace(-1, 1, 8).view(1, 8)
+    stats = temperature_statistics(1e-5, 2.0, 1.0 - 0.4 * sims, positive_similarities=sims)
+    assert stats["head1/tau_sim_corr"].item() == pytest.approx(-1.0, abs=1e-5)
+    assert stats["head1/tau_spread"].item() > 0.2
 
 
 def test_epoch_statistics_reduce_means_mins_and_maxes():
@@ -93,9 +131,32 @@ def test_most_temperatures_on_a_bound_warns_once(tmp_path):
     """Adaptive positive temperatures only (the paper's ablation) collapse onto tau_min within a few dozen
     steps on digits: the run warns, once."""
     config = PretrainConfig(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, epochs=3,
-                            knn_k=10, progress=False, amcl=True, heads=1, temperature_mode="positive",
-                            temperature=0.2, out=str(tmp_path))
+                            knn_k=10, progress=False, amcl=True, amcl_form="hardest", heads=1,
+                            temperature_mode="positive", temperature=0.2, out=str(tmp_path))
     with pytest.warns(AmclWarning, match=r"of head1's temperatures sit at tau_min = 1e-05 in epoch") as record:
         summary = pretrain(config)
     assert len([w for w in record if "sit at tau_min" in str(w.message)]) == 1
     assert summary["epochs"][-1]["head1/share_at_tau_min"] > 0.5
+
+
+def test_siamese_temperatures_resting_on_their_stable_floor_do_not_warn(tmp_path):
+    """SimSiam's and Barlow Twins' temperatures run to a bound by construction (Eq. 2.2 / 2.3); at the stable
+    bounds [1, 2] that keeps the method's loss scale and is no warning sign, while a floor below 1 is. For
+    SimCLR and MoCo both bounds are."""
+    import warnings
+
+    from amcl.train import MetricsRecorder
+
+    def warnings_for(method, bound, **options):
+        config = PretrainConfig(method=method, amcl=True, **options).resolved()
+        record = {"epoch": 3, f"head1/share_at_tau_{bound}": 0.9}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            MetricsRecorder(tmp_path / "metrics.json")._warn_about_bounds(record, config)
+        return [str(w.message) for w in caught if "sit at tau_" in str(w.message)]
+
+    for method in ("simsiam", "barlow_twins"):
+        assert warnings_for(method, "min") == [] and warnings_for(method, "max") == []  # the stable [1, 2]
+        assert "90% of head1's temperatures sit at tau_min = 1e-05 in epoch 3" in warnings_for(
+            method, "min", tau_min=1e-5)[0]
+    assert warnings_for("simclr", "min") and warnings_for("moco", "max")

@@ -120,3 +120,36 @@ def test_rerun_into_the_same_folder_replaces_the_checkpoint(tmp_path):
         pretrain(PretrainConfig(epochs=1, max_steps=steps, out=str(tmp_path), **TINY))
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["last.ckpt"]
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_split_seed_fixes_the_split_and_seed_varies_only_the_training():
+    from amcl.data.datasets import load_configured_dataset
+
+    base = PretrainConfig(epochs=1, **TINY).resolved()
+    same_split = [load_configured_dataset(PretrainConfig(**{**base.__dict__, "seed": s})) for s in (0, 7)]
+    assert torch.equal(same_split[0].test_labels, same_split[1].test_labels)
+    assert torch.equal(same_split[0].train_images, same_split[1].train_images)
+    other = load_configured_dataset(PretrainConfig(**{**base.__dict__, "split_seed": 1}))
+    assert not torch.equal(other.test_labels, same_split[0].test_labels)
+    assert len(other.test_labels) == len(same_split[0].test_labels)
+
+
+def test_grad_clip_limits_every_update(tmp_path):
+    """--grad-clip N clips the global gradient norm before each optimiser step: with a tiny N the weights move
+    by (almost) only weight decay, without it they move by the gradients."""
+
+    def movement(clip):
+        weights = []
+        for steps in (1, 2):
+            out = tmp_path / f"{clip}-{steps}"
+            pretrain(PretrainConfig(epochs=1, max_steps=steps, grad_clip=clip, weight_decay=0.0, out=str(out), **TINY))
+            state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+            weights.append(torch.cat([v.flatten() for k, v in state.items() if k.startswith("backbone.") and
+                                      v.is_floating_point()]))
+        return float((weights[1] - weights[0]).norm())  # what the second step changed
+
+    clip = 1e-6
+    clipped, free = movement(clip), movement(None)
+    assert free > 1e-3
+    # SGD with momentum 0.9: the second step moves by lr * (0.9 * g1 + g2), each |g| <= clip
+    assert clipped <= 0.06 * 1.9 * clip * 1.01 and clipped > 0

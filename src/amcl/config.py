@@ -26,7 +26,10 @@ FILE_DATASETS = ("cifar10", "cifar100", "stl10", "folder")
 UNLABELED_DATASETS = ("stl10", "folder")
 CACHE_CHOICES = ("auto", "always", "never")
 TEMPERATURE_MODES = ("adaptive", "constant", "positive", "negative")
-AMCL_FORMS = ("hardest", "infonce")
+AMCL_FORMS = ("hardest", "infonce", "softmax")
+#: The negative side of the regulariser (see amcl.losses.NEGATIVE_REGULARIZERS; kept here so the
+#: config needs no torch).
+NEGATIVE_REGULARIZERS = ("mean_omega", "sum_log_inverse")
 
 #: Per-method defaults from the authors' code (DESIGN section 2).
 #: ``temperature`` is the baseline's constant for SimCLR and MoCo; for SimSiam and Barlow Twins,
@@ -35,13 +38,37 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "simclr": {"lr": 0.06, "temperature": 0.5, "beta": 1e-4, "proj_hidden": 512, "proj_dim": 128, "proj_layers": 2},
     "moco": {"lr": 0.08, "temperature": 0.1, "beta": 1e-4, "proj_hidden": 512, "proj_dim": 128, "proj_layers": 2},
     "simsiam": {"lr": 0.05, "temperature": 1.0, "beta": 1e-4, "proj_hidden": 2048, "proj_dim": 2048,
-                "proj_layers": 3, "predictor_hidden": 512},
+                "proj_layers": 3, "predictor_hidden": 512, "tau_min": 1.0, "tau_max": 2.0, "head_reduction": "mean"},
     "barlow_twins": {"lr": 0.11, "temperature": 1.0, "beta": 1e-6, "proj_hidden": 2048, "proj_dim": 2048,
-                     "proj_layers": 3},
+                     "proj_layers": 3, "tau_min": 1.0, "tau_max": 2.0, "head_reduction": "mean"},
 }
+#: Above, SimSiam's and Barlow Twins' temperature bounds and head reduction are not the paper's: Eq. 2.2
+#: and 2.3 have no interior optimum in tau for the pairs that matter (every tau runs to tau_min, and
+#: Barlow Twins' diagonal tau_l = C_ll cancels its invariance term), so at the paper's [1e-5, 2] they
+#: diverge or collapse. [1, 2] keeps each method's own loss scale (tau_l >= 1 cannot cancel a
+#: correlation <= 1); see docs/results.md. PAPER_LITERAL below gives the paper's bounds back.
 
-#: Methods whose AMCL loss compares a positive with hardest negatives (Eq. 2.1 / 2.4).
+#: Methods whose AMCL loss compares a positive with negatives (Eq. 2.1 / 2.4, or the softmax form).
 CONTRASTIVE_METHODS = ("simclr", "moco")
+
+#: The AMCL form ``--amcl`` uses on the contrastive methods unless ``--amcl-form`` says otherwise: the
+#: softmax form, chosen on the paired study of docs/results.md. ``--amcl-form hardest`` is Eq. 2.1 as
+#: printed, with the paper's beta and the sum over heads.
+RECOMMENDED_FORM = "softmax"
+#: The options that turn ``--amcl`` into the paper's equations exactly as printed (Eq. 2.1 for SimCLR and
+#: MoCo with the paper's beta, bounds and heads' sum; Eq. 2.2 / 2.3 at the paper's bounds).
+PAPER_LITERAL: dict[str, dict[str, Any]] = {
+    "simclr": {"amcl_form": "hardest"},
+    "moco": {"amcl_form": "hardest"},
+    "simsiam": {"tau_min": 1e-5, "tau_max": 2.0, "head_reduction": "sum"},
+    "barlow_twins": {"tau_min": 1e-5, "tau_max": 2.0, "head_reduction": "sum"},
+}
+#: Defaults that depend on the AMCL form (they fill options left unset, before the method's defaults).
+FORM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "softmax": {"beta": 1e-2, "head_reduction": "mean", "tau_min": 0.05},
+    "hardest": {"head_reduction": "sum"},
+    "infonce": {"head_reduction": "sum"},
+}
 
 
 def _by_method(key: str) -> str:
@@ -66,26 +93,54 @@ class PretrainConfig:
     method: str = _opt("simclr", "self-supervised method", METHODS)
     amcl: bool = _opt(False, "use the AMCL loss (several heads, adaptive temperature) instead of the baseline")
     heads: int | None = _opt(None, "number of projection heads C (default: 3 with --amcl, else 1)")
+    head_reduction: str | None = _opt(
+        None,
+        "how the C heads' losses combine: sum (as the paper's equations; the backbone then gets C times one head's "
+        "gradient) or mean (the same loss divided by C, which equals dividing --lr by C) (default: sum for "
+        "--amcl-form hardest and infonce, mean for softmax)",
+        ("sum", "mean"),
+    )
     temperature_mode: str = _opt(
         "adaptive",
         "AMCL temperatures: adaptive (learned, pair-wise), constant (--temperature), or adaptive only for "
         "positive / negative pairs (the paper's ablations)",
         TEMPERATURE_MODES,
     )
-    amcl_form: str = _opt(
-        "hardest",
-        "AMCL loss of SimCLR and MoCo: hardest (Eq. 2.1, the hardest negatives) or infonce (Eq. 2.4, the "
-        "hardest of the N+1 candidates, positive included)",
+    amcl_form: str | None = _opt(
+        None,
+        "AMCL loss of SimCLR and MoCo: softmax (our extension, recommended: the log-sum-exp over all candidates "
+        "that Eq. 2.4's max approximates, a temperature per pair; default beta 0.01 and the heads' mean), hardest "
+        "(Eq. 2.1 as printed: the hardest negatives, the paper's beta, the heads' sum) or infonce (Eq. 2.4, the "
+        "hardest of the N+1 candidates, positive included) (default: softmax for simclr and moco; the other "
+        "methods have one AMCL form, their paper equation)",
         AMCL_FORMS,
     )
-    beta: float | None = _opt(None, f"weight of the temperature regulariser Omega ({_by_method('beta')})")
-    tau_min: float = _opt(1e-5, "lowest adaptive temperature")
-    tau_max: float = _opt(2.0, "highest adaptive temperature")
+    negative_regularizer: str = _opt(
+        "mean_omega",
+        "negative side of the regulariser over an anchor's negatives: mean_omega (beta * mean Omega(tau_n); "
+        "Eq. 2.1 for --topk 1) or sum_log_inverse (beta * sum (log tau_n + 1/tau_n), the authors' later code)",
+        NEGATIVE_REGULARIZERS,
+    )
+    beta: float | None = _opt(
+        None, f"weight of the temperature regulariser Omega (default: 0.01 with the softmax form; else "
+        f"{_by_method('beta').removeprefix('default: ')})"
+    )
+    tau_min: float | None = _opt(
+        None, "lowest adaptive temperature (default: 0.05 with the softmax form, else the paper's 1e-5)"
+    )
+    tau_max: float | None = _opt(None, "highest adaptive temperature (default: 2.0, the paper's)")
     topk: int = _opt(1, "AMCL: average the negative terms over the k hardest negatives (1 = Eq. 2.1 exactly)")
     temperature: float | None = _opt(
         None, f"constant temperature of the baseline loss and of --temperature-mode constant ({_by_method('temperature')})"
     )
     temperature_hidden: int = _opt(128, "hidden width of the temperature network phi")
+    temperature_input: str = _opt(
+        "projection",
+        "what phi reads: projection (the heads' outputs, with gradients flowing back through the temperatures, "
+        "as in the paper) or detached (the same vectors with gradients stopped, so only the similarities train "
+        "the encoder and phi cannot reshape the projections to lower its temperatures)",
+        ("projection", "detached"),
+    )
     proj_hidden: int | None = _opt(None, f"hidden width of each projection head ({_by_method('proj_hidden')})")
     proj_dim: int | None = _opt(None, f"output size d' of each projection head ({_by_method('proj_dim')})")
     proj_layers: int | None = _opt(None, f"linear layers per projection head ({_by_method('proj_layers')})")
@@ -142,12 +197,20 @@ class PretrainConfig:
     momentum: float = _opt(0.9, "SGD and LARS momentum")
     weight_decay: float = _opt(5e-4, "weight decay (L2 for sgd and lars, decoupled for adamw)")
     max_steps: int = _opt(-1, "stop after this many optimisation steps (-1: run all epochs)")
+    grad_clip: float | None = _opt(
+        None, "clip the global gradient norm to this value before each optimiser step (the authors' later code: "
+        "1.0; default: no clipping)"
+    )
     # monitoring and runs
     knn_k: int = _opt(200, "neighbours of the kNN monitor")
     knn_t: float = _opt(0.1, "temperature of the kNN monitor's weights")
     knn_every: int = _opt(1, "run the kNN monitor every N epochs")
     runs: int = _opt(1, "repeat the run with seeds seed, seed+1, ... and summarise mean and std")
-    seed: int = _opt(0, "random seed")
+    seed: int = _opt(0, "random seed of the initialisation, the augmentations and the batch order")
+    split_seed: int = _opt(
+        0, "digits and synthetic: seed of the train/test split, kept apart from --seed so that runs with "
+        "several seeds share one split and can be compared pair by pair"
+    )
     out: str = _opt("runs/pretrain", "output folder (config.yaml, metrics.json, last.ckpt)")
     accelerator: str = _opt("auto", "Lightning accelerator: auto, cpu, gpu")
     precision: str = _opt(
@@ -183,13 +246,27 @@ class PretrainConfig:
         return count * self.num_nodes
 
     def resolved(self) -> "PretrainConfig":
-        """A copy with every ``None`` replaced by its default, validated (raises AmclError)."""
+        """A copy with every ``None`` replaced by its default, validated (raises AmclError).
+
+        AMCL options follow the form first (:data:`FORM_DEFAULTS`), then the method
+        (:data:`METHOD_DEFAULTS`); SimSiam and Barlow Twins have no form (``amcl_form`` stays None)."""
         values = dataclasses.asdict(self)
+        if values["amcl_form"] is None and self.amcl and self.method in CONTRASTIVE_METHODS:
+            values["amcl_form"] = RECOMMENDED_FORM
+        if self.amcl:
+            for key, value in FORM_DEFAULTS.get(values["amcl_form"] or "", {}).items():
+                if values[key] is None:
+                    values[key] = value
         for key, value in METHOD_DEFAULTS.get(self.method, {}).items():
             if values[key] is None:
                 values[key] = value
         if values["heads"] is None:
             values["heads"] = 3 if self.amcl else 1
+        for key, value in (("tau_min", 1e-5), ("tau_max", 2.0)):  # the paper's bounds
+            if values[key] is None:
+                values[key] = value
+        if values["head_reduction"] is None:
+            values["head_reduction"] = "sum"
         if values["image_size"] is None:
             values["image_size"] = DATASET_IMAGE_SIZES.get(self.dataset, 32)
         if values["backbone"] is None:
@@ -200,10 +277,11 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Check values that need no data; raises AmclError naming the option and the fix."""
-        for name in ("method", "dataset", "temperature_mode", "amcl_form", "cache_images", "on_nonfinite",
-                     "optimizer", "lr_scaling"):
+        for name in ("method", "dataset", "temperature_mode", "amcl_form", "negative_regularizer", "temperature_input",
+                     "head_reduction", "cache_images", "on_nonfinite", "optimizer", "lr_scaling"):
             choices = _choices(name)
-            if getattr(self, name) not in choices:
+            optional = name in ("head_reduction", "amcl_form")  # None: resolved from the form / the method
+            if getattr(self, name) not in choices and not (optional and getattr(self, name) is None):
                 raise AmclError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")
         from amcl.data.augment import parse_policy
         from amcl.nn.backbones import BACKBONES, image_size_problem, is_backbone_name
@@ -246,8 +324,11 @@ class PretrainConfig:
                 f"--devices {self.devices!r} with --num-nodes {self.num_nodes}: give a positive number of devices, "
                 "a list such as 0,1, or auto"
             ) from None
-        if not 0 <= self.seed < 2**32:
-            raise AmclError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
+        for name in ("seed", "split_seed"):
+            if not 0 <= getattr(self, name) < 2**32:
+                raise AmclError(f"--{_flag(name)} must be in 0..{2**32 - 1}, got {getattr(self, name)}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise AmclError(f"--grad-clip must be a positive number (the largest gradient norm), got {self.grad_clip}")
         if not 0 <= self.ema_momentum < 1:
             raise AmclError(f"--ema-momentum must be in [0, 1), got {self.ema_momentum}")
         for name in ("beta", "color_strength", "momentum", "weight_decay", "barlow_lambda"):
@@ -273,10 +354,10 @@ class PretrainConfig:
 
     def _validate_amcl(self) -> None:
         contrastive = self.method in CONTRASTIVE_METHODS
-        if self.amcl_form == "infonce" and not contrastive:
+        if self.amcl_form not in (None, "hardest") and not contrastive:  # "hardest": configs of earlier versions
             raise AmclError(
-                f"--amcl-form infonce (Eq. 2.4) applies to simclr and moco; {self.method} has no negatives to "
-                f"rank: drop --amcl-form"
+                f"--amcl-form {self.amcl_form} applies to simclr and moco; {self.method} has no negatives to "
+                f"{'rank' if self.amcl_form == 'infonce' else 'weigh'}: drop --amcl-form"
             )
         if self.method == "simsiam" and self.temperature_mode == "negative":
             raise AmclError(
@@ -284,6 +365,11 @@ class PretrainConfig:
                 "(= positive) or constant"
             )
         if not contrastive:
+            return
+        if self.amcl_form == "softmax":  # every negative takes part: there is no top-k to choose
+            if self.topk != 1:
+                raise AmclError(f"--topk {self.topk} applies to --amcl-form hardest and infonce; the softmax form "
+                                "weighs every negative: drop --topk")
             return
         if self.method == "simclr":
             negatives, what = 2 * self.batch_size - 2, f"negatives of a batch of {self.batch_size}"
@@ -346,8 +432,9 @@ def coerce(name: str, value: Any) -> Any:
         raise AmclError(f"option {_flag(name)}: expected {kind.__name__}, got {value!r}") from None
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Options from a YAML file (keys with - or _), checked against the known options."""
+def load_yaml(path: str | Path, extras: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Options from a YAML file (keys with - or _), checked against the known options. Keys named in
+    ``extras`` (e.g. ``amcl compare``'s ``variants``) are allowed too and returned as they are."""
     path = Path(path)
     if not path.is_file():
         raise AmclError(f"config file {str(path)!r} does not exist")
@@ -361,6 +448,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        if name in extras:
+            out[name] = value
+            continue
         if name not in known:
             raise AmclError(f"config file {str(path)!r}: unknown option {key!r}; valid: {', '.join(sorted(known))}")
         out[name] = coerce(name, value)

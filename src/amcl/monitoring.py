@@ -31,11 +31,18 @@ REDUCTIONS = {"tau_pos_min": "min", "tau_pos_max": "max", "tau_neg_min": "min", 
 BOUND_TOLERANCE = 1e-3
 
 
-def bound_shares(temperatures: Tensor, tau_min: float, tau_max: float) -> tuple[Tensor, Tensor]:
-    """Per head (dim 0), the share of temperatures at ``tau_min`` and at ``tau_max``."""
+def bound_shares(
+    temperatures: Tensor, tau_min: float, tau_max: float, weights: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per head (dim 0), the share of temperatures at ``tau_min`` and at ``tau_max`` (among the entries
+    whose ``weights``, shaped like the flattened temperatures, are 1)."""
     flat = temperatures.detach().float().flatten(1)
     margin = BOUND_TOLERANCE * (tau_max - tau_min)
-    return (flat <= tau_min + margin).float().mean(1), (flat >= tau_max - margin).float().mean(1)
+    low, high = (flat <= tau_min + margin).float(), (flat >= tau_max - margin).float()
+    if weights is None:
+        return low.mean(1), high.mean(1)
+    count = weights.sum(1).clamp_min(1)
+    return (low * weights).sum(1) / count, (high * weights).sum(1) / count
 
 
 def temperature_statistics(
@@ -45,24 +52,85 @@ def temperature_statistics(
     negative: Tensor | None = None,
     positive_similarities: Tensor | None = None,
     negative_similarities: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """One step's statistics per head: mean, min and max of the positive-pair and (hardest-)negative
-    temperatures (``[C, ...]`` each), the share of all of them at ``tau_min`` / ``tau_max``, and the
-    mean positive and negative similarities. Missing inputs are left out."""
+    """One step's statistics per head: mean, min and max of the positive-pair and negative temperatures
+    (``[C, ...]`` each; ``negative_mask``, broadcastable to the negative tensors, marks which entries
+    are negatives when they are full matrices), the share of all of them at ``tau_min`` / ``tau_max``,
+    the mean positive and negative similarities, and whether the temperatures adapt to the pair:
+
+    * ``tau_spread``: standard deviation over mean of the learned temperatures of every pair in the
+      loss (0 means one temperature for all pairs, however it moves over training);
+    * ``tau_sim_corr``: their Pearson correlation with the pairs' similarities (negative: alike pairs
+      get lower temperatures; 0 when the temperature does not depend on the pair), when the
+      similarities are given.
+
+    Missing inputs are left out."""
     stats: dict[str, Tensor] = {}
+    masks = {"pos": None, "neg": negative_mask}
     for side, taus in (("pos", positive), ("neg", negative)):
         if taus is not None:
-            flat = taus.detach().float().flatten(1)
-            stats |= _per_head(f"tau_{side}_mean", flat.mean(1))
-            stats |= _per_head(f"tau_{side}_min", flat.amin(1)) | _per_head(f"tau_{side}_max", flat.amax(1))
-    learned = [t.detach().float().flatten(1) for t in (positive, negative) if t is not None]
+            mean, low, high = _masked_mean_min_max(taus, masks[side])
+            stats |= _per_head(f"tau_{side}_mean", mean) | _per_head(f"tau_{side}_min", low)
+            stats |= _per_head(f"tau_{side}_max", high)
+    learned = [(t, s, masks[side]) for side, t, s in (("pos", positive, positive_similarities),
+                                                      ("neg", negative, negative_similarities)) if t is not None]
     if learned:
-        at_min, at_max = bound_shares(torch.cat(learned, dim=1), tau_min, tau_max)
+        taus, weights = _pooled([(t, m) for t, _, m in learned])
+        at_min, at_max = bound_shares(taus, tau_min, tau_max, weights)
         stats |= _per_head("share_at_tau_min", at_min) | _per_head("share_at_tau_max", at_max)
+        sims = None
+        if all(s is not None for _, s, _ in learned):
+            sims, _ = _pooled([(s, m) for _, s, m in learned])
+        spread, correlation = _spread_and_correlation(taus, weights, sims)
+        stats |= _per_head("tau_spread", spread)
+        if correlation is not None:
+            stats |= _per_head("tau_sim_corr", correlation)
     for side, sims in (("pos", positive_similarities), ("neg", negative_similarities)):
         if sims is not None:
-            stats |= _per_head(f"sim_{side}_mean", sims.detach().float().flatten(1).mean(1))
+            stats |= _per_head(f"sim_{side}_mean", _masked_mean_min_max(sims, masks[side])[0])
     return stats
+
+
+def _masked_mean_min_max(values: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per head (dim 0): the mean, min and max of ``values`` over the entries ``mask`` keeps (all without one)."""
+    flat = values.detach().float().flatten(1)
+    if mask is None:
+        return flat.mean(1), flat.amin(1), flat.amax(1)
+    keep = mask.expand_as(values).flatten(1)
+    mean = torch.where(keep, flat, 0.0).sum(1) / keep.sum(1).clamp_min(1)
+    return mean, torch.where(keep, flat, float("inf")).amin(1), torch.where(keep, flat, float("-inf")).amax(1)
+
+
+def _pooled(parts: list[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, Tensor | None]:
+    """The per-head values of several tensors side by side ``[C, M]``, and the weights (1 kept, 0 not) when a
+    mask applies (None: every entry counts)."""
+    values = torch.cat([v.detach().float().flatten(1) for v, _ in parts], dim=1)
+    if all(m is None for _, m in parts):
+        return values, None
+    weights = torch.cat([(torch.ones_like(v) if m is None else m.expand_as(v)).detach().float().flatten(1)
+                         for v, m in parts], dim=1)
+    return values, weights
+
+
+def _spread_and_correlation(taus: Tensor, weights: Tensor | None, sims: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Per head: std/mean of ``taus`` and their correlation with ``sims`` (weighted, centred in two passes so a
+    small spread is not lost to rounding)."""
+    w = torch.ones_like(taus) if weights is None else weights
+    count = w.sum(1).clamp_min(1)
+    tau_centred = (taus - (w * taus).sum(1, keepdim=True) / count[:, None]) * w
+    tau_mean = (w * taus).sum(1) / count
+    tau_std = (tau_centred.pow(2).sum(1) / count).sqrt()
+    spread = tau_std / tau_mean.clamp_min(1e-12)
+    if sims is None:
+        return spread, None
+    sim_centred = (sims - (w * sims).sum(1, keepdim=True) / count[:, None]) * w
+    sim_std = (sim_centred.pow(2).sum(1) / count).sqrt()
+    covariance = (tau_centred * sim_centred).sum(1) / count
+    # one temperature for all pairs (or identical similarities) has no correlation: 0, not 0/0
+    correlation = torch.where((tau_std > 1e-7 * tau_mean.abs()) & (sim_std > 1e-7),
+                              covariance / (tau_std * sim_std).clamp_min(1e-30), torch.zeros_like(covariance))
+    return spread, correlation
 
 
 def _per_head(kind: str, values: Tensor) -> dict[str, Tensor]:
@@ -126,7 +194,8 @@ def write_csv(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]]) ->
 
 def plot_curves(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]], title: str = "") -> None:
     """``curves.png``: loss, kNN accuracy, learning rate and, per head, the temperatures (mean with the
-    min-max range shaded) and the share at the bounds, over epochs."""
+    min-max range shaded), the share at the bounds, the spread of the temperatures over pairs and their
+    correlation with similarity, and the mean positive and negative similarities, over epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,8 +209,11 @@ def plot_curves(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]], 
                    key=lambda h: int(h[4:]))
     panels = [("loss", ["loss"]), ("kNN accuracy", ["knn_acc"]), ("learning rate", ["lr"])]
     if heads:
-        panels += [("positive-pair temperature", "pos"), ("hardest-negative temperature", "neg"),
-                   ("share of temperatures at a bound", "bound")]
+        panels += [("positive-pair temperature", "pos"), ("negative-pair temperature", "neg"),
+                   ("share of temperatures at a bound", "bound"),
+                   ("temperature spread over pairs (std / mean)", "tau_spread"),
+                   ("correlation of temperature with similarity", "tau_sim_corr"),
+                   ("similarity (positive solid, negative dashed)", "sim")]
     fig = Figure(figsize=(4.2 * min(3, len(panels)), 3.2 * ((len(panels) + 2) // 3)), layout="constrained")
     axes = fig.subplots((len(panels) + 2) // 3, min(3, len(panels)), squeeze=False).flatten()
     for ax, (name, what) in zip(axes, panels):
@@ -153,6 +225,17 @@ def plot_curves(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]], 
                 ax.plot(x, y, marker="." if len(x) < 30 else None)
             continue
         for head in heads:
+            if what in ("tau_spread", "tau_sim_corr"):
+                x, y = series(f"{head}/{what}")
+                if x:
+                    ax.plot(x, y, label=head)
+                continue
+            if what == "sim":
+                for side, style in (("pos", "-"), ("neg", "--")):
+                    x, y = series(f"{head}/sim_{side}_mean")
+                    if x:
+                        ax.plot(x, y, style, label=f"{head} {'positive' if side == 'pos' else 'negative'}")
+                continue
             if what == "bound":
                 for bound, style in (("min", "-"), ("max", "--")):
                     x, y = series(f"{head}/share_at_tau_{bound}")

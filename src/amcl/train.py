@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from amcl.checkpointing import AtomicCheckpointIO, NonFiniteGuard, RandomStates, remove_partial_checkpoints
-from amcl.config import PretrainConfig, load_yaml
+from amcl.config import CONTRASTIVE_METHODS, PretrainConfig, load_yaml
 from amcl.data.datasets import load_configured_dataset
 from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError, warn
@@ -77,13 +77,19 @@ class MetricsRecorder(Callback):
                 trainer.logger.log_metrics(statistics, step=trainer.current_epoch)
 
     def _warn_about_bounds(self, record: dict[str, float], config: PretrainConfig) -> None:
-        """Warn (once per head and bound) when most of a head's temperatures sit on tau_min or tau_max."""
+        """Warn (once per head and bound) when most of a head's temperatures sit on tau_min or tau_max.
+
+        SimSiam's and Barlow Twins' temperatures rest on a bound by construction (Eq. 2.2 / 2.3 have no
+        interior optimum): there only a floor below 1, which scales their loss up by 1/tau, is a warning
+        sign; a floor or ceiling at or above 1 keeps the method's own loss scale."""
         for key, share in record.items():
             if not key.endswith(("/share_at_tau_min", "/share_at_tau_max")) or share <= 0.5 or key in self._warned:
                 continue
             self._warned.add(key)
             head, bound = key.split("/")[0], key.rsplit("_", 1)[-1]
             value = config.tau_min if bound == "min" else config.tau_max
+            if config.method not in CONTRASTIVE_METHODS and not (bound == "min" and value < 1.0):
+                continue
             warn(f"{share:.0%} of {head}'s temperatures sit at tau_{bound} = {value:g} in epoch {record['epoch']}: "
                  "AMCL may be collapsing (see 'Reading the curves' in the README); watch curves.png, or try "
                  f"another --tau-{bound}, --beta or --lr")
@@ -184,6 +190,8 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
         benchmark=True,  # cuDNN picks the fastest convolutions for the fixed image size (no effect on CPU)
         max_epochs=config.epochs,
         max_steps=config.max_steps,
+        gradient_clip_val=config.grad_clip,  # the global norm, after the non-finite check (see optimizer_step)
+        gradient_clip_algorithm="norm",
         check_val_every_n_epoch=config.knn_every,
         limit_val_batches=None if monitor else 0,
         num_sanity_val_steps=0,

@@ -22,6 +22,9 @@ def load_dataset(
 ) -> ImageSplits | FolderSplits:
     """Read a dataset by name (see :data:`amcl.config.DATASETS`); all but digits and synthetic read ``root``.
 
+    ``seed`` draws the train/test split of digits and the images of synthetic (the config's
+    ``split_seed``); the file datasets come with their own splits.
+
     ``unlabeled`` adds STL-10's unlabeled split, or a folder's ``unlabeled/`` images, to the training
     images (label -1). ``image_size``, ``class_list``, ``strict``, ``cache`` and ``workers`` apply
     to ``folder`` (see :func:`amcl.data.folders.read_image_folder`).
@@ -52,7 +55,7 @@ def load_configured_dataset(config: PretrainConfig, cache: str | None = None) ->
     return load_dataset(
         config.dataset,
         config.data_root,
-        config.seed,
+        config.split_seed,
         image_size=config.image_size,
         unlabeled=config.unlabeled,
         class_list=config.class_list,

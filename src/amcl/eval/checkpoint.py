@@ -67,7 +67,9 @@ def load_pretrained(path: str | os.PathLike[str], device: str | torch.device = "
     hparams = checkpoint["hyper_parameters"]
     known = PretrainConfig.__dataclass_fields__
     try:
-        config = PretrainConfig(**{k: v for k, v in hparams["config"].items() if k in known})
+        saved = dict(hparams["config"])
+        saved.setdefault("split_seed", saved.get("seed", 0))  # written before --split-seed: --seed drew the split
+        config = PretrainConfig(**{k: v for k, v in saved.items() if k in known})
         model = METHOD_CLASSES[config.method](config, int(hparams["num_classes"]), hparams.get("normalization"))
         model.load_state_dict(checkpoint["state_dict"])
     except (KeyError, TypeError, RuntimeError, AmclError) as err:

@@ -65,8 +65,8 @@ class BarlowTwins(PretrainMethod):
                 f"batch at {cfg.batch_size} images{processes} (or pre-train again with --batch-size {batch})"
             )
         with torch.autocast(z1.device.type, enabled=False):
-            channels1 = batch_standardise(z1.float()).transpose(1, 2)  # [C, d, B]
-            channels2 = batch_standardise(z2.float()).transpose(1, 2)
+            channels1 = batch_standardise(self.temperature_input(z1).float()).transpose(1, 2)  # [C, d, B]
+            channels2 = batch_standardise(self.temperature_input(z2).float()).transpose(1, 2)
             learned = net.pair_temperatures(channels1, channels2)
         if self.adaptive_positive and self.adaptive_negative:
             return learned

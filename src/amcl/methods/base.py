@@ -68,6 +68,11 @@ class PretrainMethod(L.LightningModule):
         cfg = self.config
         return TemperatureNet(dim, cfg.temperature_hidden, cfg.tau_min, cfg.tau_max)
 
+    def temperature_input(self, features: Tensor) -> Tensor:
+        """What the temperature network reads: ``features`` itself, or with ``temperature_input detached``
+        the same values without gradients (only the similarities then train the encoder)."""
+        return features.detach() if self.config.temperature_input == "detached" else features
+
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
@@ -83,7 +88,7 @@ class PretrainMethod(L.LightningModule):
         self.record_statistics(temperature_statistics(
             cfg.tau_min, cfg.tau_max, terms.positive_temperatures if self.adaptive_positive else None,
             terms.negative_temperatures if self.adaptive_negative else None,
-            terms.positive_similarities, terms.negative_similarities))
+            terms.positive_similarities, terms.negative_similarities, terms.negative_mask))
 
     def on_train_epoch_start(self) -> None:
         self.statistics.reset()
@@ -104,6 +109,8 @@ class PretrainMethod(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         self._diagnostics = {}
         loss, extras = self.loss(*batch)
+        if self.config.head_reduction == "mean":  # the heads' mean: one head's gradient scale for the backbone
+            loss = loss / self.config.heads
         self.diagnose(loss=loss)
         batch_size = batch[0].shape[0]
         # epoch means, averaged over processes once per epoch (no host synchronisation per step)
@@ -222,21 +229,34 @@ def temperature_range(*temperatures: Tensor | float) -> dict[str, Tensor]:
             "tau_high": torch.stack([v.max() for v in values]).max()}
 
 
+def _negative_mean(values: Tensor, terms: ContrastiveTerms) -> Tensor:
+    """The mean of a negative tensor of ``terms`` over its negatives only (the softmax form's full matrices)."""
+    values = values.detach().float()
+    if terms.negative_mask is None:
+        return values.mean()
+    keep = terms.negative_mask.expand_as(values)
+    return torch.where(keep, values, 0.0).sum() / keep.sum()
+
+
 def term_diagnostics(terms: ContrastiveTerms) -> dict[str, Tensor]:
     """The parts of an AMCL contrastive loss (summed over heads) and the temperature range of the step."""
+    negative = terms.negative_temperatures.detach()
+    if terms.negative_mask is not None:  # the full matrix's self pairs are no part of the loss: a positive's value
+        negative = torch.where(terms.negative_mask, negative, terms.positive_temperatures.detach()[:, :1, None])
     return {
         "positive term": terms.positive.detach().sum(),
         "negative term": terms.negative.detach().sum(),
         "regulariser": terms.regularizer.detach().sum(),
-        **temperature_range(terms.positive_temperatures, terms.negative_temperatures),
+        **temperature_range(terms.positive_temperatures, negative),
     }
 
 
 def contrastive_extras(terms: ContrastiveTerms) -> dict[str, Tensor]:
-    """Per-epoch means of the temperatures and similarities of the positive and hardest-negative pairs."""
+    """Per-epoch means of the temperatures and similarities of the positive and negative pairs (the hardest
+    negatives of Eq. 2.1 / 2.4, every negative of the softmax form)."""
     return {
         "tau_pos_mean": terms.positive_temperatures.detach().mean(),
-        "tau_neg_mean": terms.negative_temperatures.detach().mean(),
+        "tau_neg_mean": _negative_mean(terms.negative_temperatures, terms),
         "sim_pos_mean": terms.positive_similarities.detach().mean(),
-        "sim_neg_mean": terms.negative_similarities.detach().mean(),
+        "sim_neg_mean": _negative_mean(terms.negative_similarities, terms),
     }

@@ -1,5 +1,5 @@
-"""MoCo v2 (Chen et al., 2020), as the InfoNCE-with-queue baseline or with AMCL (Eq. 2.1 / 2.4 over
-each head's queue)."""
+"""MoCo v2 (Chen et al., 2020), as the InfoNCE-with-queue baseline or with AMCL (Eq. 2.1 / 2.4 or the
+softmax form over each head's queue)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ from torch import Tensor
 
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_no_grad
-from amcl.losses import amcl_moco_terms, moco_infonce_loss, pair_temperatures, paired_temperatures
+from amcl.losses import (
+    amcl_moco_terms,
+    amcl_softmax_moco_terms,
+    moco_infonce_loss,
+    pair_temperatures,
+    paired_temperatures,
+)
 from amcl.methods.base import PretrainMethod, contrastive_extras, term_diagnostics
 from amcl.nn import FeatureQueue, momentum_copy, momentum_update_
 
@@ -49,12 +55,17 @@ class MoCo(PretrainMethod):
         positive = negative = cfg.temperature
         net = self.temperature_net
         if net is not None:  # phi runs on vectors; the queue's temperatures are one matrix product
-            phi_q = net(q)
+            phi_q = net(self.temperature_input(q))
             if self.adaptive_positive:
                 positive = paired_temperatures(phi_q, net(k), net.tau_min, net.tau_max)  # [C, 2B]
             if self.adaptive_negative:
                 negative = pair_temperatures(phi_q, net(queue), net.tau_min, net.tau_max)  # [C, 2B, K]
-        terms = amcl_moco_terms(q, k, queue, positive, negative, cfg.beta, cfg.topk, cfg.amcl_form == "infonce")
+        if cfg.amcl_form == "softmax":
+            terms = amcl_softmax_moco_terms(q, k, queue, positive, negative, cfg.beta,
+                                            negative_regularizer=cfg.negative_regularizer)
+        else:
+            terms = amcl_moco_terms(q, k, queue, positive, negative, cfg.beta, cfg.topk, cfg.amcl_form == "infonce",
+                                    negative_regularizer=cfg.negative_regularizer)
         self.diagnose(**term_diagnostics(terms))
         self.record_contrastive_statistics(terms)
         return terms.loss(), contrastive_extras(terms)

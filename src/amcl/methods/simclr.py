@@ -7,14 +7,14 @@ from torch import Tensor
 
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_with_grad, is_distributed
-from amcl.losses import amcl_nt_xent_terms, nt_xent_loss
+from amcl.losses import amcl_nt_xent_terms, amcl_softmax_nt_xent_terms, nt_xent_loss
 from amcl.methods.base import PretrainMethod, contrastive_extras, term_diagnostics
 
 
 class SimCLR(PretrainMethod):
     """Backbone + C projection heads; NT-Xent over the other 2B - 2 views of the batch, or with
-    ``config.amcl`` the AMCL loss (``config.amcl_form``: Eq. 2.1 or 2.4) whose pair temperatures
-    come from one temperature network shared by the heads.
+    ``config.amcl`` the AMCL loss (``config.amcl_form``: Eq. 2.1, Eq. 2.4 or the softmax form) whose
+    pair temperatures come from one temperature network shared by the heads.
 
     With several processes the projections of all of them are gathered (with gradients), so the
     negatives, the hardest negatives and their temperatures are taken over the global batch.
@@ -36,10 +36,16 @@ class SimCLR(PretrainMethod):
         if not cfg.amcl:
             return nt_xent_loss(z1, z2, cfg.temperature), {}
         # one [C, 2B, 2B] matrix serves positives and negatives; the ablations swap in the constant
-        learned = self.temperature_net.pair_temperatures(z) if self.temperature_net is not None else None
+        net = self.temperature_net
+        learned = net.pair_temperatures(self.temperature_input(z)) if net is not None else None
         positive = learned if self.adaptive_positive else cfg.temperature
         negative = learned if self.adaptive_negative else cfg.temperature
-        terms = amcl_nt_xent_terms(z1, z2, positive, cfg.beta, cfg.topk, negative, cfg.amcl_form == "infonce")
+        if cfg.amcl_form == "softmax":
+            terms = amcl_softmax_nt_xent_terms(z1, z2, positive, cfg.beta, negative,
+                                               negative_regularizer=cfg.negative_regularizer)
+        else:
+            terms = amcl_nt_xent_terms(z1, z2, positive, cfg.beta, cfg.topk, negative, cfg.amcl_form == "infonce",
+                                       negative_regularizer=cfg.negative_regularizer)
         self.diagnose(**term_diagnostics(terms))
         self.record_contrastive_statistics(terms)
         return terms.loss(), contrastive_extras(terms)

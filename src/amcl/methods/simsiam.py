@@ -36,8 +36,8 @@ class SimSiam(PretrainMethod):
         if not cfg.amcl:
             return simsiam_loss(p1, p2, z1, z2), {}
         if self.temperature_net is not None:
-            tau1 = self.temperature_net.paired_temperatures(p1, z2.detach())
-            tau2 = self.temperature_net.paired_temperatures(p2, z1.detach())
+            tau1 = self.temperature_net.paired_temperatures(self.temperature_input(p1), z2.detach())
+            tau2 = self.temperature_net.paired_temperatures(self.temperature_input(p2), z1.detach())
         else:
             tau1 = tau2 = cfg.temperature
         loss = amcl_simsiam_loss(p1, p2, z1, z2, tau1, tau2, cfg.beta)

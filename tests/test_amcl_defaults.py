@@ -1,0 +1,63 @@
+"""Which AMCL `--amcl` gives: the recommended forms by default, the paper's equations one flag away."""
+
+import pytest
+
+from amcl.config import FORM_DEFAULTS, METHOD_DEFAULTS, PAPER_LITERAL, RECOMMENDED_FORM, PretrainConfig
+from amcl.errors import AmclError
+
+
+def resolved(**options):
+    return PretrainConfig(**options).resolved()
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_contrastive_amcl_defaults_to_the_softmax_form_with_its_settings(method):
+    config = resolved(method=method, amcl=True)
+    assert RECOMMENDED_FORM == "softmax" and config.amcl_form == "softmax"
+    assert (config.beta, config.tau_min, config.tau_max, config.head_reduction) == (0.01, 0.05, 2.0, "mean")
+    assert config.heads == 3 and config.topk == 1
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_paper_literal_options_give_eq_2_1_with_the_papers_settings(method):
+    config = resolved(method=method, amcl=True, **PAPER_LITERAL[method])
+    assert config.amcl_form == "hardest" and config.beta == METHOD_DEFAULTS[method]["beta"] == 1e-4
+    assert (config.tau_min, config.tau_max, config.head_reduction) == (1e-5, 2.0, "sum")
+
+
+@pytest.mark.parametrize("method", ["simsiam", "barlow_twins"])
+def test_siamese_methods_default_to_stable_bounds_and_the_paper_is_one_switch_away(method):
+    config = resolved(method=method, amcl=True)
+    assert config.amcl_form is None  # one AMCL form: the paper's equation
+    assert (config.tau_min, config.tau_max, config.head_reduction) == (1.0, 2.0, "mean")
+    paper = resolved(method=method, amcl=True, **PAPER_LITERAL[method])
+    assert (paper.tau_min, paper.tau_max, paper.head_reduction) == (1e-5, 2.0, "sum")
+
+
+def test_explicit_options_win_over_form_defaults():
+    config = resolved(amcl=True, beta=1e-3, tau_min=0.1, head_reduction="sum")
+    assert (config.beta, config.tau_min, config.head_reduction) == (1e-3, 0.1, "sum")
+    assert set(FORM_DEFAULTS["softmax"]) == {"beta", "head_reduction", "tau_min"}
+
+
+def test_a_baseline_names_no_amcl_form():
+    config = resolved(method="simclr")
+    assert not config.amcl and config.amcl_form is None and config.heads == 1
+
+
+@pytest.mark.parametrize("options,fragment", [
+    (dict(amcl=True, head_reduction="max"), "unknown head_reduction 'max'"),
+    (dict(amcl=True, amcl_form="softmax", topk=3), "--topk 3 applies to --amcl-form hardest and infonce"),
+    (dict(method="barlow_twins", amcl=True, amcl_form="softmax"), "--amcl-form softmax applies to simclr and moco"),
+    (dict(amcl=True, grad_clip=-1.0), "--grad-clip must be a positive number"),
+    (dict(split_seed=2**32), "--split-seed must be in 0..4294967295"),
+])
+def test_impossible_settings_are_refused(options, fragment):
+    with pytest.raises(AmclError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        resolved(**options)
+
+
+def test_configs_of_earlier_versions_still_resolve():
+    """An old SimSiam config.yaml says amcl_form: hardest (the only form then): still valid, for --resume."""
+    config = resolved(method="simsiam", amcl=True, amcl_form="hardest")
+    assert config.amcl_form == "hardest" and config.tau_min == 1.0

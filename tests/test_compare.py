@@ -87,8 +87,18 @@ def test_table_cells_match_the_individual_runs(grid):
         baseline, amcl, delta = rows[("simclr", policy)]
         b, a = (round(100 * means[(m, policy)], 2) for m in ("baseline", "amcl"))
         assert baseline.startswith("**") == (b > a) and amcl.startswith("**") == (a > b)  # a tie: neither
-        difference = f"{100 * (means[('amcl', policy)] - means[('baseline', policy)]):+.2f}"
-        assert delta == (difference.lstrip("+-") if float(difference) == 0 else difference)
+        # the paired difference: seed by seed, then its mean, sample std and wins/ties/losses
+        differences = [100 * (v - w) for v, w in zip(cells[("amcl", policy)]["values"],
+                                                     cells[("baseline", policy)]["values"])]
+        mean = f"{statistics.fmean(differences):+.2f}"
+        mean = mean.lstrip("+-") if float(mean) == 0 else mean
+        record = (sum(d > 0 for d in differences), sum(d == 0 for d in differences), sum(d < 0 for d in differences))
+        assert delta == f"{mean} ± {statistics.stdev(differences):.2f} ({record[0]}/{record[1]}/{record[2]})"
+        paired = cells[("amcl", policy)]["paired"]
+        assert paired["reference"] == "baseline" and paired["seeds"] == [0, 1]
+        assert paired["differences"] == pytest.approx([d / 100 for d in differences])
+        assert (paired["wins"], paired["ties"], paired["losses"]) == record
+        assert cells[("baseline", policy)]["paired"] is None
     assert "dataset digits" in markdown and "backbone small_cnn" in markdown and "batch size 128" in markdown
     assert "in %" in markdown and "2 seeds" in markdown and "8 of 8 runs finished" in markdown
 
@@ -216,7 +226,7 @@ def test_duplicates_are_run_once(grid, tmp_path):
     [
         (["--methods", "simsiam", "--amcl-form", "infonce"], "applies to simclr and moco"),
         (["--methods", "simclr", "barlow_twins", "--amcl-form", "infonce"], "barlow_twins amcl"),
-        (["--batch-size", "4", "--topk", "7"], "--topk 7"),
+        (["--batch-size", "4", "--amcl-form", "hardest", "--topk", "7"], "--topk 7"),
         (["--seeds", "-1"], "--seeds: -1"),
     ],
 )
@@ -257,3 +267,71 @@ def test_bad_inputs_raise_before_anything_is_written(changes, fragment, tmp_path
     with pytest.raises(AmclError, match=re.escape(fragment)):
         run_comparison(PretrainConfig(**TINY), out=str(out), **options)
     assert not out.exists()
+
+
+def test_named_variants_and_the_linear_probe_are_compared_pair_by_pair(tmp_path, capsys):
+    """Variants are modes with their own options; every mode is paired with the baseline seed by seed."""
+    out = tmp_path / "grid"
+    config = tmp_path / "study.yaml"
+    config.write_text("epochs: 1\nvariants:\n  softmax: {amcl-form: softmax, tau-min: 0.05}\n")
+    code = main(["compare", "--config", str(config), "--augs", "a", "--seeds", "0", "1", "--out", str(out),
+                 "--variant", "constant", "temperature-mode=constant", "heads=2", "--linear",
+                 *[a for a in CLI_TINY if a != "--epochs" and a != "1"]])
+    printed = capsys.readouterr().out
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["modes"] == ["baseline", "softmax", "constant"] and data["metrics"] == ["final_knn_acc", "linear_top1"]
+    assert data["variants"]["softmax"] == {"amcl": True, "amcl_form": "softmax", "tau_min": 0.05}
+    saved = {}
+    for mode in data["modes"]:
+        for seed in (0, 1):
+            folder = out / f"simclr-{mode}-a" / f"seed-{seed}"
+            saved[(mode, seed)] = (json.loads((folder / "metrics.json").read_text())["final_knn_acc"],
+                                   json.loads((folder / "eval-linear.json").read_text())["top1"])
+    import yaml
+
+    softmax_config = yaml.safe_load((out / "simclr-softmax-a" / "seed-0" / "config.yaml").read_text())
+    assert softmax_config["amcl"] and softmax_config["amcl_form"] == "softmax" and softmax_config["tau_min"] == 0.05
+    constant_config = yaml.safe_load((out / "simclr-constant-a" / "seed-1" / "config.yaml").read_text())
+    assert constant_config["temperature_mode"] == "constant" and constant_config["heads"] == 2
+    cells = {c["mode"]: c for c in data["cells"]}
+    for mode in ("softmax", "constant"):
+        knn = [saved[(mode, s)][0] - saved[("baseline", s)][0] for s in (0, 1)]
+        linear = [saved[(mode, s)][1] - saved[("baseline", s)][1] for s in (0, 1)]
+        assert cells[mode]["paired"]["differences"] == pytest.approx(knn)
+        assert cells[mode]["linear_top1"]["paired"]["differences"] == pytest.approx(linear)
+        assert cells[mode]["linear_top1"]["values"] == [saved[(mode, s)][1] for s in (0, 1)]
+    markdown = (out / "results.md").read_text()
+    assert "Δ softmax (paired)" in markdown and "Δ constant (paired)" in markdown
+    assert "## Linear-probe top-1 accuracy" in markdown and "Variants: softmax: --amcl True" in markdown
+    # running again evaluates nothing more: the linear results are read back
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/seed-*/eval-linear.json")}
+    again = run_comparison(PretrainConfig(**{**TINY, "epochs": 1}), ["simclr"], ["a"], [0, 1], out=str(out),
+                           variants={"softmax": {"amcl-form": "softmax", "tau-min": 0.05},
+                                     "constant": {"temperature-mode": "constant", "heads": 2}}, linear=True)
+    assert again["trained"] == 0 and {p: p.stat().st_mtime_ns for p in before} == before
+    assert again["cells"] == json.loads((out / "results.json").read_text())["cells"]
+
+
+@pytest.mark.parametrize(
+    "variants,fragment",
+    [
+        ({"amcl": {"heads": 2}}, "built-in mode"),
+        ({"a b": {"heads": 2}}, "letters, digits"),
+        ({"x": {"colour": 1}}, "unknown option 'colour'"),
+        ({"x": {"seed": 3}}, "set by the grid"),
+        ({"x": {"heads": "many"}}, "expected int"),
+        ({"x": "softmax"}, "must map options"),
+    ],
+)
+def test_bad_variants_raise_before_anything_is_written(variants, fragment, tmp_path):
+    out = tmp_path / "grid"
+    with pytest.raises(AmclError, match=re.escape(fragment)):
+        run_comparison(PretrainConfig(**TINY), out=str(out), variants=variants, **GRID)
+    assert not out.exists()
+
+
+def test_unknown_mode_names_the_variants(tmp_path):
+    with pytest.raises(AmclError, match=r"unknown mode 'sm'.*variant \(softmax\)"):
+        run_comparison(PretrainConfig(**TINY), out=str(tmp_path / "g"), modes=["baseline", "sm"],
+                       variants={"softmax": {"amcl-form": "softmax"}}, **GRID)

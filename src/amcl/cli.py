@@ -60,13 +60,17 @@ def _typed(name: str):
     return convert
 
 
-def config_from_args(args: argparse.Namespace, names: Sequence[str] | None = None) -> PretrainConfig:
+def config_from_args(
+    args: argparse.Namespace, names: Sequence[str] | None = None, extras: tuple[str, ...] = ()
+) -> PretrainConfig:
     """The config file's values (if any) overridden by the options given on the command line.
 
     With ``names``, only those options are taken from the file (a pre-training preset can then
-    feed a command that needs only its dataset options).
+    feed a command that needs only its dataset options). ``extras`` are other keys the file may
+    hold (compare's ``variants``); they are left out here.
     """
-    values = load_yaml(args.config) if getattr(args, "config", None) else {}
+    values = load_yaml(args.config, extras) if getattr(args, "config", None) else {}
+    values = {k: v for k, v in values.items() if k not in extras}
     if names is not None:
         values = {k: v for k, v in values.items() if k in names}
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
@@ -178,12 +182,30 @@ def _compare(args: argparse.Namespace) -> int:
     from amcl.compare import run_comparison
 
     names = [f.name for f in dataclasses.fields(PretrainConfig) if f.name not in COMPARE_GRID_OPTIONS]
-    base = config_from_args(args, names)
+    base = config_from_args(args, names, extras=("variants",))
+    variants = load_yaml(args.config, extras=("variants",)).get("variants") or {} if args.config else {}
+    if not isinstance(variants, dict):
+        raise AmclError(f"config file {args.config!r}: variants must map names to options, e.g. "
+                        "variants: {softmax: {amcl-form: softmax}}")
+    variants = dict(variants)
+    for name, *options in args.variant or []:
+        variants[name] = _variant_options(name, options)
     result = run_comparison(base, args.methods, _split_policies(args.policies), args.seeds, args.modes, args.out,
-                            args.metric)
+                            args.metric, variants, args.linear)
     print(result["table"])
     print(f"wrote {result['markdown']} and {result['json']}")
     return 0
+
+
+def _variant_options(name: str, options: Sequence[str]) -> dict[str, str]:
+    """``--variant NAME OPTION=VALUE ...`` as a mapping (values are typed by the compare grid)."""
+    parsed = {}
+    for item in options:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip("-"):
+            raise AmclError(f"--variant {name}: {item!r} is not OPTION=VALUE (e.g. amcl-form=softmax)")
+        parsed[key.strip().lstrip("-")] = value.strip()
+    return parsed
 
 
 def _split_policies(text: str) -> list[str]:
@@ -255,21 +277,32 @@ def _add_commands(commands) -> None:
 
     compare = commands.add_parser(
         "compare", help="baseline vs AMCL over methods x augmentation policies x seeds: results.md and .json",
-        description="Pre-train every cell of a grid (methods x {baseline, AMCL} x augmentation policies x seeds) "
-                    "and write results.md (mean ± std per cell, the better of each baseline/AMCL pair in bold) "
-                    "and results.json. Finished cells are kept: running the same command again resumes the grid. "
+        description="Pre-train every cell of a grid (methods x modes x augmentation policies x seeds; modes are "
+                    "baseline, AMCL and named variants) and write results.md (mean ± std per cell, the best of "
+                    "each row in bold, and each mode's paired difference to the baseline of the same seed: mean "
+                    "± std and wins/ties/losses) and results.json. Finished cells are kept: running the same command again resumes the grid. "
                     "All pretrain options except --method, --amcl, --augs, --seed, --runs and --out set every cell.",
     )
     compare.add_argument("--config", metavar="FILE.yaml", help="read the shared pretrain options from a YAML file")
     compare.add_argument("--methods", nargs="+", default=["simclr"], choices=METHODS,
                          help="methods [default: simclr]")
-    compare.add_argument("--modes", nargs="+", default=["baseline", "amcl"], choices=("baseline", "amcl"),
-                         help="[default: baseline amcl]")
+    compare.add_argument("--modes", nargs="+", default=None,
+                         help="baseline, amcl and the names of --variant's (or the config's variants) [default: "
+                              "baseline amcl; with variants: baseline and every variant]")
+    compare.add_argument("--variant", nargs="+", action="append", metavar=("NAME", "OPTION=VALUE"),
+                         help="a named mode: AMCL (unless amcl=false) with these options on top of the shared ones, "
+                              "e.g. --variant softmax amcl-form=softmax tau-min=0.05; repeat for more. A --config "
+                              "file may hold them too, as variants: {NAME: {OPTION: VALUE}}")
+    compare.add_argument("--linear", action="store_true",
+                         help="also evaluate every run with the linear probe (eval-linear.json beside its "
+                              "checkpoint) and report it in a second table")
     compare.add_argument("--augs", dest="policies", type=_policy_list, default="default",
                          help="comma-separated augmentation policies, e.g. a,ab,abc,abcd,abcde [default: default]")
     compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="[default: 0 1 2]")
-    compare.add_argument("--metric", default="final_knn_acc", choices=("final_knn_acc", "best_knn_acc"),
-                         help="the metric the table reports [default: final_knn_acc]")
+    compare.add_argument("--metric", default="final_knn_acc",
+                         choices=("final_knn_acc", "best_knn_acc", "linear_top1"),
+                         help="the metric the (first) table reports; linear_top1 implies --linear "
+                              "[default: final_knn_acc]")
     compare.add_argument("--out", default="runs/compare", metavar="DIR", help="[default: runs/compare]")
     _add_config_options(compare, [f.name for f in dataclasses.fields(PretrainConfig)
                                   if f.name not in COMPARE_GRID_OPTIONS])

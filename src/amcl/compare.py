@@ -1,4 +1,11 @@
-"""``amcl compare``: baseline vs AMCL over a grid of methods x augmentation policies x seeds.
+"""``amcl compare``: baseline vs AMCL over a grid of methods x modes x augmentation policies x seeds.
+
+A mode is ``baseline`` (the method's plain loss), ``amcl`` (AMCL with the shared options) or a named
+variant: a set of options on top of the shared ones (e.g. ``softmax: {amcl-form: softmax}``), so one
+grid can hold the paper's form, ours and the ablations. Every mode is compared with the baseline
+seed by seed: the seeds vary only the initialisation, the augmentations and the batch order (the
+data split has its own ``split_seed``), so the difference of two runs with one seed is a paired
+measurement, and the table reports its mean, standard deviation and wins/ties/losses.
 
 Every run of the grid lives in ``<out>/<method>-<mode>-<policy>/seed-<seed>/`` (the usual
 ``config.yaml``, ``metrics.json``, ``last.ckpt`` of :func:`amcl.train.pretrain_once`). After each
@@ -28,17 +35,24 @@ import yaml
 from amcl.config import METHODS, PretrainConfig
 from amcl.errors import AmclError, warn
 
+#: The built-in modes: each method's baseline, and AMCL with the shared options.
 MODES = ("baseline", "amcl")
+MODE_OPTIONS: dict[str, dict[str, Any]] = {"baseline": {"amcl": False}, "amcl": {"amcl": True}}
 MODE_TITLES = {"baseline": "baseline", "amcl": "AMCL"}
+#: The mode every other one is compared with, seed by seed.
+REFERENCE = "baseline"
 
 #: Metrics the table can report: (description, shown in %, higher is better).
 METRICS: dict[str, tuple[str, bool, bool]] = {
     "final_knn_acc": ("final kNN accuracy (after the last epoch)", True, True),
     "best_knn_acc": ("best kNN accuracy over the epochs", True, True),
     "final_loss": ("final training loss", False, False),
+    "linear_top1": ("linear-probe top-1 accuracy (frozen features)", True, True),
 }
+#: Where the linear-probe result of a run is kept (beside its checkpoint, as ``amcl eval`` writes it).
+LINEAR_RESULT = "eval-linear.json"
 
-#: Options the grid sets per run (they are not shared settings).
+#: Options the grid sets per run (they are not shared settings); a variant may set none but amcl.
 GRID_OPTIONS = ("method", "amcl", "augs", "seed", "runs", "out")
 #: Options that do not change what a run trains: a finished run saved with other values is still reused.
 NOT_COMPARED = ("out", "progress", "workers", "cache_images")
@@ -81,7 +95,13 @@ class _Grid:
     seeds: list[int]
     out: Path
     metric: str
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # each mode's options (MODE_OPTIONS too)
+    linear: bool = False  # also report the linear probe (``linear_top1``)
     runs: list[_Run] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> list[str]:
+        return [self.metric] + (["linear_top1"] if self.linear and self.metric != "linear_top1" else [])
 
     def cell_runs(self, method: str, mode: str, policy: str) -> list[_Run]:
         return [r for r in self.runs if (r.method, r.mode, r.policy) == (method, mode, policy)]
@@ -92,19 +112,30 @@ def run_comparison(
     methods: Sequence[str],
     policies: Sequence[str],
     seeds: Sequence[int],
-    modes: Sequence[str] = MODES,
+    modes: Sequence[str] | None = None,
     out: str | os.PathLike = "runs/compare",
     metric: str = "final_knn_acc",
+    variants: dict[str, dict[str, Any]] | None = None,
+    linear: bool = False,
 ) -> dict[str, Any]:
     """Pre-train (or read back) every run of the grid and write ``results.md`` and ``results.json``.
 
     ``base`` holds the shared options (``None`` fields get each method's defaults); its method,
-    amcl, augs, seed, runs and out are set per run. Every run's config is checked, and finished
-    runs in ``out`` are compared with it, before anything is trained. Returns ``table`` (the
-    markdown table and its legend), ``markdown`` and ``json`` (the files' paths), ``cells`` (one
-    record per method x mode x policy, as in results.json), ``trained`` and ``reused`` (run counts).
+    amcl, augs, seed, runs and out are set per run. ``variants`` names extra modes, each a mapping of
+    options over ``base`` (AMCL unless it sets ``amcl: false``); ``modes`` picks the modes to run
+    (default: baseline and amcl, or baseline and every variant). With ``linear`` every run is also
+    evaluated with the linear probe (:func:`amcl.eval.protocols.evaluate_checkpoint`, kept as
+    ``eval-linear.json`` beside its checkpoint), reported in a second table. Every run's config is
+    checked, and finished runs in ``out`` are compared with it, before anything is trained. Returns
+    ``table`` (the markdown tables and their legends), ``markdown`` and ``json`` (the files' paths),
+    ``cells`` (one record per method x mode x policy, as in results.json), ``trained`` and ``reused``
+    (run counts).
     """
-    grid = _plan(base, methods, policies, seeds, modes, out, metric)
+    variants = parse_variants(variants or {})
+    linear = linear or metric == "linear_top1"
+    if modes is None:
+        modes = [REFERENCE, *variants] if variants else list(MODES)
+    grid = _plan(base, methods, policies, seeds, modes, out, metric, variants, linear)
     for run in grid.runs:
         run.metrics = _finished_metrics(run)
         run.reused = run.metrics is not None
@@ -125,7 +156,8 @@ def run_comparison(
     for i, run in enumerate(grid.runs, 1):
         prefix = f"[{i}/{total}] {run.label}"
         if run.reused:
-            print(f"{prefix}: skipped (finished earlier), {_metric_text(run.metrics, grid.metric)}", flush=True)
+            _add_linear(grid, run)
+            print(f"{prefix}: skipped (finished earlier), {_metrics_text(run.metrics, grid.metrics)}", flush=True)
             continue
         resumed = (run.folder / "last.ckpt").is_file()
         print(f"{prefix}: {'resuming from its last checkpoint' if resumed else 'training'}", flush=True)
@@ -136,11 +168,57 @@ def run_comparison(
             if not any(r.metrics for r in grid.runs):  # the grid could not even start (e.g. bad data path)
                 _remove_created(created, run.folder)
             raise
-        print(f"{prefix}: done in {time.perf_counter() - started:.1f} s, {_metric_text(run.metrics, grid.metric)}",
+        _add_linear(grid, run)
+        print(f"{prefix}: done in {time.perf_counter() - started:.1f} s, {_metrics_text(run.metrics, grid.metrics)}",
               flush=True)
         paths = _write_results(grid)
+    paths = _write_results(grid)  # with the linear probes of reused runs
     table, cells = paths.pop("table"), paths.pop("cells")
     return {"table": table, "cells": cells, "trained": total - reused, "reused": reused, **paths}
+
+
+def _add_linear(grid: _Grid, run: _Run) -> None:
+    """With ``--linear``: the run's linear-probe top-1 into its metrics (read back, or evaluated once now)."""
+    if not grid.linear or run.metrics is None:
+        return
+    result_path = run.folder / LINEAR_RESULT
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        from amcl.eval.protocols import evaluate_checkpoint
+
+        result = evaluate_checkpoint(run.folder / "last.ckpt", "linear", out=result_path)
+    run.metrics["linear_top1"] = result.get("top1")
+
+
+def parse_variants(variants: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Check named variants (``{name: {option: value}}``; option names with - or _) and return them with
+    typed values and ``amcl`` set (True unless given). Raises AmclError naming the problem."""
+    from amcl.config import coerce
+
+    known = {f.name for f in dataclasses.fields(PretrainConfig)}
+    parsed: dict[str, dict[str, Any]] = {}
+    if not isinstance(variants, dict):
+        raise AmclError("variants must be a mapping of name: {option: value, ...}")
+    for name, options in variants.items():
+        name = str(name)
+        if name in MODE_OPTIONS:
+            raise AmclError(f"variant {name!r}: the name is a built-in mode ({', '.join(MODES)}); choose another")
+        if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
+            raise AmclError(f"variant {name!r}: use letters, digits, '.', '_' and '-' only (it names the run folders)")
+        if not isinstance(options, dict):
+            raise AmclError(f"variant {name!r} must map options to values, e.g. {{amcl-form: softmax}}")
+        values: dict[str, Any] = {"amcl": True}
+        for key, value in options.items():
+            option = str(key).replace("-", "_")
+            if option not in known:
+                raise AmclError(f"variant {name!r}: unknown option {key!r}")
+            if option in GRID_OPTIONS and option != "amcl":
+                raise AmclError(f"variant {name!r}: --{option.replace('_', '-')} is set by the grid for every run; "
+                                "a variant may not set it")
+            values[option] = coerce(option, value)
+        parsed[name] = values
+    return parsed
 
 
 def _remove_created(created: list[Path], run_folder: Path) -> None:
@@ -158,7 +236,8 @@ def _remove_created(created: list[Path], run_folder: Path) -> None:
 
 
 def _plan(base: PretrainConfig, methods: Sequence[str], policies: Sequence[str], seeds: Sequence[int],
-          modes: Sequence[str], out: str | os.PathLike, metric: str) -> _Grid:
+          modes: Sequence[str], out: str | os.PathLike, metric: str, variants: dict[str, dict[str, Any]],
+          linear: bool) -> _Grid:
     """Check the grid's inputs and resolve every run's config (raises AmclError, trains nothing)."""
     from amcl.data.augment import parse_policy
 
@@ -169,9 +248,11 @@ def _plan(base: PretrainConfig, methods: Sequence[str], policies: Sequence[str],
         if method not in METHODS:
             raise AmclError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     modes = _unique("--modes", modes, "baseline and/or amcl")
+    options = {**MODE_OPTIONS, **variants}
     for mode in modes:
-        if mode not in MODES:
-            raise AmclError(f"unknown mode {mode!r}; choose baseline and/or amcl")
+        if mode not in options:
+            named = f", or a variant ({', '.join(variants)})" if variants else ""
+            raise AmclError(f"unknown mode {mode!r}; choose baseline and/or amcl{named}")
     seeds = _unique("--seeds", seeds, "a seed, e.g. 0")
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
@@ -189,13 +270,13 @@ def _plan(base: PretrainConfig, methods: Sequence[str], policies: Sequence[str],
             warn(f"augmentation policy {text!r} is the same as {same!r}; it is run once, as {same!r}")
             continue
         canonical[text] = key
-    grid = _Grid(base, methods, modes, list(canonical), seeds, Path(out), metric)
+    grid = _Grid(base, methods, modes, list(canonical), seeds, Path(out), metric, options, linear)
     for method in grid.methods:
         for policy in grid.policies:
             for seed in grid.seeds:
                 for mode in grid.modes:
                     folder = grid.out / f"{method}-{mode}-{policy}" / f"seed-{seed}"
-                    config = replace(base, method=method, amcl=mode == "amcl", augs=policy, seed=seed, runs=1,
+                    config = replace(base, **options[mode], method=method, augs=policy, seed=seed, runs=1,
                                      out=str(folder))
                     try:
                         config = config.resolved()
@@ -270,9 +351,56 @@ def _metric_value(metrics: dict[str, Any] | None, metric: str) -> float | None:
     return float(value)
 
 
-def _metric_text(metrics: dict[str, Any] | None, metric: str) -> str:
-    value = _metric_value(metrics, metric)
-    return f"{metric} {value:.4f}" if value is not None else f"{metric} n/a"
+def _metrics_text(metrics: dict[str, Any] | None, names: Sequence[str]) -> str:
+    texts = []
+    for name in names:
+        value = _metric_value(metrics, name)
+        texts.append(f"{name} {value:.4f}" if value is not None else f"{name} n/a")
+    return ", ".join(texts)
+
+
+def _title(mode: str) -> str:
+    return MODE_TITLES.get(mode, mode)
+
+
+def _statistics(runs: Sequence[_Run], metric: str) -> dict[str, Any]:
+    values = [_metric_value(r.metrics, metric) for r in runs if r.metrics is not None]
+    present = [v for v in values if v is not None]
+    return {
+        "values": values,  # per finished seed, None where the run did not report the metric
+        "n": len(present),
+        "mean": statistics.fmean(present) if present else None,
+        "std": statistics.stdev(present) if len(present) > 1 else None,  # sample std
+    }
+
+
+def _paired(grid: _Grid, method: str, mode: str, policy: str, metric: str) -> dict[str, Any] | None:
+    """This mode minus the baseline, seed by seed (same split, same seed): the differences, their mean and
+    sample std, and wins/ties/losses (a win is better by the metric's direction). None for the baseline
+    itself, or without one in the grid."""
+    if mode == REFERENCE or REFERENCE not in grid.modes:
+        return None
+    higher = METRICS[metric][2]
+    reference = {r.seed: _metric_value(r.metrics, metric) for r in grid.cell_runs(method, REFERENCE, policy)}
+    seeds, differences = [], []
+    for run in grid.cell_runs(method, mode, policy):
+        value, base = _metric_value(run.metrics, metric), reference.get(run.seed)
+        if value is not None and base is not None:
+            seeds.append(run.seed)
+            differences.append(value - base)
+    better = [d > 0 if higher else d < 0 for d in differences]
+    ties = sum(d == 0 for d in differences)
+    return {
+        "reference": REFERENCE,
+        "seeds": seeds,
+        "differences": differences,
+        "n": len(differences),
+        "mean": statistics.fmean(differences) if differences else None,
+        "std": statistics.stdev(differences) if len(differences) > 1 else None,
+        "wins": sum(better),
+        "ties": ties,
+        "losses": len(differences) - sum(better) - ties,
+    }
 
 
 def _cell_record(grid: _Grid, method: str, mode: str, policy: str) -> dict[str, Any]:
@@ -283,80 +411,107 @@ def _cell_record(grid: _Grid, method: str, mode: str, policy: str) -> dict[str, 
     per_seed = []
     for run in finished:
         values = {k: v["mean"] for k, v in summarize_runs([run.metrics]).items()}
-        per_seed.append({"seed": run.seed, grid.metric: _metric_value(run.metrics, grid.metric),
-                         **{k: v for k, v in values.items() if k != grid.metric}})
-    values = [_metric_value(r.metrics, grid.metric) for r in finished]
-    present = [v for v in values if v is not None]
+        per_seed.append({"seed": run.seed, **{m: _metric_value(run.metrics, m) for m in grid.metrics},
+                         **{k: v for k, v in values.items() if k not in grid.metrics}})
     status = "pending" if not finished else "complete" if len(finished) == len(runs) else "partial"
-    return {
+    record = {
         "method": method,
         "mode": mode,
+        "options": {k: v for k, v in grid.variants[mode].items()},
         "policy": policy,
         "out": str(grid.out / f"{method}-{mode}-{policy}"),
         "status": status,
         "seeds": [r.seed for r in runs],
         "finished_seeds": [r.seed for r in finished],
         "metric": grid.metric,
-        "values": values,  # per finished seed, None where the run did not report the metric
-        "n": len(present),
-        "mean": statistics.fmean(present) if present else None,
-        "std": statistics.stdev(present) if len(present) > 1 else None,  # sample std
+        **_statistics(runs, grid.metric),
+        "paired": _paired(grid, method, mode, policy, grid.metric),
         "per_seed": per_seed,
         "summary": summarize_runs([r.metrics for r in finished]) if finished else {},
         "config": {k: getattr(runs[0].config, k) for k in PER_METHOD},
     }
+    for metric in grid.metrics[1:]:
+        record[metric] = {**_statistics(runs, metric), "paired": _paired(grid, method, mode, policy, metric)}
+    return record
 
 
-def _format(cell: dict[str, Any], grid: _Grid) -> str:
+def _metric_block(cell: dict[str, Any], metric: str) -> dict[str, Any]:
+    """A cell's statistics of ``metric``: the record itself for the grid's metric, else its sub-record."""
+    return cell if cell["metric"] == metric else cell[metric]
+
+
+def _format(cell: dict[str, Any], metric: str) -> str:
+    block = _metric_block(cell, metric)
     if cell["status"] == "pending":
         return "pending"
-    if cell["mean"] is None:
+    if block["mean"] is None:
         return "n/a"
-    _, percent, _ = METRICS[grid.metric]
+    _, percent, _ = METRICS[metric]
     scale, digits = (100.0, 2) if percent else (1.0, 4)
-    text = f"{scale * cell['mean']:.{digits}f}"
-    if cell["std"] is not None:
-        text += f" ± {scale * cell['std']:.{digits}f}"
-    if cell["n"] < len(cell["seeds"]):
-        text += f" ({cell['n']}/{len(cell['seeds'])} seeds)"
+    text = f"{scale * block['mean']:.{digits}f}"
+    if block["std"] is not None:
+        text += f" ± {scale * block['std']:.{digits}f}"
+    if block["n"] < len(cell["seeds"]):
+        text += f" ({block['n']}/{len(cell['seeds'])} seeds)"
     return text
 
 
-def _table(grid: _Grid, cells: dict[tuple[str, str, str], dict[str, Any]]) -> str:
-    description, percent, higher = METRICS[grid.metric]
+def _signed(value: float, digits: int) -> str:
+    text = f"{value:+.{digits}f}"
+    return text[1:] if text[1:] == f"{0:.{digits}f}" else text  # no sign on a zero difference
+
+
+def _format_paired(paired: dict[str, Any], metric: str) -> str:
+    scale, digits = (100.0, 2) if METRICS[metric][1] else (1.0, 4)
+    text = _signed(scale * paired["mean"], digits)
+    if paired["std"] is not None:
+        text += f" ± {scale * paired['std']:.{digits}f}"
+    return text + f" ({paired['wins']}/{paired['ties']}/{paired['losses']})"
+
+
+def _table(grid: _Grid, cells: dict[tuple[str, str, str], dict[str, Any]], metric: str) -> str:
+    description, percent, higher = METRICS[metric]
     scale, digits = (100.0, 2) if percent else (1.0, 4)
-    pair = len(grid.modes) == 2
-    header = ["method", "augs", *(MODE_TITLES[m] for m in grid.modes)]
-    if pair:
-        header.append("Δ AMCL − baseline")
+    paired = REFERENCE in grid.modes and len(grid.modes) > 1
+    header = ["method", "augs"]
+    for mode in grid.modes:
+        header.append(_title(mode))
+        if paired and mode != REFERENCE:
+            header.append(f"Δ {_title(mode)} (paired)")
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for method in grid.methods:
         for policy in grid.policies:
-            row = [cells[(method, m, policy)] for m in grid.modes]
-            texts = [_format(c, grid) for c in row]
-            if pair:
-                base, amcl = (cells[(method, m, policy)] for m in ("baseline", "amcl"))
-                delta = _DASH
-                if all(c["status"] == "complete" and c["n"] == len(c["seeds"]) for c in (base, amcl)):
-                    delta = f"{scale * (amcl['mean'] - base['mean']):+.{digits}f}"
-                    if delta[1:] == f"{0:.{digits}f}":
-                        delta = delta[1:]  # no sign on a zero difference
-                    shown = [round(scale * c["mean"], digits) for c in (base, amcl)]
-                    if shown[0] != shown[1]:
-                        better = (shown[1] > shown[0]) == higher
-                        index = grid.modes.index("amcl" if better else "baseline")
-                        texts[index] = f"**{texts[index]}**"
-                texts.append(delta)
-            lines.append("| " + " | ".join([method, policy, *texts]) + " |")
+            row = {m: cells[(method, m, policy)] for m in grid.modes}
+            texts = {m: _format(c, metric) for m, c in row.items()}
+            complete = all(c["status"] == "complete" and _metric_block(c, metric)["n"] == len(c["seeds"])
+                           for c in row.values())
+            if complete and len(row) > 1:  # bold: the best mean of the row, none on a tie
+                shown = {m: round(scale * _metric_block(c, metric)["mean"], digits) for m, c in row.items()}
+                best = (max if higher else min)(shown.values())
+                winners = [m for m, v in shown.items() if v == best]
+                if len(winners) == 1:
+                    texts[winners[0]] = f"**{texts[winners[0]]}**"
+            values = []
+            for mode in grid.modes:
+                values.append(texts[mode])
+                if paired and mode != REFERENCE:
+                    both = [row[REFERENCE], row[mode]]
+                    difference = _metric_block(row[mode], metric)["paired"]
+                    shown_delta = all(c["status"] == "complete" and _metric_block(c, metric)["n"] == len(c["seeds"])
+                                      for c in both) and difference["n"] > 0
+                    values.append(_format_paired(difference, metric) if shown_delta else _DASH)
+            lines.append("| " + " | ".join([method, policy, *values]) + " |")
     n = len(grid.seeds)
     unit = " in %" if percent else ""
     legend = (f"{description[0].upper()}{description[1:]}{unit}, mean ± sample std over {n} seed{'s' * (n > 1)} "
               f"({', '.join(map(str, grid.seeds))}), {digits} decimals; pending: not run yet; n/a: the runs did "
-              f"not report {grid.metric}")
-    if pair:
-        legend += (f". Bold: the better mean of each baseline/AMCL pair ({'higher' if higher else 'lower'} is "
-                   f"better; none on a tie); Δ = AMCL − baseline{' in percentage points' if percent else ''}, "
-                   f"shown when both cells have every seed")
+              f"not report {metric}")
+    if len(grid.modes) > 1:
+        legend += f". Bold: the best mean of the row ({'higher' if higher else 'lower'} is better; none on a tie)"
+    if paired:
+        legend += (f"; Δ (paired) = the mode minus the baseline of the same seed{' in percentage points' * percent}"
+                   f", mean ± sample std of those differences, then (wins/ties/losses) over the seeds, shown when "
+                   f"both cells have every seed")
     return "\n".join(lines) + "\n\n" + legend + "."
 
 
@@ -375,9 +530,14 @@ def _settings(grid: _Grid) -> list[str]:
     for method in grid.methods:
         configs = {mode: grid.cell_runs(method, mode, grid.policies[0])[0].config for mode in grid.modes}
         some = next(iter(configs.values()))
-        heads = " / ".join(f"{c.heads} {MODE_TITLES[m]}" for m, c in configs.items())
+        heads = " / ".join(f"{c.heads} {_title(m)}" for m, c in configs.items())
         per_method.append(f"{method} lr {_value(some.lr)}, temperature {_value(some.temperature)}, heads {heads}")
     lines.append("Per method (its defaults unless set): " + "; ".join(per_method) + ".")
+    named = [m for m in grid.modes if m not in MODE_OPTIONS]
+    if named:
+        lines.append("Variants: " + "; ".join(
+            f"{m}: " + ", ".join(f"--{k.replace('_', '-')} {_value(v)}" for k, v in grid.variants[m].items())
+            for m in named) + ".")
     return lines
 
 
@@ -388,22 +548,29 @@ def _value(value: Any) -> str:
 def _write_results(grid: _Grid) -> dict[str, Any]:
     cells = {(m, mode, p): _cell_record(grid, m, mode, p)
              for m in grid.methods for p in grid.policies for mode in grid.modes}
-    table = _table(grid, cells)
+    tables = [_table(grid, cells, metric) for metric in grid.metrics]
     finished = sum(r.metrics is not None for r in grid.runs)
     description = METRICS[grid.metric][0]
-    title = f"# amcl compare: {' vs '.join(MODE_TITLES[m] for m in grid.modes)}, {description.split(' (')[0]}"
+    title = f"# amcl compare: {' vs '.join(_title(m) for m in grid.modes)}, {description.split(' (')[0]}"
     lines = [title, "",
              f"Methods {', '.join(grid.methods)}; augmentation policies {', '.join(grid.policies)}; "
              f"seeds {', '.join(map(str, grid.seeds))}; {finished} of {len(grid.runs)} runs finished.", "",
-             *_settings(grid), "", table, ""]
+             *_settings(grid), ""]
+    for metric, table in zip(grid.metrics, tables):
+        if len(tables) > 1:
+            lines += [f"## {METRICS[metric][0][0].upper()}{METRICS[metric][0][1:]}", ""]
+        lines += [table, ""]
     if finished < len(grid.runs):
         lines += ["The grid is not finished: the same `amcl compare` command with the same --out resumes it.", ""]
     shared = {k: v for k, v in dataclasses.asdict(grid.base).items() if k not in GRID_OPTIONS}
     data = {
         "metric": grid.metric,
         "metric_description": description,
+        "metrics": grid.metrics,
         "methods": grid.methods,
         "modes": grid.modes,
+        "variants": {m: grid.variants[m] for m in grid.modes},
+        "reference": REFERENCE if REFERENCE in grid.modes else None,
         "policies": grid.policies,
         "seeds": grid.seeds,
         "config": shared,  # None: each method's default (see each cell's "config")
@@ -414,7 +581,7 @@ def _write_results(grid: _Grid) -> dict[str, Any]:
     json_path, md_path = grid.out / "results.json", grid.out / "results.md"
     _write_atomic(json_path, json.dumps(data, indent=2) + "\n")
     _write_atomic(md_path, "\n".join(lines))
-    return {"table": table, "cells": data["cells"], "markdown": str(md_path), "json": str(json_path)}
+    return {"table": "\n\n".join(tables), "cells": data["cells"], "markdown": str(md_path), "json": str(json_path)}
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -191,7 +191,8 @@ def test_config_checks_new_options():
 
 def test_new_presets_pair_baseline_and_amcl():
     names = ["cifar100", "stl10", "imagenet100-resnet50", "imagenet100-vit-small"]
-    amcl_keys = {"amcl", "heads", "temperature-mode", "beta", "tau-min", "tau-max", "topk", "temperature-hidden", "out"}
+    amcl_keys = {"amcl", "amcl-form", "heads", "temperature-mode", "beta", "tau-min", "tau-max", "topk",
+                 "temperature-hidden", "out"}
     for name in names:
         base_yaml = yaml.safe_load((CONFIGS / f"simclr-{name}.yaml").read_text())
         amcl_yaml = yaml.safe_load((CONFIGS / f"simclr-amcl-{name}.yaml").read_text())

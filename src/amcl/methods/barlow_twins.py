@@ -9,6 +9,7 @@ from amcl.config import PretrainConfig
 from amcl.distributed import gather_with_grad
 from amcl.errors import AmclError
 from amcl.losses import amcl_barlow_twins_loss, barlow_twins_loss, batch_standardise
+from amcl.losses.temperature import at_least_float32
 from amcl.methods.base import PretrainMethod, temperature_range
 from amcl.monitoring import bound_shares, temperature_statistics
 
@@ -65,8 +66,8 @@ class BarlowTwins(PretrainMethod):
                 f"batch at {cfg.batch_size} images{processes} (or pre-train again with --batch-size {batch})"
             )
         with torch.autocast(z1.device.type, enabled=False):
-            channels1 = batch_standardise(self.temperature_input(z1).float()).transpose(1, 2)  # [C, d, B]
-            channels2 = batch_standardise(self.temperature_input(z2).float()).transpose(1, 2)
+            channels1 = batch_standardise(at_least_float32(self.temperature_input(z1))).transpose(1, 2)  # [C, d, B]
+            channels2 = batch_standardise(at_least_float32(self.temperature_input(z2))).transpose(1, 2)
             learned = net.pair_temperatures(channels1, channels2)
         if self.adaptive_positive and self.adaptive_negative:
             return learned

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from amcl.losses import (
     amcl_nt_xent_loss,
@@ -265,28 +266,31 @@ def test_losses_stay_float32_under_bfloat16_autocast():
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+class LargestTensor(TorchDispatchMode):
+    """Records the element count of the largest tensor any op produces while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
 def test_amcl_loss_never_builds_a_batch_by_batch_by_dim_tensor():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Largest(TorchDispatchMode):
-        numel = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else (out,):
-                if isinstance(t, torch.Tensor):
-                    Largest.numel = max(Largest.numel, t.numel())
-            return out
-
     heads, batch, dim = 3, 64, 128
     z1 = torch.randn(heads, batch, dim, requires_grad=True)
     z2 = torch.randn(heads, batch, dim, requires_grad=True)
     phi = TemperatureNet(dim)
-    with Largest():
+    with LargestTensor() as largest:
         taus = phi.pair_temperatures(torch.cat([z1, z2], dim=1))
         amcl_nt_xent_loss(z1, z2, taus, topk=5).backward()
-    assert Largest.numel <= heads * (2 * batch) ** 2  # the [C, 2B, 2B] matrices are the largest
-    assert Largest.numel < batch * batch * dim
+    assert largest.numel <= heads * (2 * batch) ** 2  # the [C, 2B, 2B] matrices are the largest
+    assert largest.numel < batch * batch * dim
 
 
 @pytest.mark.parametrize("dim,hidden", [(4, 8), (40, 6)])  # explicit embeddings / folded last layer

@@ -17,6 +17,7 @@ from amcl.losses import (
     nt_xent_loss,
 )
 from amcl.nn import TemperatureNet
+from test_losses import LargestTensor
 
 
 def cos(a, b):
@@ -202,26 +203,14 @@ def test_gradcheck_softmax_losses_in_float64():
 
 
 def test_softmax_loss_builds_nothing_larger_than_the_pair_matrices():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Largest(TorchDispatchMode):
-        numel = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else (out,):
-                if isinstance(t, torch.Tensor):
-                    Largest.numel = max(Largest.numel, t.numel())
-            return out
-
     heads, batch, dim = 3, 64, 128
     z1 = torch.randn(heads, batch, dim, requires_grad=True)
     z2 = torch.randn(heads, batch, dim, requires_grad=True)
     phi = TemperatureNet(dim)
-    with Largest():
+    with LargestTensor() as largest:
         taus = phi.pair_temperatures(torch.cat([z1, z2], dim=1))
         amcl_softmax_nt_xent_loss(z1, z2, taus).backward()
-    assert Largest.numel <= heads * (2 * batch) ** 2
+    assert largest.numel <= heads * (2 * batch) ** 2
 
 
 def test_negative_regularization_forms_and_exclusions():

@@ -17,15 +17,7 @@ from amcl.losses import (
     nt_xent_loss,
 )
 from amcl.nn import TemperatureNet
-from test_losses import LargestTensor
-
-
-def cos(a, b):
-    return float(torch.dot(a, b) / (a.norm() * b.norm()))
-
-
-def reference_omega(tau, dim):
-    return dim / 2 * math.log(tau) + 1 / tau
+from test_losses import LargestTensor, cos, reference_omega
 
 
 def reference_negative_side(taus, dim, kind):

@@ -522,7 +522,8 @@ def _settings(grid: _Grid) -> list[str]:
     shown = [f"{name.replace('_', ' ')} {_value(getattr(first, name))}" for name in KEY_SETTINGS]
     skip = set(KEY_SETTINGS) | set(GRID_OPTIONS) | set(NOT_COMPARED) | set(PER_METHOD)
     others = [f"--{f.name.replace('_', '-')} {_value(getattr(first, f.name))}" for f in dataclasses.fields(first)
-              if f.name not in skip and getattr(first, f.name) != getattr(defaults, f.name)]
+              if f.name not in skip and getattr(first, f.name) != getattr(defaults, f.name)
+              and all(getattr(run.config, f.name) == getattr(first, f.name) for run in grid.runs)]
     lines = ["Shared settings: " + ", ".join(shown) + "."]
     if others:
         lines.append("Other options set for every run: " + ", ".join(others) + ".")
@@ -533,6 +534,15 @@ def _settings(grid: _Grid) -> list[str]:
         heads = " / ".join(f"{c.heads} {_title(m)}" for m, c in configs.items())
         per_method.append(f"{method} lr {_value(some.lr)}, temperature {_value(some.temperature)}, heads {heads}")
     lines.append("Per method (its defaults unless set): " + "; ".join(per_method) + ".")
+    amcl_modes = []
+    for mode in grid.modes:
+        config = grid.cell_runs(grid.methods[0], mode, grid.policies[0])[0].config
+        if config.amcl:
+            form = f"form {config.amcl_form}, " if config.amcl_form else ""
+            amcl_modes.append(f"{_title(mode)}: {form}{config.temperature_mode} tau in [{_value(config.tau_min)}, "
+                              f"{_value(config.tau_max)}], beta {_value(config.beta)}, heads' {config.head_reduction}")
+    if amcl_modes:
+        lines.append(f"AMCL settings as run ({grid.methods[0]}): " + "; ".join(amcl_modes) + ".")
     named = [m for m in grid.modes if m not in MODE_OPTIONS]
     if named:
         lines.append("Variants: " + "; ".join(

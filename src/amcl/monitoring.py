@@ -192,6 +192,15 @@ def write_csv(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]]) ->
     os.replace(tmp, path)
 
 
+#: The curves.png panels drawn as plain lines per head: (metric key after "head<c>/", line style, label suffix).
+PER_HEAD_LINES = {
+    "tau_spread": (("tau_spread", "-", ""),),
+    "tau_sim_corr": (("tau_sim_corr", "-", ""),),
+    "sim": (("sim_pos_mean", "-", " positive"), ("sim_neg_mean", "--", " negative")),
+    "bound": (("share_at_tau_min", "-", " at tau_min"), ("share_at_tau_max", "--", " at tau_max")),
+}
+
+
 def plot_curves(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]], title: str = "") -> None:
     """``curves.png``: loss, kNN accuracy, learning rate and, per head, the temperatures (mean with the
     min-max range shaded), the share at the bounds, the spread of the temperatures over pairs and their
@@ -225,23 +234,13 @@ def plot_curves(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]], 
                 ax.plot(x, y, marker="." if len(x) < 30 else None)
             continue
         for head in heads:
-            if what in ("tau_spread", "tau_sim_corr"):
-                x, y = series(f"{head}/{what}")
-                if x:
-                    ax.plot(x, y, label=head)
-                continue
-            if what == "sim":
-                for side, style in (("pos", "-"), ("neg", "--")):
-                    x, y = series(f"{head}/sim_{side}_mean")
+            if what in PER_HEAD_LINES:
+                for key, style, label in PER_HEAD_LINES[what]:
+                    x, y = series(f"{head}/{key}")
                     if x:
-                        ax.plot(x, y, style, label=f"{head} {'positive' if side == 'pos' else 'negative'}")
-                continue
-            if what == "bound":
-                for bound, style in (("min", "-"), ("max", "--")):
-                    x, y = series(f"{head}/share_at_tau_{bound}")
-                    if x:
-                        ax.plot(x, y, style, label=f"{head} at tau_{bound}")
-                ax.set_ylim(-0.02, 1.02)
+                        ax.plot(x, y, style, label=f"{head}{label}")
+                if what == "bound":
+                    ax.set_ylim(-0.02, 1.02)
                 continue
             x, mean = series(f"{head}/tau_{what}_mean")
             if not x:

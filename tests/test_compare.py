@@ -304,6 +304,11 @@ def test_named_variants_and_the_linear_probe_are_compared_pair_by_pair(tmp_path,
     markdown = (out / "results.md").read_text()
     assert "Δ softmax (paired)" in markdown and "Δ constant (paired)" in markdown
     assert "## Linear-probe top-1 accuracy" in markdown and "Variants: softmax: --amcl True" in markdown
+    # each AMCL mode's settings as resolved; options that differ between modes are not "set for every run"
+    assert "softmax: form softmax, adaptive tau in [0.05, " in markdown
+    assert "constant: form softmax, constant tau 0.5, beta " in markdown
+    every_run = next(line for line in markdown.splitlines() if line.startswith("Shared settings"))
+    assert "--tau-min" not in markdown.split("Per method")[0] and "--head-reduction" not in every_run
     # running again evaluates nothing more: the linear results are read back
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/seed-*/eval-linear.json")}
     again = run_comparison(PretrainConfig(**{**TINY, "epochs": 1}), ["simclr"], ["a"], [0, 1], out=str(out),

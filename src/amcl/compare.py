@@ -539,8 +539,9 @@ def _settings(grid: _Grid) -> list[str]:
         config = grid.cell_runs(grid.methods[0], mode, grid.policies[0])[0].config
         if config.amcl:
             form = f"form {config.amcl_form}, " if config.amcl_form else ""
-            amcl_modes.append(f"{_title(mode)}: {form}{config.temperature_mode} tau in [{_value(config.tau_min)}, "
-                              f"{_value(config.tau_max)}], beta {_value(config.beta)}, heads' {config.head_reduction}")
+            tau = (f"constant tau {_value(config.temperature)}" if config.temperature_mode == "constant" else
+                   f"{config.temperature_mode} tau in [{_value(config.tau_min)}, {_value(config.tau_max)}]")
+            amcl_modes.append(f"{_title(mode)}: {form}{tau}, beta {_value(config.beta)}, heads' {config.head_reduction}")
     if amcl_modes:
         lines.append(f"AMCL settings as run ({grid.methods[0]}): " + "; ".join(amcl_modes) + ".")
     named = [m for m in grid.modes if m not in MODE_OPTIONS]

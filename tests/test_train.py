@@ -1,6 +1,7 @@
 """Real, short pre-training runs on the bundled digits: loss falls, kNN beats chance, outputs parse."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -97,6 +98,10 @@ def test_summarize_runs_mean_and_sample_std():
     assert summary["final_tau_pos_mean"]["std"] == pytest.approx(0.1 * 2**0.5)
     assert "final_epoch" not in summary and "final_knn_acc" in summary
     assert summarize_runs(runs[:1])["final_loss"]["std"] == 0.0
+    # a diverged run's nan loss (kept by --on-nonfinite skip) makes mean and std nan, and nothing raises
+    diverged = summarize_runs([runs[0], {**runs[1], "final_loss": float("nan")}])
+    assert math.isnan(diverged["final_loss"]["mean"]) and math.isnan(diverged["final_loss"]["std"])
+    assert diverged["best_knn_acc"]["mean"] == pytest.approx(0.75)
 
 
 def test_constant_temperature_ablation_has_no_temperature_net(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import statistics
 import time
@@ -334,7 +335,7 @@ def summarize_runs(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Mean, sample standard deviation (0 for one run) and values over runs of every metric: the run
     summaries' ``final_loss``, ``final_knn_acc``, ``best_knn_acc``, ``time_s``, and ``final_<name>`` for
     every other value of the last epoch (e.g. ``final_tau_pos_mean``). Runs lacking a metric are left
-    out of its statistics."""
+    out of its statistics; a non-finite value (a diverged run's loss) makes the std nan."""
     per_run: list[dict[str, float]] = []
     for result in results:
         values = {k: result.get(k) for k in _SUMMARY_KEYS}
@@ -344,9 +345,10 @@ def summarize_runs(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     summary = {}
     for key in dict.fromkeys(k for run in per_run for k in run):
         values = [run[key] for run in per_run if key in run]
+        spread = statistics.stdev(values) if len(values) > 1 and all(map(math.isfinite, values)) else math.nan
         summary[key] = {
-            "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "mean": statistics.fmean(values),  # nan or inf when a run's value was (a diverged run)
+            "std": 0.0 if len(values) == 1 else spread,
             "values": values,
         }
     return summary

@@ -1,7 +1,7 @@
 """Forward + backward time and peak memory of every method's AMCL loss (with its temperature net)
 against the method's plain loss on the same tensors.
 
-    .venv/bin/python benchmarks/loss_speed.py [--methods simclr moco simsiam barlow_twins]
+    .venv/bin/python benchmarks/loss_speed.py [--methods simclr simclr_softmax moco moco_softmax simsiam barlow_twins]
         [--batch-sizes B ...] [--heads 3] [--dim 128] [--siamese-dim 2048] [--queue-size 4096]
         [--topk 1] [--repeats 10] [--threads N]
 
@@ -9,9 +9,12 @@ The pairs timed, on random features of C heads:
 
 * simclr: ``nt_xent_loss`` against ``amcl_nt_xent_loss`` (temperatures of all [C, 2B, 2B] pairs);
   d = --dim, B = 256, 512, 1024.
+* simclr_softmax: ``nt_xent_loss`` against ``amcl_softmax_nt_xent_loss``, the softmax form over the same
+  [C, 2B, 2B] similarity and temperature matrices (beta 0.01, the form's default).
 * moco: ``moco_infonce_loss`` against ``amcl_moco_loss`` for queries and keys [C, 2B, d] (both
   view directions) and a [C, K, d] queue (temperatures of all [C, 2B, K] query-queue pairs);
   d = --dim, K = --queue-size, B = 256, 512, 1024.
+* moco_softmax: ``moco_infonce_loss`` against ``amcl_softmax_moco_loss`` over the same queue.
 * simsiam: ``simsiam_loss`` against ``amcl_simsiam_loss`` (temperatures of the 2 x [C, B]
   prediction-projection pairs); d = --siamese-dim, B = 256, 512.
 * barlow_twins: ``barlow_twins_loss`` against ``amcl_barlow_twins_loss``, whose temperature net
@@ -49,6 +52,8 @@ from amcl.losses import (
     amcl_moco_loss,
     amcl_nt_xent_loss,
     amcl_simsiam_loss,
+    amcl_softmax_moco_loss,
+    amcl_softmax_nt_xent_loss,
     barlow_twins_loss,
     batch_standardise,
     moco_infonce_loss,
@@ -113,7 +118,7 @@ def _leaves(n: int, *shape: int) -> list[torch.Tensor]:
 # One builder per method: the (baseline, AMCL) forward + backward steps for batch size b.
 
 
-def simclr_steps(b: int, args: argparse.Namespace) -> tuple[Step, Step]:
+def simclr_steps(b: int, args: argparse.Namespace, softmax: bool = False) -> tuple[Step, Step]:
     phi = TemperatureNet(args.dim)
     z1, z2 = _leaves(2, args.heads, b, args.dim)
 
@@ -122,12 +127,15 @@ def simclr_steps(b: int, args: argparse.Namespace) -> tuple[Step, Step]:
 
     def amcl() -> None:
         taus = phi.pair_temperatures(torch.cat([z1, z2], dim=1))  # [C, 2B, 2B]
-        amcl_nt_xent_loss(z1, z2, taus, beta=1e-4, topk=args.topk).backward()
+        if softmax:
+            amcl_softmax_nt_xent_loss(z1, z2, taus, beta=1e-2).backward()
+        else:
+            amcl_nt_xent_loss(z1, z2, taus, beta=1e-4, topk=args.topk).backward()
 
     return baseline, amcl
 
 
-def moco_steps(b: int, args: argparse.Namespace) -> tuple[Step, Step]:
+def moco_steps(b: int, args: argparse.Namespace, softmax: bool = False) -> tuple[Step, Step]:
     phi = TemperatureNet(args.dim)
     (q,) = _leaves(1, args.heads, 2 * b, args.dim)  # [q1; q2]
     k, queue = (torch.randn(args.heads, n, args.dim) for n in (2 * b, args.queue_size))  # no gradient
@@ -139,7 +147,10 @@ def moco_steps(b: int, args: argparse.Namespace) -> tuple[Step, Step]:
         phi_q = phi(q)
         positive = paired_temperatures(phi_q, phi(k), phi.tau_min, phi.tau_max)  # [C, 2B]
         queue_temps = pair_temperatures(phi_q, phi(queue), phi.tau_min, phi.tau_max)  # [C, 2B, K]
-        amcl_moco_loss(q, k, queue, positive, queue_temps, beta=1e-4, topk=args.topk).backward()
+        if softmax:
+            amcl_softmax_moco_loss(q, k, queue, positive, queue_temps, beta=1e-2).backward()
+        else:
+            amcl_moco_loss(q, k, queue, positive, queue_temps, beta=1e-4, topk=args.topk).backward()
 
     return baseline, amcl
 
@@ -194,9 +205,19 @@ METHODS = {
         lambda a: f"C={a.heads}, d={a.dim}, top-k={a.topk}",
         "B*B*d", lambda b, a: b * b * a.dim,
     ),
+    "simclr_softmax": Method(
+        lambda b, a: simclr_steps(b, a, softmax=True), "NT-Xent x C", (256, 512, 1024),
+        lambda a: f"C={a.heads}, d={a.dim}, softmax form",
+        "B*B*d", lambda b, a: b * b * a.dim,
+    ),
     "moco": Method(
         moco_steps, "InfoNCE x C", (256, 512, 1024),
         lambda a: f"C={a.heads}, d={a.dim}, queries [C, 2B, d], queue K={a.queue_size}, top-k={a.topk}",
+        "2B*K*d", lambda b, a: 2 * b * a.queue_size * a.dim,
+    ),
+    "moco_softmax": Method(
+        lambda b, a: moco_steps(b, a, softmax=True), "InfoNCE x C", (256, 512, 1024),
+        lambda a: f"C={a.heads}, d={a.dim}, queries [C, 2B, d], queue K={a.queue_size}, softmax form",
         "2B*K*d", lambda b, a: 2 * b * a.queue_size * a.dim,
     ),
     "simsiam": Method(

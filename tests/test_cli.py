@@ -131,6 +131,10 @@ def test_every_preset_loads_and_resolves():
         assert base.method == amcl.method == method and not base.amcl and amcl.amcl
         assert (amcl.heads, amcl.tau_min, amcl.tau_max, base.heads) == (3, 1e-5, 2.0, 1)
         assert amcl.amcl_form == PAPER_LITERAL[method].get("amcl_form")  # the paper's presets: its equations
+        if amcl.amcl_form:  # "--amcl-form softmax" on a paper preset gives the recommended form, not Eq. 2.1's floor
+            preset = load_yaml(presets[0].parent / f"{name}-amcl-cifar10.yaml")
+            softmax = PretrainConfig(**{**preset, "amcl_form": "softmax", "data_root": "DIR"}).resolved()
+            assert (softmax.tau_min, softmax.beta, softmax.head_reduction) == (0.05, 0.01, "mean")
         assert amcl.beta == (1e-6 if method == "barlow_twins" else 1e-4)
         # every preset value is the method's default of DESIGN section 2: presets and code agree
         defaults = PretrainConfig(method=method, amcl=True, dataset="cifar10", data_root="DIR",

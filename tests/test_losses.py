@@ -1,11 +1,12 @@
 """Losses against independent, written-out formulas (loops over anchors and pairs, on purpose)."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from amcl.losses import (
     amcl_nt_xent_loss,
@@ -16,6 +17,9 @@ from amcl.losses import (
     pair_temperatures,
 )
 from amcl.nn import TemperatureNet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from loss_speed import LargestTensor  # noqa: E402  (the benchmark's record of the largest tensor an op makes)
 
 
 def cos(a, b):
@@ -264,21 +268,6 @@ def test_losses_stay_float32_under_bfloat16_autocast():
         plain = nt_xent_loss(z1, z2)
     assert temps.dtype == torch.float32 and got.dtype == torch.float32 and plain.dtype == torch.float32
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the element count of the largest tensor any op produces while it is active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.numel = max(self.numel, t.numel())
-        return out
 
 
 def test_amcl_loss_never_builds_a_batch_by_batch_by_dim_tensor():

@@ -136,7 +136,7 @@ def test_every_preset_loads_and_resolves():
             softmax = PretrainConfig(**{**preset, "amcl_form": "softmax", "data_root": "DIR"}).resolved()
             assert (softmax.tau_min, softmax.beta, softmax.head_reduction) == (0.05, 0.01, "mean")
         assert amcl.beta == (1e-6 if method == "barlow_twins" else 1e-4)
-        # every preset value is the method's default of DESIGN section 2: presets and code agree
+        # every preset value is the method's default in config.METHOD_DEFAULTS: presets and code agree
         defaults = PretrainConfig(method=method, amcl=True, dataset="cifar10", data_root="DIR",
                                   **PAPER_LITERAL[method]).resolved()
         for key in ("lr", "beta", "temperature", "proj_hidden", "proj_dim", "proj_layers", "batch_size", "epochs"):

@@ -31,7 +31,7 @@ AMCL_FORMS = ("hardest", "infonce", "softmax")
 #: config needs no torch).
 NEGATIVE_REGULARIZERS = ("mean_omega", "sum_log_inverse")
 
-#: Per-method defaults from the authors' code (DESIGN section 2).
+#: Per-method defaults from the authors' code and the paper's experimental settings.
 #: ``temperature`` is the baseline's constant for SimCLR and MoCo; for SimSiam and Barlow Twins,
 #: whose baselines have none, it is the AMCL constant-mode value, and 1.0 gives the baseline back.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -123,7 +123,7 @@ class PretrainMethod(L.LightningModule):
         """The SGD step, guarded against non-finite losses and gradients (``config.on_nonfinite``).
 
         ``stop`` records the first bad step on the device (no host synchronisation);
-        :class:`~amcl.train.NonFiniteGuard` reads it every few steps and before every checkpoint, and
+        :class:`~amcl.checkpointing.NonFiniteGuard` reads it every few steps and before every checkpoint, and
         stops the run, so no checkpoint ever holds the damage. ``skip`` must decide at once, so it
         synchronises once per step and leaves the parameters untouched on a bad step.
         """

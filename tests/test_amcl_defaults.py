@@ -61,3 +61,11 @@ def test_configs_of_earlier_versions_still_resolve():
     """An old SimSiam config.yaml says amcl_form: hardest (the only form then): still valid, for --resume."""
     config = resolved(method="simsiam", amcl=True, amcl_form="hardest")
     assert config.amcl_form == "hardest" and config.tau_min == 1.0
+
+
+def test_config_offers_exactly_the_regularisers_the_losses_implement():
+    """config keeps its own copy of the names (it imports no torch): the two must not drift apart."""
+    from amcl.config import NEGATIVE_REGULARIZERS as offered
+    from amcl.losses import NEGATIVE_REGULARIZERS as implemented
+
+    assert offered == implemented

@@ -440,6 +440,11 @@ def _metric_block(cell: dict[str, Any], metric: str) -> dict[str, Any]:
     return cell if cell["metric"] == metric else cell[metric]
 
 
+def _has_every_seed(cell: dict[str, Any], metric: str) -> bool:
+    """Whether every seed of the cell finished and reported ``metric``."""
+    return cell["status"] == "complete" and _metric_block(cell, metric)["n"] == len(cell["seeds"])
+
+
 def _format(cell: dict[str, Any], metric: str) -> str:
     block = _metric_block(cell, metric)
     if cell["status"] == "pending":
@@ -483,8 +488,7 @@ def _table(grid: _Grid, cells: dict[tuple[str, str, str], dict[str, Any]], metri
         for policy in grid.policies:
             row = {m: cells[(method, m, policy)] for m in grid.modes}
             texts = {m: _format(c, metric) for m, c in row.items()}
-            complete = all(c["status"] == "complete" and _metric_block(c, metric)["n"] == len(c["seeds"])
-                           for c in row.values())
+            complete = all(_has_every_seed(c, metric) for c in row.values())
             if complete and len(row) > 1:  # bold: the best mean of the row, none on a tie
                 shown = {m: round(scale * _metric_block(c, metric)["mean"], digits) for m, c in row.items()}
                 best = (max if higher else min)(shown.values())
@@ -495,10 +499,9 @@ def _table(grid: _Grid, cells: dict[tuple[str, str, str], dict[str, Any]], metri
             for mode in grid.modes:
                 values.append(texts[mode])
                 if paired and mode != REFERENCE:
-                    both = [row[REFERENCE], row[mode]]
                     difference = _metric_block(row[mode], metric)["paired"]
-                    shown_delta = all(c["status"] == "complete" and _metric_block(c, metric)["n"] == len(c["seeds"])
-                                      for c in both) and difference["n"] > 0
+                    shown_delta = (_has_every_seed(row[REFERENCE], metric) and _has_every_seed(row[mode], metric)
+                                   and difference["n"] > 0)
                     values.append(_format_paired(difference, metric) if shown_delta else _DASH)
             lines.append("| " + " | ".join([method, policy, *values]) + " |")
     n = len(grid.seeds)

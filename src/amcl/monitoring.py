@@ -23,7 +23,10 @@ from torch import Tensor
 
 from amcl.distributed import is_distributed
 
-__all__ = ["EpochStatistics", "REDUCTIONS", "bound_shares", "plot_curves", "temperature_statistics", "write_csv"]
+__all__ = [
+    "EpochStatistics", "REDUCTIONS", "bound_shares", "masked_mean_min_max", "plot_curves", "temperature_statistics",
+    "write_csv",
+]
 
 #: How a statistic is reduced over the steps of an epoch (and over processes); the rest are means.
 REDUCTIONS = {"tau_pos_min": "min", "tau_pos_max": "max", "tau_neg_min": "min", "tau_neg_max": "max"}
@@ -31,18 +34,11 @@ REDUCTIONS = {"tau_pos_min": "min", "tau_pos_max": "max", "tau_neg_min": "min", 
 BOUND_TOLERANCE = 1e-3
 
 
-def bound_shares(
-    temperatures: Tensor, tau_min: float, tau_max: float, weights: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Per head (dim 0), the share of temperatures at ``tau_min`` and at ``tau_max`` (among the entries
-    whose ``weights``, shaped like the flattened temperatures, are 1)."""
+def bound_shares(temperatures: Tensor, tau_min: float, tau_max: float) -> tuple[Tensor, Tensor]:
+    """Per head (dim 0), the share of temperatures at ``tau_min`` and at ``tau_max``."""
     flat = temperatures.detach().float().flatten(1)
     margin = BOUND_TOLERANCE * (tau_max - tau_min)
-    low, high = (flat <= tau_min + margin).float(), (flat >= tau_max - margin).float()
-    if weights is None:
-        return low.mean(1), high.mean(1)
-    count = weights.sum(1).clamp_min(1)
-    return (low * weights).sum(1) / count, (high * weights).sum(1) / count
+    return (flat <= tau_min + margin).float().mean(1), (flat >= tau_max - margin).float().mean(1)
 
 
 def temperature_statistics(
@@ -70,67 +66,67 @@ def temperature_statistics(
     masks = {"pos": None, "neg": negative_mask}
     for side, taus in (("pos", positive), ("neg", negative)):
         if taus is not None:
-            mean, low, high = _masked_mean_min_max(taus, masks[side])
+            mean, low, high = masked_mean_min_max(taus, masks[side])
             stats |= _per_head(f"tau_{side}_mean", mean) | _per_head(f"tau_{side}_min", low)
             stats |= _per_head(f"tau_{side}_max", high)
     learned = [(t, s, masks[side]) for side, t, s in (("pos", positive, positive_similarities),
                                                       ("neg", negative, negative_similarities)) if t is not None]
     if learned:
-        taus, weights = _pooled([(t, m) for t, _, m in learned])
-        at_min, at_max = bound_shares(taus, tau_min, tau_max, weights)
+        at_min, at_max, spread, correlation = _pooled_statistics(learned, tau_min, tau_max)
         stats |= _per_head("share_at_tau_min", at_min) | _per_head("share_at_tau_max", at_max)
-        sims = None
-        if all(s is not None for _, s, _ in learned):
-            sims, _ = _pooled([(s, m) for _, s, m in learned])
-        spread, correlation = _spread_and_correlation(taus, weights, sims)
         stats |= _per_head("tau_spread", spread)
         if correlation is not None:
             stats |= _per_head("tau_sim_corr", correlation)
     for side, sims in (("pos", positive_similarities), ("neg", negative_similarities)):
         if sims is not None:
-            stats |= _per_head(f"sim_{side}_mean", _masked_mean_min_max(sims, masks[side])[0])
+            stats |= _per_head(f"sim_{side}_mean", masked_mean_min_max(sims, masks[side])[0])
     return stats
 
 
-def _masked_mean_min_max(values: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def _flat(values: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """``values`` as ``[C, M]`` and ``mask`` (broadcastable to ``values``) as a matching view, or None."""
+    return values.detach().float().flatten(1), None if mask is None else mask.expand(values.shape).flatten(1)
+
+
+def _kept_sum(x: Tensor, keep: Tensor | None) -> Tensor:
+    return x.sum(1) if keep is None else torch.where(keep, x, 0.0).sum(1)
+
+
+def masked_mean_min_max(values: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Per head (dim 0): the mean, min and max of ``values`` over the entries ``mask`` keeps (all without one)."""
-    flat = values.detach().float().flatten(1)
-    if mask is None:
+    flat, keep = _flat(values, mask)
+    if keep is None:
         return flat.mean(1), flat.amin(1), flat.amax(1)
-    keep = mask.expand_as(values).flatten(1)
-    mean = torch.where(keep, flat, 0.0).sum(1) / keep.sum(1).clamp_min(1)
+    mean = _kept_sum(flat, keep) / keep.sum(1).clamp_min(1)
     return mean, torch.where(keep, flat, float("inf")).amin(1), torch.where(keep, flat, float("-inf")).amax(1)
 
 
-def _pooled(parts: list[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, Tensor | None]:
-    """The per-head values of several tensors side by side ``[C, M]``, and the weights (1 kept, 0 not) when a
-    mask applies (None: every entry counts)."""
-    values = torch.cat([v.detach().float().flatten(1) for v, _ in parts], dim=1)
-    if all(m is None for _, m in parts):
-        return values, None
-    weights = torch.cat([(torch.ones_like(v) if m is None else m.expand_as(v)).detach().float().flatten(1)
-                         for v, m in parts], dim=1)
-    return values, weights
-
-
-def _spread_and_correlation(taus: Tensor, weights: Tensor | None, sims: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Per head: std/mean of ``taus`` and their correlation with ``sims`` (weighted, centred in two passes so a
-    small spread is not lost to rounding)."""
-    w = torch.ones_like(taus) if weights is None else weights
-    count = w.sum(1).clamp_min(1)
-    tau_centred = (taus - (w * taus).sum(1, keepdim=True) / count[:, None]) * w
-    tau_mean = (w * taus).sum(1) / count
-    tau_std = (tau_centred.pow(2).sum(1) / count).sqrt()
+def _pooled_statistics(
+    parts: list[tuple[Tensor, Tensor | None, Tensor | None]], tau_min: float, tau_max: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Per head, over the kept entries of every (temperatures, similarities, mask) part together: the shares
+    at tau_min / tau_max, std/mean of the temperatures, and their correlation with the similarities (None when
+    a part has none). Summed part by part, so the full ``[C, N, M]`` matrices are never concatenated; centred
+    in a second pass so that a small spread is not lost to rounding."""
+    margin = BOUND_TOLERANCE * (tau_max - tau_min)
+    flats = [(*_flat(t, m), None if s is None else _flat(s, None)[0]) for t, s, m in parts]
+    with_sims = all(s is not None for _, _, s in flats)
+    count = sum(t.shape[1] if k is None else k.sum(1) for t, k, _ in flats)
+    count = torch.as_tensor(count, dtype=torch.float32, device=flats[0][0].device).clamp_min(1)
+    at_min = sum(_kept_sum((t <= tau_min + margin).float(), k) for t, k, _ in flats) / count
+    at_max = sum(_kept_sum((t >= tau_max - margin).float(), k) for t, k, _ in flats) / count
+    tau_mean = sum(_kept_sum(t, k) for t, k, _ in flats) / count
+    tau_std = (sum(_kept_sum((t - tau_mean[:, None]).pow(2), k) for t, k, _ in flats) / count).sqrt()
     spread = tau_std / tau_mean.clamp_min(1e-12)
-    if sims is None:
-        return spread, None
-    sim_centred = (sims - (w * sims).sum(1, keepdim=True) / count[:, None]) * w
-    sim_std = (sim_centred.pow(2).sum(1) / count).sqrt()
-    covariance = (tau_centred * sim_centred).sum(1) / count
+    if not with_sims:
+        return at_min, at_max, spread, None
+    sim_mean = sum(_kept_sum(s, k) for _, k, s in flats) / count
+    sim_std = (sum(_kept_sum((s - sim_mean[:, None]).pow(2), k) for _, k, s in flats) / count).sqrt()
+    covariance = sum(_kept_sum((t - tau_mean[:, None]) * (s - sim_mean[:, None]), k) for t, k, s in flats) / count
     # one temperature for all pairs (or identical similarities) has no correlation: 0, not 0/0
     correlation = torch.where((tau_std > 1e-7 * tau_mean.abs()) & (sim_std > 1e-7),
                               covariance / (tau_std * sim_std).clamp_min(1e-30), torch.zeros_like(covariance))
-    return spread, correlation
+    return at_min, at_max, spread, correlation
 
 
 def _per_head(kind: str, values: Tensor) -> dict[str, Tensor]:

@@ -298,11 +298,12 @@ def amcl_softmax_nt_xent_terms(
         pos_index = _positive_index(n // 2, sim.device).expand(heads, n).unsqueeze(-1)
         pos_sim = sim.gather(-1, pos_index).squeeze(-1)
         pos_tau = tau.gather(-1, pos_index).squeeze(-1)
+        pos_logit = logits.gather(-1, pos_index).squeeze(-1)
         log_partition = torch.logsumexp(logits.masked_fill(itself, float("-inf")), dim=-1)
         not_negative = torch.cat([torch.arange(n, device=sim.device).expand(heads, n).unsqueeze(-1), pos_index], -1)
         negative_side = negative_regularization(tau, omega_dim, negative_regularizer, exclude=not_negative)
         return ContrastiveTerms(
-            positive=(-pos_sim / pos_tau).mean(-1),
+            positive=(-pos_logit).mean(-1),
             negative=log_partition.mean(-1),
             regularizer=(beta * (omega(pos_tau, omega_dim) - negative_side)).mean(-1),
             positive_temperatures=pos_tau,

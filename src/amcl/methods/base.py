@@ -17,7 +17,7 @@ from torch import Tensor
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_rows, sum_across
 from amcl.errors import AmclError, warn
-from amcl.monitoring import EpochStatistics, temperature_statistics
+from amcl.monitoring import EpochStatistics, masked_mean_min_max, temperature_statistics
 from amcl.optim import build_optimizer, warmup_cosine, warmup_steps
 from amcl.eval.knn import knn_predict
 from amcl.losses import ContrastiveTerms
@@ -229,25 +229,15 @@ def temperature_range(*temperatures: Tensor | float) -> dict[str, Tensor]:
             "tau_high": torch.stack([v.max() for v in values]).max()}
 
 
-def _negative_mean(values: Tensor, terms: ContrastiveTerms) -> Tensor:
-    """The mean of a negative tensor of ``terms`` over its negatives only (the softmax form's full matrices)."""
-    values = values.detach().float()
-    if terms.negative_mask is None:
-        return values.mean()
-    keep = terms.negative_mask.expand_as(values)
-    return torch.where(keep, values, 0.0).sum() / keep.sum()
-
-
 def term_diagnostics(terms: ContrastiveTerms) -> dict[str, Tensor]:
-    """The parts of an AMCL contrastive loss (summed over heads) and the temperature range of the step."""
-    negative = terms.negative_temperatures.detach()
-    if terms.negative_mask is not None:  # the full matrix's self pairs are no part of the loss: a positive's value
-        negative = torch.where(terms.negative_mask, negative, terms.positive_temperatures.detach()[:, :1, None])
+    """The parts of an AMCL contrastive loss (summed over heads) and the temperature range of the step
+    (over the negatives only, for the softmax form's full matrices)."""
+    _, negative_low, negative_high = masked_mean_min_max(terms.negative_temperatures, terms.negative_mask)
     return {
         "positive term": terms.positive.detach().sum(),
         "negative term": terms.negative.detach().sum(),
         "regulariser": terms.regularizer.detach().sum(),
-        **temperature_range(terms.positive_temperatures, negative),
+        **temperature_range(terms.positive_temperatures, negative_low, negative_high),
     }
 
 
@@ -256,7 +246,7 @@ def contrastive_extras(terms: ContrastiveTerms) -> dict[str, Tensor]:
     negatives of Eq. 2.1 / 2.4, every negative of the softmax form)."""
     return {
         "tau_pos_mean": terms.positive_temperatures.detach().mean(),
-        "tau_neg_mean": _negative_mean(terms.negative_temperatures, terms),
+        "tau_neg_mean": masked_mean_min_max(terms.negative_temperatures, terms.negative_mask)[0].mean(),
         "sim_pos_mean": terms.positive_similarities.detach().mean(),
-        "sim_neg_mean": _negative_mean(terms.negative_similarities, terms),
+        "sim_neg_mean": masked_mean_min_max(terms.negative_similarities, terms.negative_mask)[0].mean(),
     }

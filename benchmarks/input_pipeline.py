@@ -176,7 +176,7 @@ def decode_rate(paths: list[str], size: int, workers: int, args: argparse.Namesp
         assert count == len(paths)
 
     seconds = median_seconds(epoch, torch.device("cpu"), 1, args.decode_repeats)
-    del loader  # shuts the workers down
+    loader = None  # shuts the workers down
     return len(paths) / seconds
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from amcl.config import FORM_DEFAULTS, METHOD_DEFAULTS, PAPER_LITERAL, RECOMMENDED_FORM, PretrainConfig
+from amcl.config import PretrainConfig
+from amcl.specs import FORM_DEFAULTS, METHOD_SPECS
 from amcl.errors import AmclError
 
 
@@ -13,15 +14,15 @@ def resolved(**options):
 @pytest.mark.parametrize("method", ["simclr", "moco"])
 def test_contrastive_amcl_defaults_to_the_softmax_form_with_its_settings(method):
     config = resolved(method=method, amcl=True)
-    assert RECOMMENDED_FORM == "softmax" and config.amcl_form == "softmax"
+    assert METHOD_SPECS[method].recommended_form == "softmax" and config.amcl_form == "softmax"
     assert (config.beta, config.tau_min, config.tau_max, config.head_reduction) == (0.01, 0.05, 2.0, "mean")
     assert config.heads == 3 and config.topk == 1
 
 
 @pytest.mark.parametrize("method", ["simclr", "moco"])
 def test_paper_literal_options_give_eq_2_1_with_the_papers_settings(method):
-    config = resolved(method=method, amcl=True, **PAPER_LITERAL[method])
-    assert config.amcl_form == "hardest" and config.beta == METHOD_DEFAULTS[method]["beta"] == 1e-4
+    config = resolved(method=method, amcl=True, **METHOD_SPECS[method].paper_literal)
+    assert config.amcl_form == "hardest" and config.beta == METHOD_SPECS[method].defaults["beta"] == 1e-4
     assert (config.tau_min, config.tau_max, config.head_reduction) == (1e-5, 2.0, "sum")
 
 
@@ -30,7 +31,7 @@ def test_siamese_methods_default_to_stable_bounds_and_the_paper_is_one_switch_aw
     config = resolved(method=method, amcl=True)
     assert config.amcl_form is None  # one AMCL form: the paper's equation
     assert (config.tau_min, config.tau_max, config.head_reduction) == (1.0, 2.0, "mean")
-    paper = resolved(method=method, amcl=True, **PAPER_LITERAL[method])
+    paper = resolved(method=method, amcl=True, **METHOD_SPECS[method].paper_literal)
     assert (paper.tau_min, paper.tau_max, paper.head_reduction) == (1e-5, 2.0, "sum")
 
 

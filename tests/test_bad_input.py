@@ -395,9 +395,9 @@ CASES = [
     R("resume-corrupt-config-yaml", ["--resume", "{run}"], "config.yaml' is not valid YAML",
       setup=copied_run("simclr", lambda ckpt: (ckpt.parent / "config.yaml").write_text("method: [\n"))),
     R("resume-with-another-method", ["--resume", "{run}", "--method", "moco"], "cannot resume",
-      "--method 'moco' now, 'simclr' in the run", setup=copied_run("simclr")),
+      "--method 'simclr' in the run, 'moco' now", setup=copied_run("simclr")),
     R("resume-barlow-amcl-with-another-batch-size", ["--resume", "{run}", "--batch-size", "32"], "cannot resume",
-      "--batch-size 32 now, 64 in the run", setup=copied_run("barlow")),
+      "--batch-size 64 in the run, 32 now", setup=copied_run("barlow")),
     R("resume-truncated-checkpoint", ["--resume", "{run}"], "cannot read checkpoint", "last.ckpt",
       "it is truncated or not a checkpoint written by amcl pretrain", setup=copied_run("simclr", truncate)),
     R("resume-foreign-torch-file", ["--resume", "{run}"], "last.ckpt is a torch file but not an amcl pretrain "

@@ -110,7 +110,8 @@ def test_console_script_help_and_error_without_traceback():
 def test_every_preset_loads_and_resolves():
     from pathlib import Path
 
-    from amcl.config import PAPER_LITERAL, PretrainConfig, load_yaml
+    from amcl.config import PretrainConfig, load_yaml
+    from amcl.specs import METHOD_SPECS
 
     presets = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
     assert len(presets) >= 3
@@ -130,15 +131,15 @@ def test_every_preset_loads_and_resolves():
         amcl = PretrainConfig(**load_yaml(presets[0].parent / f"{name}-amcl-cifar10.yaml"), data_root="DIR").resolved()
         assert base.method == amcl.method == method and not base.amcl and amcl.amcl
         assert (amcl.heads, amcl.tau_min, amcl.tau_max, base.heads) == (3, 1e-5, 2.0, 1)
-        assert amcl.amcl_form == PAPER_LITERAL[method].get("amcl_form")  # the paper's presets: its equations
+        assert amcl.amcl_form == METHOD_SPECS[method].paper_literal.get("amcl_form")  # the paper's presets: its equations
         if amcl.amcl_form:  # "--amcl-form softmax" on a paper preset gives the recommended form, not Eq. 2.1's floor
             preset = load_yaml(presets[0].parent / f"{name}-amcl-cifar10.yaml")
             softmax = PretrainConfig(**{**preset, "amcl_form": "softmax", "data_root": "DIR"}).resolved()
             assert (softmax.tau_min, softmax.beta, softmax.head_reduction) == (0.05, 0.01, "mean")
         assert amcl.beta == (1e-6 if method == "barlow_twins" else 1e-4)
-        # every preset value is the method's default in config.METHOD_DEFAULTS: presets and code agree
+        # every preset value is the method's default in the method's spec (amcl.specs): presets and code agree
         defaults = PretrainConfig(method=method, amcl=True, dataset="cifar10", data_root="DIR",
-                                  **PAPER_LITERAL[method]).resolved()
+                                  **METHOD_SPECS[method].paper_literal).resolved()
         for key in ("lr", "beta", "temperature", "proj_hidden", "proj_dim", "proj_layers", "batch_size", "epochs"):
             assert getattr(amcl, key) == getattr(defaults, key), (method, key)
 

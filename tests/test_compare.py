@@ -129,12 +129,12 @@ def test_cli_resumes_the_grid_and_prints_the_table(grid, capsys):
 def test_changed_shared_option_with_the_same_out_is_an_error(grid, capsys):
     out, _ = grid
     before = mtimes(out)
-    with pytest.raises(AmclError, match=r"other settings \(epochs 1 there, 2 now\).*another --out.*delete"):
+    with pytest.raises(AmclError, match=r"other settings \(--epochs 1 in the run, 2 now\).*another --out.*delete"):
         run_comparison(PretrainConfig(**{**TINY, "epochs": 2}), out=str(out), **GRID)
     code = main(["compare", "--methods", "simclr", "--augs", "a,ae", "--seeds", "0", "1", "--out", str(out),
                  *CLI_TINY, "--temperature", "0.2"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "temperature 0.5 there, 0.2 now" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "--temperature 0.5 in the run, 0.2 now" in err
     assert mtimes(out) == before
 
 
@@ -278,7 +278,7 @@ def test_named_variants_and_the_linear_probe_are_compared_pair_by_pair(tmp_path,
                  "--variant", "constant", "temperature-mode=constant", "heads=2", "--linear",
                  *[a for a in CLI_TINY if a != "--epochs" and a != "1"]])
     printed = capsys.readouterr().out
-    assert code == 0
+    assert code == 0 and "Δ softmax (paired)" in printed and "Δ constant (paired)" in printed  # the table
     data = json.loads((out / "results.json").read_text())
     assert data["modes"] == ["baseline", "softmax", "constant"] and data["metrics"] == ["final_knn_acc", "linear_top1"]
     assert data["variants"]["softmax"] == {"amcl": True, "amcl_form": "softmax", "tau_min": 0.05}

@@ -1,7 +1,6 @@
 """Digits and synthetic datasets, the data module's on-device views, and the kNN classifier."""
 
 import numpy as np
-import pytest
 import torch
 from sklearn.datasets import load_digits
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -144,3 +143,58 @@ def test_lightning_ddp_run_monitors_like_one_process(tmp_path, amcl):
     # the bank arrives in another order, so near-tied votes may sum differently: allow one query either way
     # (a bank or query split gone wrong would be off by far more)
     assert abs(single["top1"] - metrics["final_knn_acc"]) <= 1 / single["test_images"] + 1e-6, (single, metrics)
+
+
+@pytest.fixture(scope="module")
+def two_process_barlow_run(tmp_path_factory):
+    """A real AMCL Barlow Twins run on 2 processes: phi reads channel vectors of the global batch (2 x 32)."""
+    out = tmp_path_factory.mktemp("barlow-ddp") / "run"
+    args = ["pretrain", "--method", "barlow_twins", "--amcl", "--dataset", "digits", "--backbone", "small_cnn",
+            "--image-size", "16", "--batch-size", "32", "--proj-hidden", "32", "--proj-dim", "32", "--proj-layers",
+            "2", "--temperature-hidden", "16", "--epochs", "1", "--max-steps", "2", "--knn-k", "10", "--no-progress",
+            "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "amcl.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+def test_analyze_reads_the_global_batch_of_a_two_process_barlow_twins_run(two_process_barlow_run, tmp_path):
+    """Regression: analyze fed --batch-size images to a temperature net that reads batch-size x processes."""
+    import yaml
+
+    from amcl.eval.analysis import analyze_checkpoint
+
+    result = analyze_checkpoint(two_process_barlow_run / "last.ckpt", tmp_path / "analysis", pairs=100, device="cpu")
+    assert yaml.safe_load((two_process_barlow_run / "config.yaml").read_text())["global_batch"] == 64
+    temperature = result["temperature"]
+    assert temperature["learned"] and temperature["kind"] == "channel" and "first 64 positive pairs" in temperature["note"]
+    positive = result["heads"][0]["temperature"]["positive"]
+    assert positive["count"] == 32  # tau_ll of the 32 channels, from 64 images
+
+
+def _rewritten_checkpoint(source: Path, target: Path, **config_changes) -> Path:
+    checkpoint = torch.load(source, weights_only=True)
+    config = checkpoint["hyper_parameters"]["config"]
+    for key, value in config_changes.items():
+        if value is None:
+            config.pop(key)
+        else:
+            config[key] = value
+    torch.save(checkpoint, target)
+    return target
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["this-version", "before-global-batch-was-recorded"])
+def test_a_devices_auto_checkpoint_loads_on_a_machine_with_other_devices(two_process_barlow_run, tmp_path, recorded):
+    """Regression: ``--devices auto`` on a 2-GPU machine writes the config of a ``--devices 2`` run with
+    ``devices: auto``; phi's width came from the loading machine's GPU count (none here), so the checkpoint
+    "did not match this version". Now it comes from the recorded global batch, or (older checkpoints)
+    from phi's weights."""
+    from amcl.eval.checkpoint import load_pretrained
+
+    changes = {"devices": "auto"} if recorded else {"devices": "auto", "global_batch": None}
+    path = _rewritten_checkpoint(two_process_barlow_run / "last.ckpt", tmp_path / "auto.ckpt", **changes)
+    pretrained = load_pretrained(path)
+    assert pretrained.config.global_batch == 64 and pretrained.model.temperature_net.phi[0].in_features == 64

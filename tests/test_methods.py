@@ -6,7 +6,7 @@ import torch
 
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError
-from amcl.methods import METHOD_CLASSES, BarlowTwins, MoCo, SimSiam
+from amcl.methods import METHOD_CLASSES
 from amcl.train import pretrain
 
 SMALL = dict(backbone="small_cnn", proj_hidden=32, proj_dim=16, predictor_hidden=8, queue_size=24,

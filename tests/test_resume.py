@@ -104,7 +104,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(reference, t
     done = subprocess.run([sys.executable, "-c", _KILL_DURING_SECOND_SAVE, *args], env=ENV, capture_output=True,
                           timeout=300)
     assert done.returncode == -signal.SIGKILL
-    assert list(out.glob(".last.ckpt.tmp"))  # the half-written file is beside, not over, the checkpoint
+    assert list(out.glob(".last.ckpt.*.tmp"))  # the half-written file is beside, not over, the checkpoint
     assert torch.load(out / "last.ckpt", weights_only=True)["global_step"] == 44  # epoch 0's, intact
     resumed = amcl("pretrain", "--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -114,8 +114,8 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(reference, t
 
 @pytest.mark.parametrize(
     "change,fragment",
-    [(["--method", "simclr"], "--method 'simclr' now, 'moco' in the run"),
-     (["--batch-size", "64"], "--batch-size 64 now, 32 in the run"),
+    [(["--method", "simclr"], "--method 'moco' in the run, 'simclr' now"),
+     (["--batch-size", "64"], "--batch-size 32 in the run, 64 now"),
      (["--config", "x.yaml"], "drop --config")],
 )
 def test_resume_with_other_settings_is_refused(reference, tmp_path, capsys, change, fragment):

@@ -79,7 +79,7 @@ def test_max_steps_and_repeated_runs_summary(tmp_path):
 
 
 def test_summarize_runs_mean_and_sample_std():
-    from amcl.train import summarize_runs
+    from amcl.runs import summarize_runs
 
     runs = [
         {"final_loss": 1.0, "final_knn_acc": 0.5, "best_knn_acc": 0.6, "time_s": 2.0,

@@ -24,10 +24,9 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
+from amcl.runs import write_atomic
+
 __all__ = ["AtomicCheckpointIO", "NonFiniteGuard", "RandomStates", "remove_partial_checkpoints"]
-
-_PARTIAL = ".tmp"
-
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written atomically (temporary file, fsync, rename) and read with ``weights_only=True``."""
@@ -35,20 +34,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}{_PARTIAL}")
-        with open(partial, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, target)
+        write_atomic(target, lambda partial: _save(checkpoint, partial), durable=True)
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
+def _save(checkpoint: dict[str, Any], path: Path) -> None:
+    with open(path, "wb") as f:  # a file object: torch.save of a path would pick its own writer
+        torch.save(checkpoint, f)
+
+
 def remove_partial_checkpoints(folder: str | os.PathLike[str]) -> None:
     """Delete checkpoint files a killed write left half-written (never the complete checkpoints)."""
-    for partial in Path(folder).glob(f".*.ckpt{_PARTIAL}"):
+    for partial in Path(folder).glob(".*.ckpt.*tmp"):  # amcl.runs.write_atomic's temporary names
         partial.unlink(missing_ok=True)
 
 

@@ -13,7 +13,8 @@ import warnings
 from typing import Any, Sequence
 
 from amcl import __version__
-from amcl.config import METHODS, PretrainConfig, coerce, field_types, load_yaml
+from amcl.compare import GRID_OPTIONS
+from amcl.config import METHODS, PretrainConfig, coerce, field_types, load_yaml, option_names
 from amcl.errors import AmclError, AmclWarning
 
 #: The config options ``amcl preview`` takes (the dataset and how its images are read).
@@ -32,7 +33,7 @@ def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | 
     """One option per config field (or per field in ``names``), with its help, choices and default."""
     types = field_types()
     for f in dataclasses.fields(PretrainConfig):
-        if names is not None and f.name not in names:
+        if f.name not in (option_names() if names is None else names):
             continue
         flag = "--" + f.name.replace("_", "-")
         choices = f.metadata.get("choices")
@@ -108,9 +109,11 @@ def _resumed_config(args: argparse.Namespace) -> PretrainConfig:
     if not (folder / "config.yaml").is_file():
         reason = "does not exist" if not folder.exists() else "has no config.yaml"
         raise AmclError(f"--resume {folder} {reason}; give the --out folder of an amcl pretrain run")
-    values = load_yaml(folder / "config.yaml")
-    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in fields})
+    from amcl.runs import read_config
+
+    options = option_names()  # recorded values (the global batch) are recorded again for the resumed run
+    values = {k: v for k, v in read_config(folder / "config.yaml").items() if k in options}
+    values.update({k: v for k, v in vars(args).items() if k in options})
     values["out"] = str(folder)
     return PretrainConfig(**values).resolved()
 
@@ -175,14 +178,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 #: ``amcl compare`` takes every pretrain option except those its grid sets per cell.
-COMPARE_GRID_OPTIONS = ("method", "amcl", "augs", "seed", "runs", "out")
+COMPARE_OPTIONS = [name for name in option_names() if name not in GRID_OPTIONS]
 
 
 def _compare(args: argparse.Namespace) -> int:
     from amcl.compare import run_comparison
 
-    names = [f.name for f in dataclasses.fields(PretrainConfig) if f.name not in COMPARE_GRID_OPTIONS]
-    base = config_from_args(args, names, extras=("variants",))
+    base = config_from_args(args, COMPARE_OPTIONS, extras=("variants",))
     variants = load_yaml(args.config, extras=("variants",)).get("variants") or {} if args.config else {}
     if not isinstance(variants, dict):
         raise AmclError(f"config file {args.config!r}: variants must map names to options, e.g. "
@@ -304,8 +306,7 @@ def _add_commands(commands) -> None:
                          help="the metric the (first) table reports; linear_top1 implies --linear "
                               "[default: final_knn_acc]")
     compare.add_argument("--out", default="runs/compare", metavar="DIR", help="[default: runs/compare]")
-    _add_config_options(compare, [f.name for f in dataclasses.fields(PretrainConfig)
-                                  if f.name not in COMPARE_GRID_OPTIONS])
+    _add_config_options(compare, COMPARE_OPTIONS)
     compare.set_defaults(parser=compare, func=_compare)
 
 

@@ -30,10 +30,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import yaml
 
 from amcl.config import METHODS, PretrainConfig
 from amcl.errors import AmclError, warn
+from amcl.policies import parse_policy
+from amcl.runs import RESUMABLE_CHANGES, config_differences, finished_metrics, read_config, summarize_runs, write_atomic
 
 #: The built-in modes: each method's baseline, and AMCL with the shared options.
 MODES = ("baseline", "amcl")
@@ -54,8 +55,6 @@ LINEAR_RESULT = "eval-linear.json"
 
 #: Options the grid sets per run (they are not shared settings); a variant may set none but amcl.
 GRID_OPTIONS = ("method", "amcl", "augs", "seed", "runs", "out")
-#: Options that do not change what a run trains: a finished run saved with other values is still reused.
-NOT_COMPARED = ("out", "progress", "workers", "cache_images")
 #: Options whose defaults depend on the method or on AMCL (shown per method in results.md).
 PER_METHOD = ("lr", "temperature", "beta", "heads", "proj_hidden", "proj_dim", "proj_layers", "predictor_hidden")
 #: Shared options always named in results.md (others only when they differ from their default).
@@ -146,7 +145,7 @@ def run_comparison(
         raise AmclError(f"cannot write outputs to --out {grid.out}: {exc.strerror}; choose a writable folder") \
             from None
 
-    from amcl.train import pretrain_once
+    from amcl.train import pretrain_once  # Lightning loads only when a grid trains
 
     total, reused = len(grid.runs), sum(r.reused for r in grid.runs)
     print(f"amcl compare: {total} runs ({', '.join(grid.methods)} x {', '.join(grid.modes)} x augs "
@@ -194,9 +193,9 @@ def _add_linear(grid: _Grid, run: _Run) -> None:
 def parse_variants(variants: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Check named variants (``{name: {option: value}}``; option names with - or _) and return them with
     typed values and ``amcl`` set (True unless given). Raises AmclError naming the problem."""
-    from amcl.config import coerce
+    from amcl.config import coerce, option_names
 
-    known = {f.name for f in dataclasses.fields(PretrainConfig)}
+    known = set(option_names())
     parsed: dict[str, dict[str, Any]] = {}
     if not isinstance(variants, dict):
         raise AmclError("variants must be a mapping of name: {option: value, ...}")
@@ -239,8 +238,6 @@ def _plan(base: PretrainConfig, methods: Sequence[str], policies: Sequence[str],
           modes: Sequence[str], out: str | os.PathLike, metric: str, variants: dict[str, dict[str, Any]],
           linear: bool) -> _Grid:
     """Check the grid's inputs and resolve every run's config (raises AmclError, trains nothing)."""
-    from amcl.data.augment import parse_policy
-
     if metric not in METRICS:
         raise AmclError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
     methods = _unique("--methods", methods, "a method, e.g. simclr")
@@ -280,7 +277,6 @@ def _plan(base: PretrainConfig, methods: Sequence[str], policies: Sequence[str],
                                      out=str(folder))
                     try:
                         config = config.resolved()
-                        config = replace(config, precision=_effective_precision(config))  # as pretrain saves it
                     except AmclError as exc:
                         raise AmclError(f"{method} {mode}: {exc}") from None
                     grid.runs.append(_Run(method, mode, policy, seed, config))
@@ -299,46 +295,21 @@ def _unique(option: str, values: Iterable[Any] | None, example: str) -> list[Any
 
 def _finished_metrics(run: _Run) -> dict[str, Any] | None:
     """The run's metrics if it finished with the settings it would run with now; None to (re-)train it."""
-    from amcl.train import finished_metrics
-
     folder = run.folder
     metrics = finished_metrics(folder)
     if metrics is None:
         return None  # not started, or cut off: train (or resume) it
     fix = f"use another --out for this grid, or delete {folder} to run it again"
     try:
-        saved = yaml.safe_load((folder / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        saved = None
-    if not isinstance(saved, dict):
+        saved = read_config(folder / "config.yaml")
+    except AmclError:
         raise AmclError(f"the finished run in {folder} has no readable config.yaml, so its settings cannot be "
-                        f"checked; {fix}")
-    differences = _differences(saved, dataclasses.asdict(run.config))
+                        f"checked; {fix}") from None
+    differences = config_differences(saved, run.config)
     if differences:
         shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
         raise AmclError(f"{folder} holds a finished run with other settings ({shown}); {fix}")
     return metrics
-
-
-def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    from amcl.data.augment import parse_policy
-
-    def same(name: str, a: Any, b: Any) -> bool:
-        if name == "augs":
-            try:
-                return parse_policy(str(a)) == parse_policy(str(b))
-            except ValueError:
-                return False
-        return a == b and isinstance(a, bool) == isinstance(b, bool)  # 1 == 1.0, but True != 1
-
-    out = []
-    for name in dict.fromkeys([*current, *saved]):
-        if name in NOT_COMPARED:
-            continue
-        there, now = saved.get(name, "(unset)"), current.get(name, "(unknown option)")
-        if not same(name, there, now):
-            out.append(f"{name.replace('_', '-')} {there} there, {now} now")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -404,8 +375,6 @@ def _paired(grid: _Grid, method: str, mode: str, policy: str, metric: str) -> di
 
 
 def _cell_record(grid: _Grid, method: str, mode: str, policy: str) -> dict[str, Any]:
-    from amcl.train import summarize_runs
-
     runs = grid.cell_runs(method, mode, policy)
     finished = [r for r in runs if r.metrics is not None]
     per_seed = []
@@ -523,7 +492,7 @@ def _settings(grid: _Grid) -> list[str]:
     first = grid.runs[0].config
     defaults = PretrainConfig()
     shown = [f"{name.replace('_', ' ')} {_value(getattr(first, name))}" for name in KEY_SETTINGS]
-    skip = set(KEY_SETTINGS) | set(GRID_OPTIONS) | set(NOT_COMPARED) | set(PER_METHOD)
+    skip = set(KEY_SETTINGS) | set(GRID_OPTIONS) | set(RESUMABLE_CHANGES) | set(PER_METHOD)
     others = [f"--{f.name.replace('_', '-')} {_value(getattr(first, f.name))}" for f in dataclasses.fields(first)
               if f.name not in skip and getattr(first, f.name) != getattr(defaults, f.name)
               and all(getattr(run.config, f.name) == getattr(first, f.name) for run in grid.runs)]
@@ -593,24 +562,6 @@ def _write_results(grid: _Grid) -> dict[str, Any]:
         "cells": list(cells.values()),
     }
     json_path, md_path = grid.out / "results.json", grid.out / "results.md"
-    _write_atomic(json_path, json.dumps(data, indent=2) + "\n")
-    _write_atomic(md_path, "\n".join(lines))
+    write_atomic(json_path, json.dumps(data, indent=2) + "\n")
+    write_atomic(md_path, "\n".join(lines))
     return {"table": "\n\n".join(tables), "cells": data["cells"], "markdown": str(md_path), "json": str(json_path)}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file and ``os.replace``: a reader, or a grid killed while
-    writing, never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _effective_precision(config: PretrainConfig) -> str:
-    from amcl.train import effective_precision
-
-    return effective_precision(config)

@@ -1,8 +1,8 @@
 """The typed pre-training configuration: every option of ``amcl pretrain``, its default and its checks.
 
-Defaults that depend on the method (learning rate, temperature, beta) live in ``METHOD_DEFAULTS``
-and fill the options left unset (``None``); paper settings beyond those are YAML presets in
-``configs/``. A config can come from YAML (``--config FILE.yaml``) and the command line, the
+Defaults that depend on the method (learning rate, temperature, beta) are the method's
+(:data:`amcl.specs.METHOD_SPECS`) and fill the options left unset (``None``); paper settings beyond
+those are YAML presets in ``configs/``. A config can come from YAML (``--config FILE.yaml``) and the command line, the
 command line winning.
 """
 
@@ -18,61 +18,21 @@ from typing import Any
 import yaml
 
 from amcl.errors import AmclError
+from amcl.policies import parse_policy
+from amcl.specs import AMCL_FORMS, FORM_DEFAULTS, METHOD_SPECS, METHODS, TEMPERATURE_MODES
 
-METHODS = ("simclr", "moco", "simsiam", "barlow_twins")
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "stl10", "folder")
 #: Datasets read from --data-root, and those with an unlabeled split (--unlabeled).
 FILE_DATASETS = ("cifar10", "cifar100", "stl10", "folder")
 UNLABELED_DATASETS = ("stl10", "folder")
 CACHE_CHOICES = ("auto", "always", "never")
-TEMPERATURE_MODES = ("adaptive", "constant", "positive", "negative")
-AMCL_FORMS = ("hardest", "infonce", "softmax")
 #: The negative side of the regulariser (see amcl.losses.NEGATIVE_REGULARIZERS; kept here so the
 #: config needs no torch).
 NEGATIVE_REGULARIZERS = ("mean_omega", "sum_log_inverse")
 
-#: Per-method defaults from the authors' code and the paper's experimental settings.
-#: ``temperature`` is the baseline's constant for SimCLR and MoCo; for SimSiam and Barlow Twins,
-#: whose baselines have none, it is the AMCL constant-mode value, and 1.0 gives the baseline back.
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "simclr": {"lr": 0.06, "temperature": 0.5, "beta": 1e-4, "proj_hidden": 512, "proj_dim": 128, "proj_layers": 2},
-    "moco": {"lr": 0.08, "temperature": 0.1, "beta": 1e-4, "proj_hidden": 512, "proj_dim": 128, "proj_layers": 2},
-    "simsiam": {"lr": 0.05, "temperature": 1.0, "beta": 1e-4, "proj_hidden": 2048, "proj_dim": 2048,
-                "proj_layers": 3, "predictor_hidden": 512, "tau_min": 1.0, "tau_max": 2.0, "head_reduction": "mean"},
-    "barlow_twins": {"lr": 0.11, "temperature": 1.0, "beta": 1e-6, "proj_hidden": 2048, "proj_dim": 2048,
-                     "proj_layers": 3, "tau_min": 1.0, "tau_max": 2.0, "head_reduction": "mean"},
-}
-#: Above, SimSiam's and Barlow Twins' temperature bounds and head reduction are not the paper's: Eq. 2.2
-#: and 2.3 have no interior optimum in tau for the pairs that matter (every tau runs to tau_min, and
-#: Barlow Twins' diagonal tau_l = C_ll cancels its invariance term), so at the paper's [1e-5, 2] they
-#: diverge or collapse. [1, 2] keeps each method's own loss scale (tau_l >= 1 cannot cancel a
-#: correlation <= 1); see docs/results.md. PAPER_LITERAL below gives the paper's bounds back.
-
-#: Methods whose AMCL loss compares a positive with negatives (Eq. 2.1 / 2.4, or the softmax form).
-CONTRASTIVE_METHODS = ("simclr", "moco")
-
-#: The AMCL form ``--amcl`` uses on the contrastive methods unless ``--amcl-form`` says otherwise: the
-#: softmax form, chosen on the paired study of docs/results.md. ``--amcl-form hardest`` is Eq. 2.1 as
-#: printed, with the paper's beta and the sum over heads.
-RECOMMENDED_FORM = "softmax"
-#: The options that turn ``--amcl`` into the paper's equations exactly as printed (Eq. 2.1 for SimCLR and
-#: MoCo with the paper's beta, bounds and heads' sum; Eq. 2.2 / 2.3 at the paper's bounds).
-PAPER_LITERAL: dict[str, dict[str, Any]] = {
-    "simclr": {"amcl_form": "hardest"},
-    "moco": {"amcl_form": "hardest"},
-    "simsiam": {"tau_min": 1e-5, "tau_max": 2.0, "head_reduction": "sum"},
-    "barlow_twins": {"tau_min": 1e-5, "tau_max": 2.0, "head_reduction": "sum"},
-}
-#: Defaults that depend on the AMCL form (they fill options left unset, before the method's defaults).
-FORM_DEFAULTS: dict[str, dict[str, Any]] = {
-    "softmax": {"beta": 1e-2, "head_reduction": "mean", "tau_min": 0.05},
-    "hardest": {"head_reduction": "sum"},
-    "infonce": {"head_reduction": "sum"},
-}
-
 
 def _by_method(key: str) -> str:
-    values = [f"{m} {d[key]:g}" for m, d in METHOD_DEFAULTS.items() if key in d]
+    values = [f"{name} {spec.defaults[key]:g}" for name, spec in METHOD_SPECS.items() if key in spec.defaults]
     return "default: " + ", ".join(values)
 
 #: Image size used when ``image_size`` is unset.
@@ -81,8 +41,9 @@ DATASET_IMAGE_SIZES = {"digits": 16, "synthetic": 32, "cifar10": 32, "cifar100":
 IMAGENET_STEM_FROM = 128
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, recorded: bool = False) -> Any:
+    """A config field; ``recorded`` marks a value ``amcl pretrain`` fills in and saves, which is not an option."""
+    return field(default=default, metadata={"help": help, "choices": choices, "recorded": recorded})
 
 
 @dataclass
@@ -219,6 +180,10 @@ class PretrainConfig:
     )
     devices: str = _opt("1", "devices per node: a number, a list such as 0,1, or auto (all visible GPUs)")
     num_nodes: int = _opt(1, "machines (nodes) taking part; the global batch is batch-size x devices x nodes")
+    global_batch: int | None = _opt(
+        None, "recorded, not an option: the images of one optimisation step over all processes (batch-size x the "
+        "processes the run had), so that a checkpoint rebuilds on any machine", recorded=True,
+    )
     strategy: str = _opt("auto", "Lightning strategy: auto (DDP when there are several devices), ddp, ddp_spawn ...")
     sync_batchnorm: bool = _opt(False, "synchronise BatchNorm statistics across processes (SyncBatchNorm, CUDA)")
     channels_last: bool = _opt(True, "on CUDA, keep images and convolutions in channels-last memory format")
@@ -246,18 +211,20 @@ class PretrainConfig:
         return count * self.num_nodes
 
     def resolved(self) -> "PretrainConfig":
-        """A copy with every ``None`` replaced by its default, validated (raises AmclError).
+        """A copy with every ``None`` replaced by its default and ``precision auto`` made concrete, validated
+        (raises AmclError); ``global_batch`` is recorded as this machine's processes would make it.
 
-        AMCL options follow the form first (:data:`FORM_DEFAULTS`), then the method
-        (:data:`METHOD_DEFAULTS`); SimSiam and Barlow Twins have no form (``amcl_form`` stays None)."""
+        AMCL options follow the form first (:data:`amcl.specs.FORM_DEFAULTS`), then the method's spec;
+        SimSiam and Barlow Twins have no form (``amcl_form`` stays None)."""
         values = dataclasses.asdict(self)
-        if values["amcl_form"] is None and self.amcl and self.method in CONTRASTIVE_METHODS:
-            values["amcl_form"] = RECOMMENDED_FORM
+        spec = METHOD_SPECS.get(self.method)
+        if values["amcl_form"] is None and self.amcl and spec is not None:
+            values["amcl_form"] = spec.recommended_form
         if self.amcl:
             for key, value in FORM_DEFAULTS.get(values["amcl_form"] or "", {}).items():
                 if values[key] is None:
                     values[key] = value
-        for key, value in METHOD_DEFAULTS.get(self.method, {}).items():
+        for key, value in (spec.defaults if spec else {}).items():
             if values[key] is None:
                 values[key] = value
         if values["heads"] is None:
@@ -269,10 +236,13 @@ class PretrainConfig:
             values["head_reduction"] = "sum"
         if values["image_size"] is None:
             values["image_size"] = DATASET_IMAGE_SIZES.get(self.dataset, 32)
+        values["precision"] = effective_precision(values["precision"], values["accelerator"])  # config.yaml: what ran
         if values["backbone"] is None:
             values["backbone"] = "resnet18_imagenet" if values["image_size"] >= IMAGENET_STEM_FROM else "resnet18"
         cfg = PretrainConfig(**values)
         cfg.validate()
+        if cfg.global_batch is None:  # the processes this machine gives the run (``auto``: its GPUs)
+            cfg = dataclasses.replace(cfg, global_batch=cfg.batch_size * cfg.world_size)
         return cfg
 
     def validate(self) -> None:
@@ -283,7 +253,6 @@ class PretrainConfig:
             optional = name in ("head_reduction", "amcl_form")  # None: resolved from the form / the method
             if getattr(self, name) not in choices and not (optional and getattr(self, name) is None):
                 raise AmclError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")
-        from amcl.data.augment import parse_policy
         from amcl.nn.backbones import BACKBONES, image_size_problem, is_backbone_name
 
         try:
@@ -324,6 +293,10 @@ class PretrainConfig:
                 f"--devices {self.devices!r} with --num-nodes {self.num_nodes}: give a positive number of devices, "
                 "a list such as 0,1, or auto"
             ) from None
+        if self.global_batch is not None and (self.global_batch < self.batch_size
+                                              or self.global_batch % self.batch_size):
+            raise AmclError(f"global_batch {self.global_batch} is not a multiple of --batch-size {self.batch_size}; "
+                            "it is recorded by amcl pretrain: remove it from the config file")
         for name in ("seed", "split_seed"):
             if not 0 <= getattr(self, name) < 2**32:
                 raise AmclError(f"--{_flag(name)} must be in 0..{2**32 - 1}, got {getattr(self, name)}")
@@ -353,38 +326,41 @@ class PretrainConfig:
             raise AmclError(f"--class-list applies to --dataset folder, not {self.dataset}")
 
     def _validate_amcl(self) -> None:
-        contrastive = self.method in CONTRASTIVE_METHODS
-        if self.amcl_form not in (None, "hardest") and not contrastive:  # "hardest": configs of earlier versions
+        spec = METHOD_SPECS[self.method]
+        if self.amcl_form not in (None, "hardest") and not spec.contrastive:  # "hardest": configs of earlier versions
             raise AmclError(
                 f"--amcl-form {self.amcl_form} applies to simclr and moco; {self.method} has no negatives to "
                 f"{'rank' if self.amcl_form == 'infonce' else 'weigh'}: drop --amcl-form"
             )
-        if self.method == "simsiam" and self.temperature_mode == "negative":
+        if self.temperature_mode not in spec.temperature_modes:
             raise AmclError(
-                "--temperature-mode negative needs negative pairs, which simsiam does not have; use adaptive "
-                "(= positive) or constant"
+                f"--temperature-mode {self.temperature_mode} needs negative pairs, which {self.method} does not have; "
+                "use adaptive (= positive) or constant"
             )
-        if not contrastive:
+        if spec.negatives is None:
             return
         if self.amcl_form == "softmax":  # every negative takes part: there is no top-k to choose
             if self.topk != 1:
                 raise AmclError(f"--topk {self.topk} applies to --amcl-form hardest and infonce; the softmax form "
                                 "weighs every negative: drop --topk")
             return
-        if self.method == "simclr":
-            negatives, what = 2 * self.batch_size - 2, f"negatives of a batch of {self.batch_size}"
-            fix = "a larger --batch-size"
-        else:
-            negatives, what = self.queue_size, f"entries of the --queue-size {self.queue_size} queue"
-            fix = "a larger --queue-size"
-        negatives += self.amcl_form == "infonce"  # Eq. 2.4 also ranks the positive
+        negatives = spec.negatives.count(self) + (self.amcl_form == "infonce")  # Eq. 2.4 also ranks the positive
         if self.topk > negatives:
-            raise AmclError(
-                f"--topk {self.topk} is larger than the {negatives} {what}; use --topk <= {negatives} or {fix}"
-            )
+            raise AmclError(f"--topk {self.topk} is larger than the {negatives} {spec.negatives.what(self)}; use "
+                            f"--topk <= {negatives} or {spec.negatives.fix}")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def effective_precision(precision: str, accelerator: str) -> str:
+    """``--precision``, with ``auto`` made concrete: bf16-mixed on a CUDA GPU that supports it, else 32-true."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def _has_cuda() -> bool:
@@ -399,6 +375,11 @@ def _flag(name: str) -> str:
 
 def _choices(name: str) -> tuple[str, ...]:
     return next(f.metadata["choices"] for f in dataclasses.fields(PretrainConfig) if f.name == name)
+
+
+def option_names() -> list[str]:
+    """The config fields a user sets (command-line options and YAML keys), recorded values left out."""
+    return [f.name for f in dataclasses.fields(PretrainConfig) if not f.metadata.get("recorded")]
 
 
 def field_types() -> dict[str, type]:

@@ -1,5 +1,5 @@
 """``make demo``: each method three ways on the bundled digits, then a small table: the baseline, AMCL as
-the paper prints it (``PAPER_LITERAL``), and AMCL as we recommend it (``--amcl`` with its defaults).
+the paper prints it (its spec's ``paper_literal`` options), and AMCL as we recommend it (``--amcl`` with its defaults).
 
 By default SimCLR only (about 1.5 minutes on 2 CPU cores); ``--methods simclr moco simsiam barlow_twins``
 runs all four with each method's own defaults.
@@ -12,7 +12,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from amcl.config import METHODS, PAPER_LITERAL, PretrainConfig, load_yaml
+from amcl.config import METHODS, PretrainConfig, load_yaml
+from amcl.specs import METHOD_SPECS
 from amcl.errors import AmclError
 from amcl.train import pretrain
 
@@ -20,7 +21,7 @@ from amcl.train import pretrain
 #: The demo's three runs per method: a name suffix, what the table calls it, and the options over the config.
 MODES = (
     ("", "baseline", lambda method: {"amcl": False}),
-    ("-amcl-paper", "AMCL as printed", lambda method: {"amcl": True, **PAPER_LITERAL[method]}),
+    ("-amcl-paper", "AMCL as printed", lambda method: {"amcl": True, **METHOD_SPECS[method].paper_literal}),
     ("-amcl", "AMCL (recommended)", lambda method: {"amcl": True}),
 )
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print()
     print(format_table(rows))
-    print(f"\nEach run folder holds config.yaml, metrics.json (per-epoch loss and kNN accuracy) and last.ckpt.")
+    print("\nEach run folder holds config.yaml, metrics.json (per-epoch loss and kNN accuracy) and last.ckpt.")
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,24 +29,13 @@ from amcl import __version__
 from amcl.data.folders import DecodedImages, FolderSplits, file_batches
 from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError
+from amcl.runs import write_atomic
 from amcl.eval.checkpoint import load_pretrained, resolve_device
 from amcl.eval.features import evaluation_data
 
 __all__ = ["export_encoder", "load_encoder", "ENCODER_FORMAT"]
 
 ENCODER_FORMAT = "amcl-encoder/1"
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and move the result onto ``path``: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -125,22 +113,22 @@ def export_encoder(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise AmclError(f"cannot create the output folder {folder}: {err.strerror}; choose a writable --out") from None
-    _atomic_write(files[0], lambda p: torch.save(state, p))
+    write_atomic(files[0], lambda p: torch.save(state, p))
     if features:
         info["features"] = {}
         for split in splits:
             feats, labels, paths = _split_features(data, split, backbone, next(backbone.parameters()).device)
             names = {"features": folder / f"features-{split}.npy", "labels": folder / f"labels-{split}.npy"}
-            _atomic_write(names["features"], lambda p: _save_npy(p, feats))
-            _atomic_write(names["labels"], lambda p: _save_npy(p, labels))
+            write_atomic(names["features"], lambda p: _save_npy(p, feats))
+            write_atomic(names["labels"], lambda p: _save_npy(p, labels))
             files += list(names.values())
             if paths is not None:
                 names["paths"] = folder / f"paths-{split}.txt"
-                _atomic_write(names["paths"], lambda p: p.write_text("".join(f"{x}\n" for x in paths)))
+                write_atomic(names["paths"], lambda p: p.write_text("".join(f"{x}\n" for x in paths)))
                 files.append(names["paths"])
             info["features"][split] = {"count": int(len(labels)), "labelled": int((labels >= 0).sum()),
                                        **{k: v.name for k, v in names.items()}}
-    _atomic_write(files[1], lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
+    write_atomic(files[1], lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
     return {**info, "files": [str(f) for f in files]}
 
 

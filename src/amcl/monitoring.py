@@ -13,8 +13,8 @@ unless listed).
 from __future__ import annotations
 
 import csv
+import io
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from amcl.distributed import is_distributed
+from amcl.runs import write_atomic
 
 __all__ = [
     "EpochStatistics", "REDUCTIONS", "bound_shares", "masked_mean_min_max", "plot_curves", "temperature_statistics",
@@ -180,12 +181,11 @@ class EpochStatistics:
 def write_csv(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]]) -> None:
     """``metrics.csv``: one row per epoch, one column per value ever logged (blank where absent)."""
     columns = list(dict.fromkeys(key for record in epochs for key in record))
-    tmp = Path(path).with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(epochs)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(epochs)
+    write_atomic(path, text.getvalue())
 
 
 #: The curves.png panels drawn as plain lines per head: (metric key after "head<c>/", line style, label suffix).
@@ -253,6 +253,4 @@ def plot_curves(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]], 
         ax.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=10)
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

@@ -7,12 +7,7 @@ Writes into ``config.out``: ``config.yaml``, ``metrics.json`` (per-epoch loss, k
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import math
-import os
-import statistics
 import time
 import warnings
 from dataclasses import replace
@@ -25,20 +20,15 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from amcl.checkpointing import AtomicCheckpointIO, NonFiniteGuard, RandomStates, remove_partial_checkpoints
-from amcl.config import CONTRASTIVE_METHODS, PretrainConfig, load_yaml
+from amcl.config import PretrainConfig
 from amcl.data.datasets import load_configured_dataset
 from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError, warn
-from amcl.eval.checkpoint import read_checkpoint
 from amcl.methods import METHOD_CLASSES
 from amcl.monitoring import plot_curves, write_csv
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a reader never sees a half-written file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+from amcl.specs import METHOD_SPECS
+from amcl.runs import (RESUMABLE_CHANGES, config_differences, finished_metrics, read_checkpoint, read_config,
+                       run_record, summarize_runs, write_json)
 
 
 class MetricsRecorder(Callback):
@@ -89,7 +79,7 @@ class MetricsRecorder(Callback):
             self._warned.add(key)
             head, bound = key.split("/")[0], key.rsplit("_", 1)[-1]
             value = config.tau_min if bound == "min" else config.tau_max
-            if config.method not in CONTRASTIVE_METHODS and not (bound == "min" and value < 1.0):
+            if METHOD_SPECS[config.method].bound_is_expected and not (bound == "min" and value < 1.0):
                 continue
             warn(f"{share:.0%} of {head}'s temperatures sit at tau_{bound} = {value:g} in epoch {record['epoch']}: "
                  "AMCL may be collapsing (see 'Reading the curves' in the README); watch curves.png, or try "
@@ -140,10 +130,6 @@ def _trainer(config: PretrainConfig, **options: Any) -> L.Trainer:
         ) from None
 
 
-#: Options that may differ when a run is resumed: they change how it runs, not what it computes.
-RESUMABLE_CHANGES = ("progress", "workers", "cache_images", "on_nonfinite", "out")
-
-
 def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     """One run of a resolved config; returns the metrics summary (plus ``time_s``, the wall-clock time).
 
@@ -152,7 +138,6 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
     it is, and a folder without a checkpoint starts from scratch.
     """
     out = Path(config.out)
-    config = replace(config, precision=effective_precision(config))  # config.yaml records what ran
     checkpoint = out / "last.ckpt"
     if resume:
         finished = _finished_run(config, out)
@@ -171,7 +156,6 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
     data = ContrastiveDataModule(splits, config.batch_size, config.augs, config.image_size, config.color_strength,
                                  workers=config.workers, seed=config.seed, channels_last=config.channels_last)
     monitor = data.can_monitor  # no kNN without labelled train and held-out images (e.g. unlabeled folders)
-    model = METHOD_CLASSES[config.method](config, splits.num_classes, data.normalization)
     recorder = MetricsRecorder(out / "metrics.json")
     # order matters: the epoch is recorded and checked before the checkpoint that includes it is written
     callbacks = [recorder, NonFiniteGuard(), RandomStates(),
@@ -202,6 +186,13 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
         callbacks=callbacks + ([TrainingProgressBar()] if config.progress else []),
         default_root_dir=out,
     )
+    global_batch = config.batch_size * trainer.world_size
+    if resuming and config.global_batch != global_batch:
+        raise AmclError(f"cannot resume {out} on {trainer.world_size} process(es): the run trained with a global "
+                        f"batch of {config.global_batch} (--batch-size {config.batch_size} x "
+                        f"{config.global_batch // config.batch_size} processes); resume it with as many --devices")
+    config = replace(config, global_batch=global_batch)  # what ran, in config.yaml and the checkpoint
+    model = METHOD_CLASSES[config.method](config, splits.num_classes, data.normalization)
     started = time.time()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -234,59 +225,14 @@ def _finished_run(config: PretrainConfig, out: Path) -> dict[str, Any] | None:
         if (out / "last.ckpt").is_file():
             raise AmclError(f"{out} has a checkpoint but no config.yaml; it was not written by amcl pretrain")
         return None
-    saved = load_yaml(saved_path)
-    current = dataclasses.asdict(config)
-    differences = [f"--{k.replace('_', '-')} {current[k]!r} now, {saved[k]!r} in the run"
-                   for k in current if k not in RESUMABLE_CHANGES and k in saved and saved[k] != current[k]]
+    differences = config_differences(read_config(saved_path), config)
     if differences:
-        raise AmclError(
-            f"cannot resume {out} with other settings ({'; '.join(differences[:3])}); resume with the run's own "
-            f"settings (only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_CHANGES[:-1])} may change)"
-        )
+        may_change = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_CHANGES if k != "out")
+        raise AmclError(f"cannot resume {out} with other settings ({'; '.join(differences[:3])}); resume with the "
+                        f"run's own settings (only {may_change} may change)")
     if (out / "last.ckpt").is_file():
         read_checkpoint(out / "last.ckpt")  # a truncated or foreign file: a clear error, not a traceback
     return finished_metrics(out)
-
-
-def finished_metrics(out: Path) -> dict[str, Any] | None:
-    """The metrics of the run in ``out`` if it ended normally (None if it did not start or was cut off),
-    with ``time_s`` from ``run.json``, where clock times live."""
-    try:
-        metrics = json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(metrics, dict) or metrics.get("complete") is not True:
-        return None
-    try:
-        metrics["time_s"] = json.loads((out / "run.json").read_text())["time_s"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return metrics
-
-
-def run_record(config: PretrainConfig, started: float, epoch_seconds: list[float], resumed: bool) -> dict[str, Any]:
-    """``run.json``: when and where the run ran, with which versions, and how long each epoch took."""
-    import platform
-    import sys
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for package in ("amcl", "torch", "lightning", "kornia", "numpy", "scikit-learn", "pillow"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return {
-        "versions": {"python": platform.python_version(), **versions},
-        "platform": platform.platform(),
-        "command": " ".join(sys.argv),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "resumed": resumed,
-        "epoch_seconds": epoch_seconds,
-        "time_s": round(sum(epoch_seconds), 3),
-        "seed": config.seed,
-    }
 
 
 def _tensorboard(out: Path):
@@ -307,16 +253,6 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def effective_precision(config: PretrainConfig) -> str:
-    """``config.precision``, with ``auto`` made concrete: bf16-mixed on a CUDA GPU that supports it."""
-    if config.precision != "auto":
-        return config.precision
-    import torch
-
-    cuda = config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
-
-
 def _devices(devices: str) -> int | list[int] | str:
     """``--devices`` as Lightning takes it: a count, a list of indices, or ``auto``."""
     text = str(devices).strip()
@@ -325,33 +261,6 @@ def _devices(devices: str) -> int | list[int] | str:
     if "," in text or text.startswith("["):
         return [int(d) for d in text.strip("[]").split(",") if d.strip()]
     return int(text)
-
-
-_SUMMARY_KEYS = ("final_loss", "final_knn_acc", "best_knn_acc", "time_s")
-_NOT_SUMMARISED = ("epoch", "step", "time_s", "loss", "knn_acc")
-
-
-def summarize_runs(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean, sample standard deviation (0 for one run) and values over runs of every metric: the run
-    summaries' ``final_loss``, ``final_knn_acc``, ``best_knn_acc``, ``time_s``, and ``final_<name>`` for
-    every other value of the last epoch (e.g. ``final_tau_pos_mean``). Runs lacking a metric are left
-    out of its statistics; a non-finite value (a diverged run's loss) makes the std nan."""
-    per_run: list[dict[str, float]] = []
-    for result in results:
-        values = {k: result.get(k) for k in _SUMMARY_KEYS}
-        last = result["epochs"][-1] if result.get("epochs") else {}
-        values.update({f"final_{k}": v for k, v in last.items() if k not in _NOT_SUMMARISED})
-        per_run.append({k: float(v) for k, v in values.items() if isinstance(v, (int, float))})
-    summary = {}
-    for key in dict.fromkeys(k for run in per_run for k in run):
-        values = [run[key] for run in per_run if key in run]
-        spread = statistics.stdev(values) if len(values) > 1 and all(map(math.isfinite, values)) else math.nan
-        summary[key] = {
-            "mean": statistics.fmean(values),  # nan or inf when a run's value was (a diverged run)
-            "std": 0.0 if len(values) == 1 else spread,
-            "values": values,
-        }
-    return summary
 
 
 def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:

@@ -18,42 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-AUGMENTATION_CODES: dict[str, str] = {
-    "a": "random resized crop (scale 0.08-1.0, ratio 3/4-4/3)",
-    "b": "Gaussian blur (p=0.5, kernel ~10% of image size, sigma 0.1-2.0)",
-    "c": "colour dropping / random grayscale (p=0.2)",
-    "d": "colour distortion / colour jitter (p=0.8, strength s)",
-    "e": "horizontal flip (p=0.5)",
-}
-POLICY_KEYWORDS: dict[str, str] = {"default": "acde", "color": "color"}
-APPLY_ORDER = "aedcb"
+from amcl.policies import APPLY_ORDER, AUGMENTATION_CODES, POLICY_KEYWORDS, parse_policy, policy_help  # noqa: F401
+
 DEFAULT_PROBABILITIES: dict[str, float] = {"a": 1.0, "b": 0.5, "c": 0.2, "d": 0.8, "e": 0.5}
-
-
-def _valid_help() -> str:
-    codes = ", ".join(f"{k}={v}" for k, v in AUGMENTATION_CODES.items())
-    return f"valid codes: {codes}; keywords: {', '.join(POLICY_KEYWORDS)}"
-
-
-def parse_policy(policy: str) -> str:
-    """Return the canonical form of ``policy``: its sorted letters, or ``"color"``.
-
-    ``"default"`` maps to ``"acde"``. Raises :class:`ValueError` for an empty
-    policy, unknown letters or repeated letters.
-    """
-    key = policy.strip().lower()
-    if key in POLICY_KEYWORDS:
-        return POLICY_KEYWORDS[key]
-    if not key:
-        raise ValueError(f"empty augmentation policy; {_valid_help()}")
-    for kind, bad in (
-        ("unknown", sorted({ch for ch in key if ch not in AUGMENTATION_CODES})),
-        ("repeated", sorted({ch for ch in key if key.count(ch) > 1})),
-    ):
-        if bad:
-            names = ", ".join(map(repr, bad))
-            raise ValueError(f"{kind} augmentation code(s) {names} in policy {policy!r}; {_valid_help()}")
-    return "".join(sorted(key))
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -92,7 +59,7 @@ class ViewAugmentation(nn.Module):
             letters, probs["d"] = "ad", 1.0
         for code, p in (probabilities or {}).items():
             if code not in AUGMENTATION_CODES:
-                raise ValueError(f"unknown augmentation code {code!r} in probabilities; {_valid_help()}")
+                raise ValueError(f"unknown augmentation code {code!r} in probabilities; {policy_help()}")
             probs[code] = float(p)
         size, s = self.image_size, self.color_strength
         builders = {

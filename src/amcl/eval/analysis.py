@@ -28,9 +28,7 @@ every pair).
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,6 +42,7 @@ from amcl.data.augment import TwoViews, parse_policy
 from amcl.data.folders import DecodedImages, FolderSplits, ImageFiles, file_batches
 from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError
+from amcl.runs import write_atomic, write_json
 
 __all__ = [
     "ANALYSIS_FORMAT",
@@ -249,7 +248,8 @@ def pair_temperatures_by_head(
       Eq. 2.2. SimSiam's loss has no negative pairs: their temperatures show what the network would give them.
     * Barlow Twins: the temperatures are per channel pair (tau_lm over the batch-wise channel vectors):
       the diagonal tau_ll is reported as "positive", the off-diagonal as "negative", computed on the first
-      ``config.batch_size`` positive pairs; ``(None, reason)`` when there are fewer images.
+      ``config.global_batch`` positive pairs (the global batch its network reads: ``batch_size`` x the
+      run's processes); ``(None, reason)`` when there are fewer images.
     """
     net, config = getattr(model, "temperature_net", None), model.config
     if net is None:
@@ -257,9 +257,9 @@ def pair_temperatures_by_head(
     adaptive_pos, adaptive_neg = _adaptive_sides(model)
     z1, z2 = features.z1, features.z2
     if config.method == "barlow_twins":
-        batch = config.batch_size
+        batch = config.global_batch
         if len(features) < batch:
-            return None, (f"Barlow Twins' temperatures need {batch} images (its --batch-size), but only "
+            return None, (f"Barlow Twins' temperatures need {batch} images (its global batch), but only "
                           f"{len(features)} were analysed")
         taus = model.channel_temperatures(z1[:, :batch], z2[:, :batch])
         taus = torch.as_tensor(taus).float().expand(z1.shape[0], z1.shape[-1], z1.shape[-1])
@@ -410,22 +410,8 @@ def _overlap_figure(panels: Sequence[dict[str, Any]], title: str):
 # --------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then move tmp onto ``path``, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except OSError as err:
-        raise AmclError(f"cannot write {path}: {err.strerror}; choose a writable --out") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _save_figure(fig, path: Path) -> None:
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 # --------------------------------------------------------------------------- held-out images
@@ -519,7 +505,7 @@ def analyze_checkpoint(
         )
     notes: list[str] = []
     learns = getattr(model, "temperature_net", None) is not None
-    barlow_batch = config.batch_size if (config.method == "barlow_twins" and learns) else 0
+    barlow_batch = config.global_batch if (config.method == "barlow_twins" and learns) else 0
     generator = torch.Generator().manual_seed(seed)
     images = _held_out_images(data, min(held_out, max(pairs, barlow_batch)), generator, target)
     used = min(pairs, len(images))
@@ -556,7 +542,7 @@ def analyze_checkpoint(
         temperature["kind"] = kind
         temperature["saturation_tolerance"] = SATURATION_TOLERANCE
         if kind == "channel":
-            temperature["note"] = (f"Barlow Twins: temperatures of channel pairs on the first {config.batch_size} "
+            temperature["note"] = (f"Barlow Twins: temperatures of channel pairs on the first {config.global_batch} "
                                    "positive pairs; positive = diagonal tau_ll, negative = off-diagonal tau_lm")
         elif config.method == "simsiam":
             temperature["note"] = ("SimSiam: tau(p_a, z_b) of view a's prediction and view b's projection; its loss "
@@ -616,6 +602,6 @@ def analyze_checkpoint(
         stale.unlink()  # from an earlier analysis of another checkpoint into this folder
     result["figures"] = figures
     json_path = folder / "analysis.json"
-    _atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+    write_json(json_path, result, indent=1)
     files = [str(folder / f) for f in figures.values()] + [str(json_path)]
     return {**result, "files": files}

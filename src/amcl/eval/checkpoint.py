@@ -1,8 +1,8 @@
 """Loading a pre-training checkpoint (``last.ckpt``) back into its method, safely.
 
-Checkpoints are read with ``torch.load(weights_only=True)``, which refuses arbitrary pickled
-objects; a file that is missing, truncated, not a torch file or not written by ``amcl pretrain``
-raises :class:`~amcl.errors.AmclError` with a one-line message.
+Checkpoints are read by :func:`amcl.runs.read_checkpoint` (``torch.load(weights_only=True)``); a file
+that is missing, truncated, not a torch file or not written by ``amcl pretrain`` raises
+:class:`~amcl.errors.AmclError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError
+from amcl.runs import read_checkpoint, upgrade_config
 
 __all__ = ["Pretrained", "load_pretrained", "read_checkpoint", "resolve_device"]
 
@@ -35,30 +36,6 @@ class Pretrained:
         return self.model.backbone
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checkpoint dict of an ``amcl pretrain`` run (tensors on the CPU), checked to be one of ours."""
-    p = Path(path)
-    if p.is_dir():
-        if not (p / "last.ckpt").is_file():
-            raise AmclError(f"{p} is a folder without last.ckpt; give a checkpoint file or an amcl pretrain --out folder")
-        p = p / "last.ckpt"
-    if not p.is_file():
-        raise AmclError(f"checkpoint {p} does not exist; give the last.ckpt an amcl pretrain run wrote")
-    try:
-        checkpoint = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds on truncated or foreign files
-        reason = " ".join(str(err).split())[:160]
-        raise AmclError(
-            f"cannot read checkpoint {p} ({type(err).__name__}: {reason}); it is truncated or not a checkpoint "
-            "written by amcl pretrain"
-        ) from None
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not (isinstance(hparams, dict) and isinstance(hparams.get("config"), dict) and "state_dict" in checkpoint):
-        raise AmclError(f"{p} is a torch file but not an amcl pretrain checkpoint (no config or state_dict)")
-    checkpoint["path"] = str(p)
-    return checkpoint
-
-
 def load_pretrained(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Pretrained:
     """Rebuild the method a checkpoint was trained with, load its weights, and put it in eval mode."""
     from amcl.methods import METHOD_CLASSES
@@ -67,10 +44,10 @@ def load_pretrained(path: str | os.PathLike[str], device: str | torch.device = "
     hparams = checkpoint["hyper_parameters"]
     known = PretrainConfig.__dataclass_fields__
     try:
-        saved = dict(hparams["config"])
-        saved.setdefault("split_seed", saved.get("seed", 0))  # written before --split-seed: --seed drew the split
+        method = METHOD_CLASSES[hparams["config"]["method"]]
+        saved = method.saved_config(upgrade_config(hparams["config"]), checkpoint["state_dict"])
         config = PretrainConfig(**{k: v for k, v in saved.items() if k in known})
-        model = METHOD_CLASSES[config.method](config, int(hparams["num_classes"]), hparams.get("normalization"))
+        model = method(config, int(hparams["num_classes"]), hparams.get("normalization"))
         model.load_state_dict(checkpoint["state_dict"])
     except (KeyError, TypeError, RuntimeError, AmclError) as err:
         reason = " ".join(str(err).split())[:200]
@@ -79,7 +56,7 @@ def load_pretrained(path: str | os.PathLike[str], device: str | torch.device = "
             "version that wrote it"
         ) from None
     model.eval().to(device)
-    return Pretrained(model, config, int(hparams["num_classes"]), hparams.get("normalization"),
+    return Pretrained(model, model.config, int(hparams["num_classes"]), hparams.get("normalization"),
                       Path(checkpoint["path"]))
 
 

@@ -9,7 +9,6 @@ held-out images, runs the protocol, and writes the result (top-1, top-5, setting
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from amcl.errors import AmclError
+from amcl.runs import write_json
 
 __all__ = ["PROTOCOLS", "evaluate_checkpoint"]
 
@@ -82,11 +82,9 @@ def _check_labelled(data_module, config) -> None:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically (a temporary file, then ``os.replace``), creating the folder if needed."""
-    tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json(path, data)
     except OSError as exc:
         raise AmclError(f"cannot write the result to {path}: {exc.strerror or exc}; choose a writable --out") from None
 

@@ -18,8 +18,9 @@ class BarlowTwins(PretrainMethod):
     """Backbone + C BatchNorm projectors (2048, 3 layers). With AMCL the temperature tau_lm of each
     cross-correlation entry comes from one temperature network over the batch-wise channel
     vectors (each channel's B standardised values, whose inner products give C): one ``[C, d, d]``
-    matrix per step. Its input size is the global batch size (``batch_size`` x processes), so
-    every batch must have ``config.batch_size`` images on every process.
+    matrix per step. Its input size is the global batch (``config.global_batch``: ``batch_size``
+    x processes, recorded when the run starts), so every batch must have ``config.batch_size``
+    images on every process.
 
     With several processes the projections are gathered (with gradients): the cross-correlation
     and its temperatures are those of the global batch.
@@ -32,7 +33,15 @@ class BarlowTwins(PretrainMethod):
         super().__init__(config, num_classes, normalization)
         config = self.config
         self.projector = self.make_projector(batch_norm=True)
-        self.temperature_net = self.make_temperature_net(config.batch_size * config.world_size)
+        self.temperature_net = self.make_temperature_net(config.global_batch)
+
+    @classmethod
+    def saved_config(cls, saved: dict, state_dict: dict[str, Tensor]) -> dict:
+        """Checkpoints from before ``global_batch`` was recorded: phi's input width is the global batch."""
+        weight = state_dict.get("temperature_net.phi.0.weight")
+        if saved.get("global_batch") is None and weight is not None:
+            return {**saved, "global_batch": int(weight.shape[1])}
+        return saved
 
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         batch, cfg = view1.shape[0], self.config
@@ -57,9 +66,10 @@ class BarlowTwins(PretrainMethod):
         cfg, net = self.config, self.temperature_net
         if net is None:
             return cfg.temperature
-        batch, expected = z1.shape[1], cfg.batch_size * cfg.world_size
+        batch, expected = z1.shape[1], cfg.global_batch
         if batch != expected:
-            processes = f" on each of {cfg.world_size} processes" if cfg.world_size > 1 else ""
+            world = expected // cfg.batch_size
+            processes = f" on each of {world} processes" if world > 1 else ""
             raise AmclError(
                 f"AMCL Barlow Twins' temperature network reads channel vectors of length {expected} (the global "
                 f"batch: --batch-size {cfg.batch_size}{processes}), but got a batch of {batch} images; keep every "

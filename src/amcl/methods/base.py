@@ -34,6 +34,8 @@ class PretrainMethod(L.LightningModule):
         checkpoint so evaluation normalises images exactly as training did."""
         super().__init__()
         config = PretrainConfig(**config) if isinstance(config, dict) else config
+        if config.global_batch is None:  # a config built by hand, not resolved: the processes it names
+            config = dataclasses.replace(config, global_batch=config.batch_size * config.world_size)
         self.save_hyperparameters(
             {"config": dataclasses.asdict(config), "num_classes": num_classes, "normalization": normalization}
         )
@@ -75,6 +77,12 @@ class PretrainMethod(L.LightningModule):
 
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+    @classmethod
+    def saved_config(cls, saved: dict, state_dict: dict[str, Tensor]) -> dict:
+        """A checkpoint's config values with what its version did not record read from its weights
+        (methods whose shapes depend on such a value override this)."""
+        return saved
 
     def record_statistics(self, stats: dict[str, Tensor]) -> None:
         """Add one step's per-head statistics (see :mod:`amcl.monitoring`); they stay on the device."""

@@ -1,0 +1,228 @@
+"""The run folder: the one place that writes and reads what a run leaves on disk.
+
+A pre-training run's ``--out`` folder holds ``config.yaml`` (every option, resolved), ``metrics.json``
+and ``metrics.csv`` (per epoch), ``run.json`` (clock times and versions), ``last.ckpt`` and
+``curves.png``; ``amcl eval``, ``analyze`` and ``export`` add their files beside them. Here live:
+
+* :func:`write_atomic` / :func:`write_json`: every file the tool writes goes through a temporary file
+  in the same folder and a rename, so a reader (or a run killed mid-write) never sees half a file;
+* :func:`read_config`: a saved ``config.yaml`` as option values, with the keys older versions did not
+  write filled in as those versions behaved;
+* :func:`config_differences`: whether a saved run has the settings of a config (one rule for
+  ``--resume`` and ``amcl compare``; :data:`RESUMABLE_CHANGES` may differ);
+* :func:`finished_metrics`, :func:`read_checkpoint`: a finished run and its checkpoint, checked;
+* :func:`run_record` and :func:`summarize_runs`: ``run.json`` and the summary over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from amcl.config import PretrainConfig, load_yaml, option_names
+from amcl.errors import AmclError
+from amcl.policies import parse_policy
+
+__all__ = [
+    "RESUMABLE_CHANGES", "config_differences", "finished_metrics", "read_checkpoint", "read_config",
+    "run_record", "summarize_runs", "write_atomic", "write_json",
+]
+
+#: Options that may differ between a saved run and the config that continues or reuses it: they change
+#: how the run goes, not what it computes.
+RESUMABLE_CHANGES = ("out", "progress", "workers", "cache_images", "on_nonfinite")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike[str], content: str | bytes | Callable[[Path], None],
+                 durable: bool = False) -> None:
+    """Write ``content`` (text, bytes, or a function writing the temporary path it is given) to ``path``
+    through a temporary file beside it and ``os.replace``. ``durable`` flushes the file to disk before
+    the rename (checkpoints). The file gets the umask's permissions like any other; the temporary file
+    is removed on any failure, and an ``OSError`` becomes an :class:`AmclError` naming the file."""
+    target = Path(path)
+    try:
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise AmclError(f"cannot write {target}: {exc.strerror or exc}; choose a writable folder") from None
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files
+        if callable(content):
+            os.close(fd)
+            fd = -1
+            content(tmp)
+            if durable:
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+        else:
+            with os.fdopen(fd, "wb") as f:
+                fd = -1
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise AmclError(f"cannot write {target}: {exc.strerror or exc}; free some space or choose a writable "
+                        "folder") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike[str], data: Any, indent: int = 2) -> None:
+    """``data`` as JSON, written atomically (see :func:`write_atomic`)."""
+    write_atomic(path, json.dumps(data, indent=indent) + "\n")
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The options of a saved ``config.yaml`` (checked and typed by :func:`amcl.config.load_yaml`), with
+    what older versions did not record filled in as they behaved (see :func:`upgrade_config`)."""
+    return upgrade_config(load_yaml(path))
+
+
+def upgrade_config(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config's values with the keys of later versions added as the writing version behaved:
+    before ``split_seed``, ``seed`` drew the data split; before ``global_batch`` was recorded, it was
+    ``batch_size`` x the processes ``devices`` named (``auto``: see :func:`amcl.methods.load_config`)."""
+    values = dict(saved)
+    values.setdefault("split_seed", values.get("seed", 0))
+    if values.get("global_batch") is None and str(values.get("devices", "1")).strip() not in ("auto", "-1"):
+        defaults = PretrainConfig()
+        known = {k: v for k, v in values.items() if k in PretrainConfig.__dataclass_fields__}
+        try:
+            probe = PretrainConfig(**{**known, "global_batch": None})
+            values["global_batch"] = int(values.get("batch_size", defaults.batch_size)) * probe.world_size
+        except (TypeError, ValueError):
+            pass  # an unreadable devices value: left to the config's own checks
+    return values
+
+
+def _same(name: str, saved: Any, current: Any) -> bool:
+    if name == "augs":  # 'default' and 'acde' are one policy
+        try:
+            return parse_policy(str(saved)) == parse_policy(str(current))
+        except ValueError:
+            return False
+    return saved == current and isinstance(saved, bool) == isinstance(current, bool)  # 1 == 1.0, True != 1
+
+
+def config_differences(saved: Mapping[str, Any], current: PretrainConfig) -> list[str]:
+    """``--option saved-value in the run, current-value now`` for every option (outside
+    :data:`RESUMABLE_CHANGES`) in which a saved run's config differs from ``current``. Options the saved
+    config does not hold (written by an older version) are taken to match."""
+    now, options = current.__dict__, set(option_names())
+    return [f"{'--' + name.replace('_', '-') if name in options else name} {saved[name]!r} in the run, "
+            f"{now[name]!r} now"
+            for name in now if name not in RESUMABLE_CHANGES and name in saved and not _same(name, saved[name], now[name])]
+
+
+def finished_metrics(out: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The metrics of the run in ``out`` if it ended normally (None if it did not start or was cut off),
+    with ``time_s`` from ``run.json``, where clock times live."""
+    folder = Path(out)
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or metrics.get("complete") is not True:
+        return None
+    try:
+        metrics["time_s"] = json.loads((folder / "run.json").read_text())["time_s"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return metrics
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint dict of an ``amcl pretrain`` run (tensors on the CPU), checked to be one of ours.
+
+    Read with ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects; a folder is
+    read as its ``last.ckpt``. A missing, truncated or foreign file raises :class:`AmclError`."""
+    import torch
+
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "last.ckpt").is_file():
+            raise AmclError(f"{p} is a folder without last.ckpt; give a checkpoint file or an amcl pretrain --out folder")
+        p = p / "last.ckpt"
+    if not p.is_file():
+        raise AmclError(f"checkpoint {p} does not exist; give the last.ckpt an amcl pretrain run wrote")
+    try:
+        checkpoint = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds on truncated or foreign files
+        reason = " ".join(str(err).split())[:160]
+        raise AmclError(
+            f"cannot read checkpoint {p} ({type(err).__name__}: {reason}); it is truncated or not a checkpoint "
+            "written by amcl pretrain"
+        ) from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not (isinstance(hparams, dict) and isinstance(hparams.get("config"), dict) and "state_dict" in checkpoint):
+        raise AmclError(f"{p} is a torch file but not an amcl pretrain checkpoint (no config or state_dict)")
+    checkpoint["path"] = str(p)
+    return checkpoint
+
+
+def run_record(config: PretrainConfig, started: float, epoch_seconds: list[float], resumed: bool) -> dict[str, Any]:
+    """``run.json``: when and where the run ran, with which versions, and how long each epoch took."""
+    import platform
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {}
+    for package in ("amcl", "torch", "lightning", "kornia", "numpy", "scikit-learn", "pillow"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {
+        "versions": {"python": platform.python_version(), **versions},
+        "platform": platform.platform(),
+        "command": " ".join(sys.argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resumed": resumed,
+        "epoch_seconds": epoch_seconds,
+        "time_s": round(sum(epoch_seconds), 3),
+        "seed": config.seed,
+    }
+
+
+_SUMMARY_KEYS = ("final_loss", "final_knn_acc", "best_knn_acc", "time_s")
+_NOT_SUMMARISED = ("epoch", "step", "time_s", "loss", "knn_acc")
+
+
+def summarize_runs(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean, sample standard deviation (0 for one run) and values over runs of every metric: the run
+    summaries' ``final_loss``, ``final_knn_acc``, ``best_knn_acc``, ``time_s``, and ``final_<name>`` for
+    every other value of the last epoch (e.g. ``final_tau_pos_mean``). Runs lacking a metric are left
+    out of its statistics; a non-finite value (a diverged run's loss) makes the std nan."""
+    per_run: list[dict[str, float]] = []
+    for result in results:
+        values = {k: result.get(k) for k in _SUMMARY_KEYS}
+        last = result["epochs"][-1] if result.get("epochs") else {}
+        values.update({f"final_{k}": v for k, v in last.items() if k not in _NOT_SUMMARISED})
+        per_run.append({k: float(v) for k, v in values.items() if isinstance(v, (int, float))})
+    summary = {}
+    for key in dict.fromkeys(k for run in per_run for k in run):
+        values = [run[key] for run in per_run if key in run]
+        spread = statistics.stdev(values) if len(values) > 1 and all(map(math.isfinite, values)) else math.nan
+        summary[key] = {
+            "mean": statistics.fmean(values),  # nan or inf when a run's value was (a diverged run)
+            "std": 0.0 if len(values) == 1 else spread,
+            "values": values,
+        }
+    return summary

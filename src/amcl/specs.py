@@ -1,0 +1,123 @@
+"""What each method is, without loading it: its defaults, the AMCL forms and temperature modes it
+allows, how many negatives it ranks, and what its temperatures mean. Torch-free, so the config reads
+its defaults and checks here; the LightningModules in :mod:`amcl.methods` implement the methods.
+
+Adding a method: its module in ``amcl/methods/``, its :class:`MethodSpec` in :data:`METHOD_SPECS`
+below, its line in :data:`amcl.methods.METHOD_CLASSES`, and its tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+#: The AMCL loss forms of the contrastive methods (SimCLR, MoCo); the others have one, their paper equation.
+AMCL_FORMS = ("hardest", "infonce", "softmax")
+TEMPERATURE_MODES = ("adaptive", "constant", "positive", "negative")
+
+
+@dataclass(frozen=True)
+class Negatives:
+    """The negatives one anchor's loss ranks (for ``--topk``): how many a config gives, what they are,
+    and the option that gives more."""
+
+    count: Callable[[Any], int]
+    what: Callable[[Any], str]
+    fix: str
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method as the rest of amcl sees it.
+
+    ``defaults`` fill the options a config leaves unset (after the AMCL form's). ``amcl_forms`` are the
+    forms ``--amcl-form`` may pick (empty: one form, the method's paper equation), the first being
+    the one ``--amcl`` uses. ``paper_literal`` are the options that make ``--amcl`` the paper's
+    equation exactly as printed. ``negatives`` is None for methods without negative pairs.
+    ``bound_is_expected``: the loss has no interior optimum in tau (Eq. 2.2 / 2.3), so temperatures
+    resting on a bound are no warning sign unless the floor is below 1 (which scales the loss up).
+    ``temperature_note`` says what ``amcl analyze``'s "positive" and "negative" temperatures are."""
+
+    name: str
+    title: str
+    defaults: Mapping[str, Any]
+    paper_literal: Mapping[str, Any]
+    amcl_forms: tuple[str, ...] = ()
+    temperature_modes: tuple[str, ...] = TEMPERATURE_MODES
+    negatives: Negatives | None = None
+    baseline_temperature: bool = False
+    bound_is_expected: bool = False
+    temperature_note: str | None = None
+    analysis_note: str | None = None
+
+    @property
+    def contrastive(self) -> bool:
+        """Whether the AMCL loss compares a positive with negatives (Eq. 2.1 / 2.4, or the softmax form)."""
+        return bool(self.amcl_forms)
+
+    @property
+    def recommended_form(self) -> str | None:
+        return self.amcl_forms[0] if self.amcl_forms else None
+
+
+#: The contrastive methods' forms, the recommended first: the softmax form, chosen on the paired study
+#: of docs/results.md; ``hardest`` is Eq. 2.1 as printed, ``infonce`` Eq. 2.4.
+_CONTRASTIVE_FORMS = ("softmax", "hardest", "infonce")
+
+# Per-method defaults from the authors' code and the paper's experimental settings. ``temperature`` is
+# the baseline's constant for SimCLR and MoCo; for SimSiam and Barlow Twins, whose baselines have none,
+# it is the AMCL constant-mode value, and 1.0 gives the baseline back. SimSiam's and Barlow Twins'
+# temperature bounds and head reduction are not the paper's: Eq. 2.2 and 2.3 have no interior optimum in
+# tau for the pairs that matter (every tau runs to tau_min, and Barlow Twins' diagonal tau_l = C_ll
+# cancels its invariance term), so at the paper's [1e-5, 2] they diverge or collapse. [1, 2] keeps each
+# method's own loss scale (tau_l >= 1 cannot cancel a correlation <= 1); ``paper_literal`` gives the
+# paper's bounds back.
+METHOD_SPECS: dict[str, MethodSpec] = {
+    "simclr": MethodSpec(
+        name="simclr", title="SimCLR",
+        defaults={"lr": 0.06, "temperature": 0.5, "beta": 1e-4, "proj_hidden": 512, "proj_dim": 128, "proj_layers": 2},
+        paper_literal={"amcl_form": "hardest"},
+        amcl_forms=_CONTRASTIVE_FORMS,
+        negatives=Negatives(count=lambda c: 2 * c.batch_size - 2, what=lambda c: f"negatives of a batch of {c.batch_size}",
+                            fix="a larger --batch-size"),
+        baseline_temperature=True,
+    ),
+    "moco": MethodSpec(
+        name="moco", title="MoCo",
+        defaults={"lr": 0.08, "temperature": 0.1, "beta": 1e-4, "proj_hidden": 512, "proj_dim": 128, "proj_layers": 2},
+        paper_literal={"amcl_form": "hardest"},
+        amcl_forms=_CONTRASTIVE_FORMS,
+        negatives=Negatives(count=lambda c: c.queue_size,
+                            what=lambda c: f"entries of the --queue-size {c.queue_size} queue",
+                            fix="a larger --queue-size"),
+        baseline_temperature=True,
+        analysis_note="MoCo: features of the online (query) encoder; the momentum copy is not used",
+    ),
+    "simsiam": MethodSpec(
+        name="simsiam", title="SimSiam",
+        defaults={"lr": 0.05, "temperature": 1.0, "beta": 1e-4, "proj_hidden": 2048, "proj_dim": 2048,
+                  "proj_layers": 3, "predictor_hidden": 512, "tau_min": 1.0, "tau_max": 2.0, "head_reduction": "mean"},
+        paper_literal={"tau_min": 1e-5, "tau_max": 2.0, "head_reduction": "sum"},
+        temperature_modes=("adaptive", "constant", "positive"),
+        bound_is_expected=True,
+        temperature_note=("SimSiam: tau(p_a, z_b) of view a's prediction and view b's projection; its loss has no "
+                          "negative pairs, their temperatures show what the network would give them"),
+    ),
+    "barlow_twins": MethodSpec(
+        name="barlow_twins", title="Barlow Twins",
+        defaults={"lr": 0.11, "temperature": 1.0, "beta": 1e-6, "proj_hidden": 2048, "proj_dim": 2048,
+                  "proj_layers": 3, "tau_min": 1.0, "tau_max": 2.0, "head_reduction": "mean"},
+        paper_literal={"tau_min": 1e-5, "tau_max": 2.0, "head_reduction": "sum"},
+        bound_is_expected=True,
+        temperature_note=("Barlow Twins: temperatures of channel pairs on the first {global_batch} positive pairs; "
+                          "positive = diagonal tau_ll, negative = off-diagonal tau_lm"),
+    ),
+}
+METHODS = tuple(METHOD_SPECS)
+
+#: Defaults that depend on the AMCL form (they fill options left unset, before the method's defaults).
+FORM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "softmax": {"beta": 1e-2, "head_reduction": "mean", "tau_min": 0.05},
+    "hardest": {"head_reduction": "sum"},
+    "infonce": {"head_reduction": "sum"},
+}

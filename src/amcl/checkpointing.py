@@ -7,12 +7,15 @@ stops before a non-finite value can reach a checkpoint.
 * :class:`RandomStates` stores the torch (CPU and CUDA), numpy and Python random states in every
   checkpoint and restores them on resume: a resumed run draws the same augmentations and batch
   order as an uninterrupted one.
-* :class:`NonFiniteGuard` reads the method's device-side non-finite record every
-  ``every_n_steps`` steps and before every checkpoint, and stops the run with a report.
+* :class:`NonFiniteRecord` is a method's bookkeeping of non-finite steps (``--on-nonfinite``): the
+  loss terms and temperature range of each step, and the first bad step, kept on the device.
+* :class:`NonFiniteGuard` reads that record every ``every_n_steps`` steps and before every
+  checkpoint, and stops the run with a report.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from pathlib import Path
@@ -24,9 +27,11 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
+from amcl.errors import AmclError, warn
 from amcl.runs import write_atomic
 
-__all__ = ["AtomicCheckpointIO", "NonFiniteGuard", "RandomStates", "remove_partial_checkpoints"]
+__all__ = ["AtomicCheckpointIO", "NonFiniteError", "NonFiniteGuard", "NonFiniteRecord", "RandomStates",
+           "remove_partial_checkpoints"]
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written atomically (temporary file, fsync, rename) and read with ``weights_only=True``."""
@@ -81,8 +86,86 @@ def _python_state(state: tuple) -> tuple:
     return version, list(internal), gauss
 
 
+class NonFiniteError(AmclError):
+    """Training produced NaN or Inf; the message names the loss terms and the temperatures of that step."""
+
+
+class NonFiniteRecord:
+    """Which training steps had a non-finite loss or gradient, and the loss terms they had.
+
+    A method notes each step's loss terms and temperature range (:meth:`note`; ``tau_low`` and
+    ``tau_high`` name the range), then asks :meth:`allows_step` before the optimiser steps. With
+    ``on_nonfinite="stop"`` the first bad step and its terms are kept on the device (no host
+    synchronisation) for :meth:`check`, which :class:`NonFiniteGuard` calls; with ``"skip"`` the
+    decision is needed at once (one synchronisation per step) and skipped steps are counted.
+    ``config`` supplies ``on_nonfinite`` and, for the report, the temperature options.
+    """
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.skipped_steps = 0
+        self._terms: dict[str, torch.Tensor] = {}
+        self._first_bad_step = torch.tensor(-1)
+        self._first_bad_terms: dict[str, torch.Tensor] = {}
+
+    def start_step(self) -> None:
+        self._terms = {}
+
+    def note(self, device: torch.device, **values: torch.Tensor | float) -> None:
+        """Record loss terms or the temperature range of this step; tensors stay on ``device``."""
+        for name, value in values.items():
+            self._terms[name] = torch.as_tensor(value, device=device).detach().float()
+
+    def allows_step(self, loss: torch.Tensor | None, parameters: Any, step: int) -> bool:
+        """Whether the optimiser may take this step: always under ``stop`` (the bad step is recorded and
+        the guard stops the run before any checkpoint), only a finite step under ``skip``."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        device = grads[0].device if grads else (loss.device if loss is not None else torch.device("cpu"))
+        finite = torch.isfinite(loss).all() if loss is not None else torch.ones((), dtype=torch.bool, device=device)
+        if grads:
+            finite = finite & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+        if self.config.on_nonfinite == "skip":
+            if bool(finite):
+                return True
+            self.skipped_steps += 1
+            if self.skipped_steps == 1:
+                warn(f"skipped a step with non-finite values ({self.describe(self._terms)}); further skips are "
+                     "counted in metrics.json (skipped_steps)")
+            return False
+        first = self._first_bad_step.to(finite.device)
+        take = (first < 0) & ~finite
+        self._first_bad_step = torch.where(take, torch.tensor(step, device=finite.device), first)
+        for name, value in self._terms.items():
+            before = self._first_bad_terms.get(name, torch.full_like(value, float("nan")))
+            self._first_bad_terms[name] = torch.where(take, value, before)
+        return True
+
+    def check(self) -> None:
+        """Raise :class:`NonFiniteError` if a step since the start had a non-finite loss or gradient."""
+        step = int(self._first_bad_step)
+        if step >= 0:
+            raise NonFiniteError(f"the loss or its gradients became non-finite at step {step} "
+                                 f"({self.describe(self._first_bad_terms)})")
+
+    def describe(self, terms: dict[str, torch.Tensor]) -> str:
+        """The terms (the non-finite ones named first) and the temperatures of a step, in words."""
+        values = {k: float(v) for k, v in terms.items()}
+        parts = [f"{k} {v:.4g}" for k, v in values.items() if not k.startswith("tau_")]
+        bad = [k for k, v in values.items() if not k.startswith("tau_") and not math.isfinite(v)]
+        text = (f"non-finite: {', '.join(bad)}; " if bad else "the loss was finite, its gradients were not; ") + \
+            ", ".join(parts)
+        cfg = self.config
+        if "tau_low" in values:
+            text += (f"; temperatures in that step ranged {values['tau_low']:.3g}..{values['tau_high']:.3g} "
+                     f"(--tau-min {cfg.tau_min:g}, --tau-max {cfg.tau_max:g})")
+        elif cfg.amcl:
+            text += f"; constant temperature {cfg.temperature:g}"
+        return text
+
+
 class NonFiniteGuard(Callback):
-    """Stops training once a non-finite loss or gradient was recorded (``--on-nonfinite stop``).
+    """Stops training once a method's :class:`NonFiniteRecord` holds a non-finite loss or gradient
+    (``--on-nonfinite stop``).
 
     Placed before the checkpoint callback, it checks before every epoch-end checkpoint and
     validation, and every ``every_n_steps`` steps in between (one host synchronisation each).
@@ -95,7 +178,7 @@ class NonFiniteGuard(Callback):
         if pl_module.config.on_nonfinite != "stop":
             return
         try:
-            pl_module.check_finite()
+            pl_module.nonfinite.check()
         except Exception as err:
             checkpoint = Path(trainer.default_root_dir) / "last.ckpt"
             kept = (f"the last good checkpoint {checkpoint} is kept (continue from it with --resume "

@@ -55,7 +55,7 @@ class MetricsRecorder(Callback):
         if getattr(trainer.datamodule, "streamed", False):
             record["unreadable_files"] = len(trainer.datamodule.unreadable)
         if pl_module.config.on_nonfinite == "skip":
-            record["skipped_steps"] = pl_module.skipped_steps
+            record["skipped_steps"] = pl_module.nonfinite.skipped_steps
         statistics = pl_module.epoch_statistics()  # per-head temperatures and similarities, learning rate
         record.update(statistics)
         self.epochs.append(record)

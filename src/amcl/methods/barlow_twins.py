@@ -10,7 +10,7 @@ from amcl.distributed import gather_with_grad
 from amcl.errors import AmclError
 from amcl.losses import amcl_barlow_twins_loss, barlow_twins_loss, batch_standardise
 from amcl.losses.temperature import at_least_float32
-from amcl.methods.base import PretrainMethod, temperature_range
+from amcl.methods.base import HeadTemperatures, PretrainMethod, temperature_range
 from amcl.monitoring import bound_shares, temperature_statistics
 
 
@@ -60,6 +60,30 @@ class BarlowTwins(PretrainMethod):
             if self.temperature_net is not None:
                 self.record_statistics(channel_statistics(taus, cfg.tau_min, cfg.tau_max))
         return loss, {"tau_pos_mean": diagonal.mean(), "tau_neg_mean": off_diagonal_mean}
+
+    def analysis_images(self) -> int:
+        return self.config.global_batch if self.temperature_net is not None else 0
+
+    @torch.no_grad()
+    def analysis_temperatures(self, z1: Tensor, z2: Tensor, p1: Tensor | None,
+                              partner: Tensor) -> tuple[list[HeadTemperatures] | None, str]:
+        """Temperatures per channel pair (tau_lm over the batch-wise channel vectors) of the first
+        ``global_batch`` positive pairs: the diagonal tau_ll as "positive", the off-diagonal as "negative"
+        (``partner`` is not used); ``(None, reason)`` with fewer images."""
+        cfg = self.config
+        if self.temperature_net is None:
+            return None, "constant"
+        batch = cfg.global_batch
+        if z1.shape[1] < batch:
+            return None, (f"Barlow Twins' temperatures need {batch} images (its global batch), but only "
+                          f"{z1.shape[1]} were analysed")
+        taus = self.channel_temperatures(z1[:, :batch], z2[:, :batch])
+        taus = torch.as_tensor(taus).float().expand(z1.shape[0], z1.shape[-1], z1.shape[-1])
+        off = ~torch.eye(taus.shape[-1], dtype=torch.bool, device=taus.device)
+        diagonal, negative, constant = torch.diagonal(taus, dim1=1, dim2=2), taus[:, off], float(cfg.temperature)
+        return [HeadTemperatures(diagonal[c] if self.adaptive_positive else constant,
+                                 negative[c] if self.adaptive_negative else constant)
+                for c in range(taus.shape[0])], "channel"
 
     def channel_temperatures(self, z1: Tensor, z2: Tensor) -> Tensor | float:
         """tau_lm for every pair of channels (l of view 1, m of view 2): ``[C, d, d]``, or the constant."""

@@ -2,26 +2,37 @@
 temperatures AMCL learns.
 
 A method subclass builds its heads in ``__init__`` and implements ``loss(view1, view2)``
-returning the scalar loss and a dict of extra values to log per epoch.
+returning the scalar loss and a dict of per-step values (their epoch means go to ``metrics.json``
+with the other statistics); it may override :meth:`PretrainMethod.analysis_temperatures`, which
+says how ``amcl analyze`` reads its temperatures.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch import Tensor
 
+from amcl.checkpointing import NonFiniteError, NonFiniteRecord  # noqa: F401 (NonFiniteError re-exported)
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_rows, sum_across
-from amcl.errors import AmclError, warn
 from amcl.monitoring import EpochStatistics, masked_mean_min_max, temperature_statistics
 from amcl.optim import build_optimizer, warmup_cosine, warmup_steps
-from amcl.eval.knn import knn_predict
+from amcl.knn import knn_predict
 from amcl.losses import ContrastiveTerms
 from amcl.nn import MultiHeadProjector, TemperatureNet, build_backbone
+
+
+@dataclass
+class HeadTemperatures:
+    """The temperatures of one head's positive and negative pairs: a tensor of learned values, or the
+    constant the loss uses for that side."""
+
+    positive: Tensor | float
+    negative: Tensor | float
 
 
 class PretrainMethod(L.LightningModule):
@@ -49,12 +60,7 @@ class PretrainMethod(L.LightningModule):
         mode = config.temperature_mode if config.amcl else "constant"
         self.adaptive_positive = mode in ("adaptive", "positive")
         self.adaptive_negative = mode in ("adaptive", "negative")
-        # non-finite guard (see optimizer_step): this step's loss terms and temperature range, and the
-        # first step whose loss or gradients were not finite, with the terms it had (all on the device)
-        self._diagnostics: dict[str, Tensor] = {}
-        self._first_nonfinite = torch.tensor(-1)
-        self._nonfinite_terms: dict[str, Tensor] = {}
-        self.skipped_steps = 0
+        self.nonfinite = NonFiniteRecord(config)  # this step's loss terms, and the first non-finite step
         self.statistics = EpochStatistics()  # per-head temperatures and similarities, reduced per epoch
 
     def make_projector(self, batch_norm: bool = False, last_batch_norm: bool = False) -> MultiHeadProjector:
@@ -77,6 +83,35 @@ class PretrainMethod(L.LightningModule):
 
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+    def analysis_images(self) -> int:
+        """The fewest held-out images :meth:`analysis_temperatures` needs (0: any number)."""
+        return 0
+
+    @torch.no_grad()
+    def analysis_temperatures(self, z1: Tensor, z2: Tensor, p1: Tensor | None,
+                              partner: Tensor) -> tuple[list[HeadTemperatures] | None, str]:
+        """Per head, the temperatures the loss gives the positive pairs (view 1 of i, view 2 of i) and the
+        negative pairs (view 1 of i, view 2 of ``partner[i]``) of the first ``len(partner)`` images, from
+        their projections ``z1``, ``z2`` ``[C, N, d]`` (``p1``: SimSiam's predictions of view 1), and the
+        kind of pairs they belong to; ``(None, reason)`` when there are none. A side the ablations keep
+        constant is ``config.temperature``, as in the loss. (MoCo's loss reads its keys from the momentum
+        encoder and its negatives from the queue; here both sides come from the online encoder.)"""
+        if getattr(self, "temperature_net", None) is None:
+            return None, "constant"
+        n = len(partner)
+        return self.paired_head_temperatures(z1[:, :n], z2[:, :n], partner, self.adaptive_positive,
+                                             self.adaptive_negative), "pair"
+
+    def paired_head_temperatures(self, anchor: Tensor, other: Tensor, partner: Tensor, adaptive_positive: bool,
+                                 adaptive_negative: bool) -> list[HeadTemperatures]:
+        """tau(anchor_i, other_i) and tau(anchor_i, other_partner[i]) per head, or the constant for a side
+        that is not adaptive."""
+        net, constant = self.temperature_net, float(self.config.temperature)
+        positive = net.paired_temperatures(anchor, other)  # [C, n]
+        negative = net.paired_temperatures(anchor, other[:, partner])
+        return [HeadTemperatures(positive[c] if adaptive_positive else constant,
+                                 negative[c] if adaptive_negative else constant) for c in range(positive.shape[0])]
 
     @classmethod
     def saved_config(cls, saved: dict, state_dict: dict[str, Tensor]) -> dict:
@@ -109,73 +144,31 @@ class PretrainMethod(L.LightningModule):
         return values
 
     def diagnose(self, **values: Tensor | float) -> None:
-        """Record this step's loss terms and temperature range (``tau_low``, ``tau_high``) for the
+        """Note this step's loss terms and temperature range (``tau_low``, ``tau_high``) for the
         non-finite report; tensors stay on the device."""
-        for name, value in values.items():
-            self._diagnostics[name] = torch.as_tensor(value, device=self.device).detach().float()
+        self.nonfinite.note(self.device, **values)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        self._diagnostics = {}
+        self.nonfinite.start_step()
         loss, extras = self.loss(*batch)
         if self.config.head_reduction == "mean":  # the heads' mean: one head's gradient scale for the backbone
             loss = loss / self.config.heads
         self.diagnose(loss=loss)
-        batch_size = batch[0].shape[0]
-        # epoch means, averaged over processes once per epoch (no host synchronisation per step)
-        self.log("loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
-        for name, value in extras.items():
-            self.log(name, value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        # the epoch mean, averaged over processes once per epoch (no host synchronisation per step)
+        self.log("loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch[0].shape[0],
+                 sync_dist=True)
+        self.record_statistics(extras)
         return loss
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
-        """The SGD step, guarded against non-finite losses and gradients (``config.on_nonfinite``).
-
-        ``stop`` records the first bad step on the device (no host synchronisation);
-        :class:`~amcl.checkpointing.NonFiniteGuard` reads it every few steps and before every checkpoint, and
-        stops the run, so no checkpoint ever holds the damage. ``skip`` must decide at once, so it
-        synchronises once per step and leaves the parameters untouched on a bad step.
-        """
+        """The optimiser step, guarded against non-finite losses and gradients (``config.on_nonfinite``,
+        see :class:`~amcl.checkpointing.NonFiniteRecord`): a bad step is skipped, or recorded for
+        :class:`~amcl.checkpointing.NonFiniteGuard` to stop the run before any checkpoint holds it."""
         loss = optimizer_closure()  # forward and backward
-        finite = torch.isfinite(loss).all() if loss is not None else torch.ones((), dtype=torch.bool, device=self.device)
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads:
-            finite = finite & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
-        if self.config.on_nonfinite == "skip":
-            if not bool(finite):
-                self.skipped_steps += 1
-                if self.skipped_steps == 1:
-                    warn(f"skipped a step with non-finite values ({self._describe(self._diagnostics)}); "
-                         "further skips are counted in metrics.json (skipped_steps)")
-                optimizer.zero_grad(set_to_none=True)
-                return
+        if self.nonfinite.allows_step(loss, self.parameters(), self.global_step):
+            optimizer.step()
         else:
-            first = self._first_nonfinite.to(finite.device)
-            take = (first < 0) & ~finite
-            self._first_nonfinite = torch.where(take, torch.tensor(self.global_step, device=finite.device), first)
-            for name, value in self._diagnostics.items():
-                before = self._nonfinite_terms.get(name, torch.full_like(value, float("nan")))
-                self._nonfinite_terms[name] = torch.where(take, value, before)
-        optimizer.step()
-
-    def check_finite(self) -> None:
-        """Raise :class:`NonFiniteError` if a step since the start had a non-finite loss or gradient."""
-        step = int(self._first_nonfinite)
-        if step >= 0:
-            raise NonFiniteError(f"the loss or its gradients became non-finite at step {step} "
-                                 f"({self._describe(self._nonfinite_terms)})")
-
-    def _describe(self, terms: dict[str, Tensor]) -> str:
-        values = {k: float(v) for k, v in terms.items()}
-        parts = [f"{k} {v:.4g}" for k, v in values.items() if not k.startswith("tau_")]
-        bad = [k for k, v in values.items() if not k.startswith("tau_") and not math.isfinite(v)]
-        text = (f"non-finite: {', '.join(bad)}; " if bad else "the loss was finite, its gradients were not; ") + \
-            ", ".join(parts)
-        if "tau_low" in values:
-            text += (f"; temperatures in that step ranged {values['tau_low']:.3g}..{values['tau_high']:.3g} "
-                     f"(--tau-min {self.config.tau_min:g}, --tau-max {self.config.tau_max:g})")
-        elif self.config.amcl:
-            text += f"; constant temperature {self.config.temperature:g}"
-        return text
+            optimizer.zero_grad(set_to_none=True)
 
     def on_fit_start(self) -> None:
         if self.config.channels_last and self.device.type == "cuda":  # the data module sends channels-last views
@@ -224,10 +217,6 @@ class PretrainMethod(L.LightningModule):
         warmup = warmup_steps(cfg.warmup_epochs, cfg.epochs, total)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-class NonFiniteError(AmclError):
-    """Training produced NaN or Inf; the message names the loss terms and the temperatures of that step."""
 
 
 def temperature_range(*temperatures: Tensor | float) -> dict[str, Tensor]:

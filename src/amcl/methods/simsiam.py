@@ -8,7 +8,7 @@ from torch import Tensor
 
 from amcl.config import PretrainConfig
 from amcl.losses import amcl_simsiam_loss, simsiam_loss
-from amcl.methods.base import PretrainMethod, temperature_range
+from amcl.methods.base import HeadTemperatures, PretrainMethod, temperature_range
 from amcl.monitoring import temperature_statistics
 from amcl.nn import MultiHeadPredictor
 
@@ -27,6 +27,16 @@ class SimSiam(PretrainMethod):
         self.projector = self.make_projector(batch_norm=True, last_batch_norm=True)
         self.predictor = MultiHeadPredictor(config.proj_dim, config.predictor_hidden, config.proj_dim, config.heads)
         self.temperature_net = self.make_temperature_net(config.proj_dim)
+
+    @torch.no_grad()
+    def analysis_temperatures(self, z1: Tensor, z2: Tensor, p1: Tensor | None,
+                              partner: Tensor) -> tuple[list[HeadTemperatures] | None, str]:
+        """tau(p_a, z_b) of view a's prediction and view b's projection, as in Eq. 2.2 (learned in every
+        non-constant mode); the loss has no negative pairs: theirs show what the network would give them."""
+        if self.temperature_net is None:
+            return None, "constant"
+        n = len(partner)
+        return self.paired_head_temperatures(p1[:, :n], z2[:, :n], partner, True, True), "pair"
 
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         batch, cfg = view1.shape[0], self.config

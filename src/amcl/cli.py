@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
 import warnings
 from typing import Any, Sequence
 
 from amcl import __version__
-from amcl.compare import GRID_OPTIONS
+from amcl.compare_grid import GRID_OPTIONS
 from amcl.config import METHODS, PretrainConfig, coerce, field_types, load_yaml, option_names
 from amcl.errors import AmclError, AmclWarning
+from amcl.eval.options import AnalyzeOptions, EvalOptions, ExportOptions
 
 #: The config options ``amcl preview`` takes (the dataset and how its images are read).
 PREVIEW_OPTIONS = ("dataset", "data_root", "image_size", "unlabeled", "class_list", "strict_data", "workers",
@@ -140,14 +142,15 @@ def _print_json_summary(result: dict, keys: Sequence[str]) -> None:
     print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
 
 
+def _options(args: argparse.Namespace, kind: type) -> dict[str, Any]:
+    """The fields of the option dataclass ``kind`` that were given on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(kind) if hasattr(args, f.name)}
+
+
 def _eval(args: argparse.Namespace) -> int:
     from amcl.eval.protocols import evaluate_checkpoint
 
-    result = evaluate_checkpoint(
-        args.checkpoint, args.protocol, dataset=args.dataset, data_root=args.data_root, workers=args.workers,
-        knn_k=args.knn_k, knn_t=args.knn_t, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        weight_decay=args.weight_decay, augment=args.augment, device=args.device, seed=args.seed, out=args.out,
-    )
+    result = evaluate_checkpoint(args.checkpoint, **_options(args, EvalOptions))
     _print_json_summary(result, ("protocol", "top1", "top5"))
     print(f"wrote {result['json']}")
     return 0
@@ -156,10 +159,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     from amcl.eval.analysis import analyze_checkpoint
 
-    result = analyze_checkpoint(
-        args.checkpoint, args.out, pairs=args.pairs, augs=args.augs, dataset=args.dataset, data_root=args.data_root,
-        workers=args.workers, bins=args.bins, seed=args.seed, device=args.device,
-    )
+    result = analyze_checkpoint(args.checkpoint, **_options(args, AnalyzeOptions))
     print(f"backbone overlap {result['backbone']['overlap']:.3f}; per head: "
           + ", ".join(f"{h['overlap']:.3f}" for h in result["heads"]))
     print(f"wrote {', '.join(result['files'])}")
@@ -169,10 +169,7 @@ def _analyze(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from amcl.export import export_encoder
 
-    result = export_encoder(
-        args.checkpoint, args.out, features=args.features, splits=args.splits, dataset=args.dataset,
-        data_root=args.data_root, workers=args.workers, device=args.device,
-    )
+    result = export_encoder(args.checkpoint, **_options(args, ExportOptions))
     print(f"wrote {', '.join(result['files'])}")
     return 0
 
@@ -214,17 +211,26 @@ def _split_policies(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def _add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
-    """The options every command reading a checkpoint shares: the file, the data, the device."""
+def _add_checkpoint_options(parser: argparse.ArgumentParser, kind: type) -> None:
+    """``--checkpoint`` and one flag per field of the option dataclass ``kind`` (see
+    :mod:`amcl.eval.options`), with its help, choices and default."""
     parser.add_argument("--checkpoint", required=True, metavar="FILE",
                         help="a last.ckpt written by amcl pretrain (or its --out folder)")
-    parser.add_argument("--dataset", choices=None, metavar="DATASET",
-                        help="evaluate on another dataset than the checkpoint's (same choices as pretrain)")
-    parser.add_argument("--data-root", metavar="DIR", help="where that dataset's files are [default: the checkpoint's]")
-    parser.add_argument("--workers", type=int, metavar="N", help="DataLoader processes decoding folder images")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ... "
-                                                          "[default: auto]")
-    parser.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
+    hints = typing.get_type_hints(kind)
+    for f in dataclasses.fields(kind):
+        flag, help_text = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        choices, kind_of = f.metadata.get("choices"), hints[f.name]
+        if f.default is not None and f.default is not False:
+            shown = " ".join(f.default) if isinstance(f.default, tuple) else f.default
+            help_text += f" [default: {shown}]"
+        if kind_of is bool:
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(kind_of) is tuple:
+            parser.add_argument(flag, nargs="+", choices=choices, default=argparse.SUPPRESS, help=help_text)
+        else:
+            base = next((a for a in typing.get_args(kind_of) if a is not type(None)), kind_of)
+            parser.add_argument(flag, type=base, choices=choices if f.name != "dataset" else None,
+                                default=argparse.SUPPRESS, metavar=f.metadata.get("metavar"), help=help_text)
 
 
 def _add_commands(commands) -> None:
@@ -234,20 +240,7 @@ def _add_commands(commands) -> None:
                     "training images) or a linear classifier trained on its features. Prints top-1 and top-5 "
                     "and writes them to JSON beside the checkpoint.",
     )
-    _add_checkpoint_options(evaluate)
-    evaluate.add_argument("--protocol", choices=("knn", "linear"), default="knn", help="[default: knn]")
-    evaluate.add_argument("--knn-k", type=int, help="kNN neighbours [default: the checkpoint's, 200]")
-    evaluate.add_argument("--knn-t", type=float, help="kNN temperature [default: the checkpoint's, 0.1]")
-    evaluate.add_argument("--epochs", type=int, default=100, help="linear probe epochs [default: 100]")
-    evaluate.add_argument("--lr", type=float, default=0.1, help="linear probe SGD learning rate, cosine schedule "
-                                                                 "[default: 0.1]")
-    evaluate.add_argument("--batch-size", type=int, default=256, help="linear probe batch size [default: 256]")
-    evaluate.add_argument("--weight-decay", type=float, default=0.0, help="linear probe weight decay [default: 0]")
-    evaluate.add_argument("--augment", action="store_true",
-                          help="train the probe on augmented views (crop + flip) through the frozen encoder each "
-                               "epoch, instead of on precomputed features (slower)")
-    evaluate.add_argument("--out", metavar="FILE.json",
-                          help="result file [default: eval-<protocol>.json beside the checkpoint]")
+    _add_checkpoint_options(evaluate, EvalOptions)
     evaluate.set_defaults(parser=evaluate, func=_eval)
 
     analyze = commands.add_parser(
@@ -257,11 +250,7 @@ def _add_commands(commands) -> None:
                     "the overlap of the two distributions, and the learned temperatures of both kinds of pair. "
                     "Writes PNG figures and analysis.json.",
     )
-    _add_checkpoint_options(analyze)
-    analyze.add_argument("--pairs", type=int, default=500, help="positive and negative pairs each [default: 500]")
-    analyze.add_argument("--augs", help="augmentation policy of the views [default: the checkpoint's]")
-    analyze.add_argument("--bins", type=int, default=40, help="histogram bins [default: 40]")
-    analyze.add_argument("--out", metavar="DIR", help="output folder [default: analysis/ beside the checkpoint]")
+    _add_checkpoint_options(analyze, AnalyzeOptions)
     analyze.set_defaults(parser=analyze, func=_analyze)
 
     export = commands.add_parser(
@@ -270,11 +259,7 @@ def _add_commands(commands) -> None:
                     "torch.load(weights_only=True)) and encoder.json (backbone, feature size, image size, "
                     "normalisation); with --features also features-<split>.npy and labels-<split>.npy.",
     )
-    _add_checkpoint_options(export)
-    export.add_argument("--features", action="store_true", help="also write the features of the dataset's splits")
-    export.add_argument("--splits", nargs="+", choices=("train", "test"), default=["train", "test"],
-                        help="splits whose features to write [default: train test]")
-    export.add_argument("--out", metavar="DIR", help="output folder [default: export/ beside the checkpoint]")
+    _add_checkpoint_options(export, ExportOptions)
     export.set_defaults(parser=export, func=_export)
 
     compare = commands.add_parser(

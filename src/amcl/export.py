@@ -16,10 +16,11 @@ Writes into the output folder:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,16 +32,18 @@ from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError
 from amcl.runs import write_atomic
 from amcl.eval.checkpoint import load_pretrained, resolve_device
-from amcl.eval.features import evaluation_data
+from amcl.eval.features import evaluation_config, evaluation_data
+from amcl.eval.options import ExportOptions
 
 __all__ = ["export_encoder", "load_encoder", "ENCODER_FORMAT"]
 
 ENCODER_FORMAT = "amcl-encoder/1"
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with path.open("wb") as f:  # a file object: np.save would append .npy to a path
-        np.save(f, array)
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 @torch.no_grad()
@@ -71,21 +74,16 @@ def _split_features(
 
 
 def export_encoder(
-    checkpoint: str | os.PathLike[str],
-    out: str | os.PathLike[str] | None = None,
-    *,
-    features: bool = False,
-    splits: Sequence[str] = ("train", "test"),
-    dataset: str | None = None,
-    data_root: str | None = None,
-    workers: int | None = None,
-    device: str = "auto",
+    checkpoint: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, **options: Any
 ) -> dict[str, Any]:
     """Export a checkpoint's encoder (and with ``features`` the features of ``splits``) into ``out``
-    (default: ``export/`` beside the checkpoint). Returns the description written to ``encoder.json``
-    plus ``files``, the paths written."""
-    pretrained = load_pretrained(checkpoint, resolve_device(device))
-    folder = Path(out) if out is not None else pretrained.path.parent / "export"
+    (default: ``export/`` beside the checkpoint); ``options`` are the fields of
+    :class:`~amcl.eval.options.ExportOptions`. Returns the description written to ``encoder.json`` plus
+    ``files``, the paths written."""
+    opts = ExportOptions(out=None if out is None else str(out), **options)
+    opts.validate()
+    pretrained = load_pretrained(checkpoint, resolve_device(opts.device))
+    folder = Path(opts.out) if opts.out is not None else pretrained.path.parent / "export"
     backbone, config = pretrained.backbone, pretrained.config
     state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
     info: dict[str, Any] = {
@@ -104,27 +102,25 @@ def export_encoder(
         "torch_version": torch.__version__,
     }
     files = [folder / "encoder.pt", folder / "encoder.json"]
-    if features:  # read the data before writing anything: a wrong path leaves no half export behind
-        overrides = {k: v for k, v in (("dataset", dataset), ("data_root", data_root), ("workers", workers)) if v is not None}
-        if (dataset or config.dataset) == "folder":
-            overrides["cache_images"] = "never"  # stream the folder, so each row keeps its file path
-        data = evaluation_data(pretrained, **overrides)
+    if opts.features:  # read the data before writing anything: a wrong path leaves no half export behind
+        # a folder is streamed, so each row keeps its file path
+        data = evaluation_data(pretrained, evaluation_config(config, opts, unlabeled=True, stream_folder=True))
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise AmclError(f"cannot create the output folder {folder}: {err.strerror}; choose a writable --out") from None
     write_atomic(files[0], lambda p: torch.save(state, p))
-    if features:
+    if opts.features:
         info["features"] = {}
-        for split in splits:
+        for split in opts.splits:
             feats, labels, paths = _split_features(data, split, backbone, next(backbone.parameters()).device)
             names = {"features": folder / f"features-{split}.npy", "labels": folder / f"labels-{split}.npy"}
-            write_atomic(names["features"], lambda p: _save_npy(p, feats))
-            write_atomic(names["labels"], lambda p: _save_npy(p, labels))
+            write_atomic(names["features"], _npy_bytes(feats))
+            write_atomic(names["labels"], _npy_bytes(labels))
             files += list(names.values())
             if paths is not None:
                 names["paths"] = folder / f"paths-{split}.txt"
-                write_atomic(names["paths"], lambda p: p.write_text("".join(f"{x}\n" for x in paths)))
+                write_atomic(names["paths"], "".join(f"{x}\n" for x in paths))
                 files.append(names["paths"])
             info["features"][split] = {"count": int(len(labels)), "labelled": int((labels >= 0).sum()),
                                        **{k: v.name for k, v in names.items()}}

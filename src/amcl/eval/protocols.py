@@ -8,60 +8,16 @@ held-out images, runs the protocol, and writes the result (top-1, top-5, setting
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from amcl.errors import AmclError
+from amcl.eval.options import PROTOCOLS, EvalOptions
 from amcl.runs import write_json
 
 __all__ = ["PROTOCOLS", "evaluate_checkpoint"]
-
-PROTOCOLS = ("knn", "linear")
-
-
-def _validate(protocol: str, knn_k: int | None, knn_t: float | None, epochs: int, lr: float, batch_size: int,
-              weight_decay: float, augment: bool) -> None:
-    if protocol not in PROTOCOLS:
-        raise AmclError(f"unknown --protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
-    if knn_k is not None and knn_k < 1:
-        raise AmclError(f"--knn-k must be at least 1, got {knn_k}")
-    if knn_t is not None and not (math.isfinite(knn_t) and knn_t > 0):
-        raise AmclError(f"--knn-t must be a positive number, got {knn_t}")
-    if epochs < 1:
-        raise AmclError(f"--epochs must be at least 1, got {epochs}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise AmclError(f"--lr must be a positive number, got {lr}")
-    if batch_size < 1:
-        raise AmclError(f"--batch-size must be at least 1, got {batch_size}")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise AmclError(f"--weight-decay must be a number >= 0, got {weight_decay}")
-    if augment and protocol != "linear":
-        raise AmclError("--augment applies to --protocol linear only")
-
-
-def _data_overrides(config, dataset: str | None, data_root: str | None, workers: int | None) -> dict[str, Any]:
-    """The config changes evaluation needs: the options given, and no unlabeled extra images (they
-    take no part in evaluation; STL-10's would mean reading 100,000 images for nothing)."""
-    overrides: dict[str, Any] = {}
-    if dataset is not None:
-        overrides["dataset"] = dataset
-        if dataset != config.dataset and dataset != "folder":
-            overrides["class_list"] = None  # a folder's class list means nothing to another dataset
-    if data_root is not None:
-        overrides["data_root"] = data_root
-    if workers is not None:
-        if workers < 0:
-            raise AmclError(f"--workers must be 0 (decode in the main process) or more, got {workers}")
-        overrides["workers"] = workers
-    if config.unlabeled:
-        overrides["unlabeled"] = False
-    return overrides
 
 
 def _check_labelled(data_module, config) -> None:
@@ -89,47 +45,30 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         raise AmclError(f"cannot write the result to {path}: {exc.strerror or exc}; choose a writable --out") from None
 
 
-def evaluate_checkpoint(
-    checkpoint: str | os.PathLike[str],
-    protocol: str = "knn",
-    *,
-    dataset: str | None = None,
-    data_root: str | None = None,
-    workers: int | None = None,
-    knn_k: int | None = None,
-    knn_t: float | None = None,
-    epochs: int = 100,
-    lr: float = 0.1,
-    batch_size: int = 256,
-    weight_decay: float = 0.0,
-    augment: bool = False,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    out: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
+def evaluate_checkpoint(checkpoint: str | os.PathLike[str], protocol: str = "knn", **options: Any) -> dict[str, Any]:
     """Evaluate a checkpoint's frozen encoder; returns the result written to JSON plus ``"json"`` (its path).
 
     ``protocol``: ``"knn"`` (weighted kNN, bank = the labelled training images, queries = the
     held-out split; ``knn_k``/``knn_t`` default to the checkpoint's) or ``"linear"`` (a linear probe,
     see :mod:`amcl.eval.linear`; on precomputed features, or with ``augment`` on crop + flip views
-    through the encoder every epoch). ``dataset``, ``data_root`` and ``workers`` override the
-    checkpoint's data options. The result holds ``protocol``, ``top1``, ``top5`` (0-1), the checkpoint,
-    the dataset, the numbers of training and test images, the feature size, the protocol's settings
-    and ``time_s``; it is written atomically to ``out`` or ``<checkpoint folder>/eval-<protocol>.json``.
-    User mistakes raise :class:`~amcl.errors.AmclError`.
+    through the encoder every epoch). ``options`` are the fields of :class:`~amcl.eval.options.EvalOptions`
+    (``dataset``, ``data_root`` and ``workers`` override the checkpoint's data options). The result holds
+    ``protocol``, ``top1``, ``top5`` (0-1), the checkpoint, the dataset, the numbers of training and test
+    images, the feature size, the protocol's settings and ``time_s``; it is written atomically to ``out``
+    or ``<checkpoint folder>/eval-<protocol>.json``. User mistakes raise :class:`~amcl.errors.AmclError`.
     """
     from amcl.eval.checkpoint import load_pretrained, resolve_device
-    from amcl.eval.features import evaluation_data, extract_features
+    from amcl.eval.features import evaluation_config, evaluation_data, extract_features
     from amcl.eval.knn import knn_predict, topk_accuracies
     from amcl.eval.linear import linear_probe, linear_probe_augmented
 
     started = time.perf_counter()
-    _validate(protocol, knn_k, knn_t, epochs, lr, batch_size, weight_decay, augment)
-    device = resolve_device(device)
+    opts = EvalOptions(protocol=protocol, **options)
+    opts.validate()
+    device = resolve_device(opts.device)
     pretrained = load_pretrained(checkpoint, device)
-    overrides = _data_overrides(pretrained.config, dataset, data_root, workers)
-    config = dataclasses.replace(pretrained.config, **overrides)  # the data options evaluation uses
-    data = evaluation_data(pretrained, **overrides)
+    config = evaluation_config(pretrained.config, opts)  # the data options evaluation uses
+    data = evaluation_data(pretrained, config)
     used = data.splits
     _check_labelled(data, config)
     encoder = pretrained.backbone
@@ -141,26 +80,28 @@ def evaluate_checkpoint(
     num_classes = used.num_classes
     result: dict[str, Any] = {"protocol": protocol}
     if protocol == "knn":
-        k = config.knn_k if knn_k is None else knn_k
-        t = config.knn_t if knn_t is None else knn_t
+        k = config.knn_k if opts.knn_k is None else opts.knn_k
+        t = config.knn_t if opts.knn_t is None else opts.knn_t
         scores = knn_predict(test_features.to(device), train_features.to(device), train_labels.to(device),
                              num_classes, k, t)
         accuracy = topk_accuracies(scores, test_labels.to(device))
         result.update(top1=accuracy[1], top5=accuracy[5])
         settings: dict[str, Any] = {"k": k, "t": t}
     else:
-        options = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed, device=device)
-        if augment:
+        probe_options = dict(epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size,
+                             weight_decay=opts.weight_decay, seed=opts.seed, device=device)
+        if opts.augment:
             probe = linear_probe_augmented(encoder, data, num_classes, train_features=train_features,
                                            train_labels=train_labels, test_features=test_features,
-                                           test_labels=test_labels, **options)
+                                           test_labels=test_labels, **probe_options)
         else:
-            probe = linear_probe(train_features, train_labels, test_features, test_labels, num_classes, **options)
+            probe = linear_probe(train_features, train_labels, test_features, test_labels, num_classes,
+                                 **probe_options)
         result.update(top1=probe["top1"], top5=probe["top5"])
-        settings = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
-                    "augment": bool(augment), "seed": seed, "train_loss": probe["train_loss"],
-                    "train_top1": probe["train_top1"], "steps": probe["steps"]}
-        if augment:
+        settings = {"epochs": opts.epochs, "lr": opts.lr, "batch_size": opts.batch_size,
+                    "weight_decay": opts.weight_decay, "augment": bool(opts.augment), "seed": opts.seed,
+                    "train_loss": probe["train_loss"], "train_top1": probe["train_top1"], "steps": probe["steps"]}
+        if opts.augment:
             settings["policy"] = probe["policy"]
     result.update({
         "checkpoint": str(pretrained.path.resolve()),
@@ -176,6 +117,6 @@ def evaluate_checkpoint(
         **settings,
         "time_s": round(time.perf_counter() - started, 3),
     })
-    path = Path(out) if out is not None else pretrained.path.parent / f"eval-{protocol}.json"
+    path = Path(opts.out) if opts.out is not None else pretrained.path.parent / f"eval-{protocol}.json"
     _write_json(path, result)
     return {**result, "json": str(path)}

@@ -1,0 +1,99 @@
+"""The figures of ``amcl analyze``, drawn from the panels of ``analysis.json`` (matplotlib, without
+pyplot): similarity histograms as in the AMCL paper's motivation figure (negatives blue, positives
+orange), the temperatures per head, and the overlap and AUC of every panel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from amcl.runs import write_atomic
+
+__all__ = ["overlap_figure", "save_figure", "similarity_histograms", "temperature_figure"]
+
+NEGATIVE_COLOR, POSITIVE_COLOR, ALPHA = "tab:blue", "tab:orange", 0.5
+
+
+def _figure(panels: int, width: float = 3.3, height: float = 2.7, per_row: int = 4):
+    from matplotlib.figure import Figure  # no pyplot: no global backend, no open-figure registry
+
+    cols = min(panels, per_row)
+    rows = -(-panels // cols)
+    fig = Figure(figsize=(width * cols, height * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[panels:]:
+        ax.set_axis_off()
+    return fig, axes[:panels]
+
+
+def similarity_histograms(panels: Sequence[dict[str, Any]], title: str = ""):
+    """The similarity histograms of ``panels`` (entries of analysis.json's backbone / heads) as a
+    matplotlib Figure: negatives blue, positives orange, semi-transparent, on each panel's shared bins."""
+    fig, axes = _figure(len(panels))
+    for ax, panel in zip(axes, panels):
+        edges = panel["histogram"]["edges"]
+        counts = panel["histogram"]  # filled steps: the look of edgeless bars, drawn as one polygon each
+        ax.stairs(counts["negative"], edges, fill=True, color=NEGATIVE_COLOR, alpha=ALPHA, label="negative pairs")
+        ax.stairs(counts["positive"], edges, fill=True, color=POSITIVE_COLOR, alpha=ALPHA, label="positive pairs")
+        ax.set_xlim(edges[0], edges[-1])
+        ax.set_xlabel("Similarity score")
+        ax.set_ylabel("Counts")
+        ax.set_title(f"{panel['name']}: overlap {panel['overlap']:.2f}, AUC {panel['auc']:.2f}", fontsize=9)
+    axes[0].legend(fontsize=7, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def temperature_figure(heads: Sequence[dict[str, Any]], tau_min: float, tau_max: float, title: str):
+    fig, axes = _figure(len(heads))
+    for ax, head in zip(axes, heads):
+        temps = head["temperature"]
+        edges = temps["edges"]
+        for side, color, label in (("negative", NEGATIVE_COLOR, "negative"), ("positive", POSITIVE_COLOR, "positive")):
+            info = temps[side]
+            if info["adaptive"]:
+                share = np.asarray(info["counts"], dtype=np.float64) / max(1, info["count"])
+                ax.stairs(share, edges, fill=True, color=color, alpha=ALPHA, label=f"{label} pairs")
+            else:
+                ax.axvline(info["constant"], color=color, linestyle="--", linewidth=1.5,
+                           label=f"{label}: constant {info['constant']:g}")
+        ax.set_xscale("log")
+        ax.set_xlim(tau_min, tau_max)
+        ax.set_xlabel("Temperature τ")
+        ax.set_ylabel("Share of pairs")
+        means = [f"τ{'+' if s == 'positive' else '−'} {temps[s].get('mean', temps[s].get('constant')):.3g}"
+                 for s in ("positive", "negative")]
+        ax.set_title(f"{head['name']}: mean {', '.join(means)}", fontsize=9)
+    axes[0].legend(fontsize=7, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def overlap_figure(panels: Sequence[dict[str, Any]], title: str):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(3.5, 1.1 * len(panels) + 1.5), 3.0), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(panels))
+    overlap = [p["overlap"] for p in panels]
+    auc = [p["auc"] for p in panels]
+    ax.bar(x - 0.2, overlap, 0.4, color="tab:purple", alpha=0.8, label="overlap (lower: better separated)")
+    ax.bar(x + 0.2, auc, 0.4, color="tab:green", alpha=0.8, label="AUC P(s+ > s−) (higher: better)")
+    for xi, o, a in zip(x, overlap, auc):
+        ax.text(xi - 0.2, o + 0.01, f"{o:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.text(xi + 0.2, a + 0.01, f"{a:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, [p["name"] for p in panels])
+    ax.set_ylim(0, 1.25)
+    ax.set_ylabel("Positive vs negative pairs")
+    ax.legend(fontsize=7, loc="upper right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def save_figure(fig, path: Path) -> None:
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

@@ -5,13 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench photos clean
+.PHONY: demo test lint bench photos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,lint]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# ruff (lint and import order) over the tree, mypy over the typed lower layers (see pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks studies
+	$(BIN)/mypy
 
 # the real-photo folder of docs/results.md: patches of scikit-image's, scikit-learn's and matplotlib's sample photos
 photos: $(STAMP)

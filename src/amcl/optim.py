@@ -141,7 +141,8 @@ def scaled_lr(lr: float, scaling: str, global_batch: int) -> float:
     raise ValueError(f"unknown lr scaling {scaling!r}; choose one of: {', '.join(LR_SCALINGS)}")
 
 
-def build_optimizer(named_parameters: Iterable[tuple[str, Tensor]], config, world_size: int = 1) -> tuple[Optimizer, float]:
+def build_optimizer(named_parameters: Iterable[tuple[str, Tensor]], config: Any,
+                    world_size: int = 1) -> tuple[Optimizer, float]:
     """The optimiser of ``config`` (``optimizer``, ``lr``, ``lr_scaling``, ``momentum``,
     ``weight_decay``, ``batch_size``) over the parameters that require gradients, and the learning
     rate it starts from (after scaling, before the schedule).
@@ -150,6 +151,7 @@ def build_optimizer(named_parameters: Iterable[tuple[str, Tensor]], config, worl
     """
     named = [(n, p) for n, p in named_parameters if p.requires_grad]
     lr = scaled_lr(config.lr, config.lr_scaling, config.batch_size * world_size)
+    optimizer: Optimizer
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD([p for _, p in named], lr=lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)

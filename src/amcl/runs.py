@@ -91,7 +91,7 @@ def write_json(path: str | os.PathLike[str], data: Any, indent: int = 2) -> None
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The options of a saved ``config.yaml`` (checked and typed by :func:`amcl.config.load_yaml`), with
     what older versions did not record filled in as they behaved (see :func:`upgrade_config`)."""
-    return upgrade_config(load_yaml(path))
+    return upgrade_config(load_yaml(Path(path)))
 
 
 def upgrade_config(saved: Mapping[str, Any]) -> dict[str, Any]:
@@ -218,11 +218,11 @@ def summarize_runs(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         per_run.append({k: float(v) for k, v in values.items() if isinstance(v, (int, float))})
     summary = {}
     for key in dict.fromkeys(k for run in per_run for k in run):
-        values = [run[key] for run in per_run if key in run]
-        spread = statistics.stdev(values) if len(values) > 1 and all(map(math.isfinite, values)) else math.nan
+        numbers = [run[key] for run in per_run if key in run]
+        spread = statistics.stdev(numbers) if len(numbers) > 1 and all(map(math.isfinite, numbers)) else math.nan
         summary[key] = {
-            "mean": statistics.fmean(values),  # nan or inf when a run's value was (a diverged run)
-            "std": 0.0 if len(values) == 1 else spread,
-            "values": values,
+            "mean": statistics.fmean(numbers),  # nan or inf when a run's value was (a diverged run)
+            "std": 0.0 if len(numbers) == 1 else spread,
+            "values": numbers,
         }
     return summary

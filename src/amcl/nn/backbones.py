@@ -17,7 +17,7 @@ Use :func:`build_backbone` or the :data:`BACKBONES` registry to construct them b
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, cast
 
 from torch import Tensor, nn
 
@@ -114,7 +114,7 @@ class ResNet(nn.Module):
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, BasicBlock):
-                    nn.init.zeros_(m.body[-1][1].weight)  # gamma of the block's last BN
+                    nn.init.zeros_(cast(nn.BatchNorm2d, cast(nn.Sequential, m.body[-1])[1]).weight)  # gamma of the block's last BN
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.stages(self.stem(x)))
@@ -147,11 +147,12 @@ _ARCHS: dict[str, tuple[type[BasicBlock], list[int]]] = {
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
 
+_POOLINGS: tuple[tuple[str, Literal["cls", "mean"]], ...] = (("", "cls"), ("_mean", "mean"))
 #: ViT names (they take the image size, which sets the patch size and position embeddings).
 _VITS: dict[str, Callable[..., nn.Module]] = {
     f"vit_{size}{suffix}": partial(VisionTransformer, dim=dim, depth=depth, heads=heads, pooling=pooling)
     for size, (dim, depth, heads) in VIT_SIZES.items()
-    for suffix, pooling in (("", "cls"), ("_mean", "mean"))
+    for suffix, pooling in _POOLINGS
 }
 #: ``--backbone timm:NAME`` builds timm's model NAME when the timm package can be imported.
 TIMM_PREFIX = "timm:"
@@ -187,7 +188,7 @@ def image_size_problem(name: str, image_size: int) -> str | None:
 class TimmBackbone(nn.Module):
     """A timm model without classifier (``num_classes=0``) as a backbone: [B, C, H, W] -> [B, out_dim]."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:  # a timm model (nn.Module with num_features)
         super().__init__()
         self.model = model
         self.out_dim: int = int(model.num_features)

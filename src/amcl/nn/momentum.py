@@ -27,8 +27,8 @@ def momentum_update_(target: nn.Module, online: nn.Module, momentum: float) -> N
     Buffers (BatchNorm running statistics) are left alone: the target computes its own
     while encoding keys, as in MoCo.
     """
-    targets = list(target.parameters())
-    onlines = list(online.parameters())
+    targets: list[Tensor] = list(target.parameters())
+    onlines: list[Tensor] = list(online.parameters())
     if len(targets) != len(onlines):
         raise ValueError("target and online modules must have the same parameters")
     torch._foreach_lerp_(targets, onlines, 1.0 - momentum)

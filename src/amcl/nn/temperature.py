@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -49,12 +51,15 @@ class TemperatureNet(nn.Module):
         r = self.phi[1](self.phi[0](F.normalize(at_least_float32(z), dim=-1)))
         return torch.cat([r, r.new_ones(*r.shape[:-1], 1)], dim=-1)
 
+    def _last_layer(self) -> nn.Linear:
+        return cast(nn.Linear, self.phi[2])
+
     def _folds_last_layer(self) -> bool:
-        last = self.phi[2]
+        last = self._last_layer()
         return last.out_features > last.in_features + 1
 
     def _gram(self) -> Tensor:
-        last = self.phi[2]
+        last = self._last_layer()
         w = torch.cat([last.weight, last.bias.unsqueeze(-1)], dim=-1)  # [d, h+1]
         return w.T @ w
 

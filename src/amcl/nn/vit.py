@@ -139,7 +139,8 @@ class VisionTransformer(nn.Module):
             _trunc_normal_(self.cls_token)
         # the patch embedding is a linear map of each flattened patch: initialise it like one (as MAE)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(self.out_dim, -1))
-        nn.init.zeros_(self.patch_embed.bias)
+        if self.patch_embed.bias is not None:
+            nn.init.zeros_(self.patch_embed.bias)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 _trunc_normal_(m.weight)

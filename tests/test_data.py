@@ -16,7 +16,8 @@ def test_digits_pixels_labels_and_seeded_split():
     assert torch.equal(a.test_labels, b.test_labels) and not torch.equal(a.test_labels, c.test_labels)
     raw = load_digits()
     # every image is the original 0-16 image scaled to 0-255, with its own label
-    originals = {tuple(np.rint(img * 255 / 16).astype(np.uint8).ravel()): int(t) for img, t in zip(raw.images, raw.target)}
+    scaled = np.rint(raw.images * 255 / 16).astype(np.uint8)
+    originals = {tuple(img.ravel()): int(t) for img, t in zip(scaled, raw.target)}
     for img, label in zip(a.test_images[:50], a.test_labels[:50]):
         assert originals[tuple(img.ravel().tolist())] == int(label)
     assert a.train_images.max() == 255

@@ -16,7 +16,8 @@ def test_digits_pixels_labels_and_seeded_split():
     assert torch.equal(a.test_labels, b.test_labels) and not torch.equal(a.test_labels, c.test_labels)
     raw = load_digits()
     # every image is the original 0-16 image scaled to 0-255, with its own label
-    originals = {tuple(np.rint(img * 255 / 16).astype(np.uint8).ravel()): int(t) for img, t in zip(raw.images, raw.target)}
+    scaled = np.rint(raw.images * 255 / 16).astype(np.uint8)
+    originals = {tuple(img.ravel()): int(t) for img, t in zip(scaled, raw.target)}
     for img, label in zip(a.test_images[:50], a.test_labels[:50]):
         assert originals[tuple(img.ravel().tolist())] == int(label)
     assert a.train_images.max() == 255
@@ -86,3 +87,23 @@ def test_knn_chunks_do_not_change_scores_and_weights_follow_formula():
     for i in top:
         expected[bank_labels[i]] += torch.exp(sims[i] / 0.1)
     torch.testing.assert_close(full[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_data_package_does_not_import_the_config_or_anything_above_it():
+    import subprocess
+    import sys
+
+    code = ("import sys, amcl.data.datasets, amcl.data.module, amcl.data.preview, amcl.data.folders; "
+            "print(' '.join(m for m in sys.modules if m.startswith('amcl.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "amcl.data.splits" in loaded
+    assert not [m for m in loaded if m.split(".")[1] in ("config", "eval", "methods", "train", "nn")], loaded
+
+
+def test_the_datasets_read_are_the_datasets_the_config_offers():
+    from amcl.config import DATASETS, PretrainConfig
+    from amcl.data.datasets import DATASET_NAMES, load_configured_dataset
+
+    assert DATASET_NAMES == DATASETS
+    splits = load_configured_dataset(PretrainConfig(dataset="digits", split_seed=3).resolved())
+    assert torch.equal(splits.test_labels, load_dataset("digits", seed=3).test_labels)

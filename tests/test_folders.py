@@ -69,7 +69,7 @@ def decoded(splits: ImageSplits | FolderSplits, split: str) -> tuple[torch.Tenso
     """A split's uint8 images and labels, decoding a FolderSplits through DecodedImages."""
     if isinstance(splits, ImageSplits):
         return getattr(splits, f"{split}_images"), getattr(splits, f"{split}_labels")
-    files = getattr(splits, split)
+    files = getattr(splits, split).files
     data = DecodedImages(files, splits.image_size)
     items = [data[i] for i in range(len(data))]
     assert all(broken == -1 for _, _, broken, _ in items)
@@ -434,7 +434,7 @@ def test_truncated_jpeg_streamed_is_replaced_by_the_next_image(tmp_path: Path) -
         splits = read(tmp_path, "never", strict=True)  # only headers are checked: nothing to refuse yet
     assert amcl_warnings(record) == []
     assert splits.train.paths[1].endswith("2.jpg") and splits.train_labels.tolist() == [0, 0, 1]
-    data = DecodedImages(splits.train, S)
+    data = DecodedImages(splits.train.files, S)
     image, label, broken, short = data[1]
     assert torch.equal(image, train["train/b/3.png"]) and label == 1 and broken == 1 and short == S
     image, label, broken, _ = data[2]
@@ -576,3 +576,55 @@ def test_streamed_evaluation_drops_unreadable_files_like_the_cache(tmp_path: Pat
     with pytest.warns(AmclWarning, match="unreadable image"):
         labels = torch.cat([y for _, y in streamed.plain_batches("test", CPU)])
     assert labels.tolist() == torch.cat([y for _, y in cached.plain_batches("test", CPU)]).tolist() == [0, 1]
+
+
+# --------------------------------------------------------------------------- one split interface
+
+
+def _through_loader(split, batch_size: int, index: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of ``split.loader`` batches after the two transfer hooks, concatenated."""
+    reported: list[str] = []
+    batches = [split.after_transfer(split.before_transfer(b, reported.extend))
+               for b in split.loader(batch_size, index, **options)]
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+
+def test_cached_and_streamed_splits_answer_the_same_calls_alike(tmp_path: Path) -> None:
+    train = write_files(tmp_path, {"train/b": ["1.png", "2.png"], "train/a": ["3.png", "4.png", "5.png"],
+                                   "val/a": ["6.png"], "val/b": ["7.png", "8.png"]})
+    write_files(tmp_path, {"unlabeled": ["u1.png", "u2.png"]}, 100)
+    truncated_jpeg(tmp_path / "train/a/2.jpg")  # readable header, unreadable pixels: only decoding finds it
+    bad = str(tmp_path / "train/a/2.jpg")
+    with pytest.warns(AmclWarning, match="skipped 1 of 8"):
+        cached = read(tmp_path, "always", unlabeled=True)
+    streamed = read(tmp_path, "never", unlabeled=True)
+    assert not cached.train.streamed and streamed.train.streamed
+    assert cached.train.paths is None and bad in streamed.train.paths
+
+    # the held-out split: every file readable, so both give the same images for the same calls
+    a, b = cached.test, streamed.test
+    assert len(a) == len(b) == 3 and torch.equal(a.labels, b.labels) and torch.equal(a.labelled(), b.labelled())
+    index = torch.tensor([2, 0])
+    assert torch.equal(a.images(index), b.images(index))
+    for split_index in (None, index):
+        xa, ya = zip(*a.batches(2, CPU, split_index))
+        xb, yb = zip(*b.batches(2, CPU, split_index))
+        assert [len(x) for x in xa] == [len(x) for x in xb]
+        assert torch.equal(torch.cat(xa), torch.cat(xb)) and torch.equal(torch.cat(ya), torch.cat(yb))
+    everything = torch.arange(3)
+    assert all(torch.equal(u, v) for u, v in zip(_through_loader(a, 2, everything), _through_loader(b, 2, everything)))
+
+    # the training split: the streamed one still lists the unreadable file; decoding leaves it out and reports it
+    assert len(cached.train) == 7 and len(streamed.train) == 8
+    reported: list[str] = []
+    xb, yb = zip(*streamed.train.batches(3, CPU, on_unreadable=reported.extend))
+    xa, ya = zip(*cached.train.batches(3, CPU))
+    assert reported == [bad] and torch.equal(torch.cat(xa), torch.cat(xb)) and torch.equal(torch.cat(ya), torch.cat(yb))
+    assert torch.cat(ya).tolist() == [0, 0, 0, 1, 1, -1, -1]
+    assert torch.equal(streamed.train.images(torch.arange(8)), cached.train.images(torch.arange(7)))
+    assert torch.equal(cached.train.images(torch.tensor([0])), train["train/a/3.png"][None])
+    # training batches keep their size: the unreadable file is replaced by the next image of the order
+    reported.clear()
+    kept = list(streamed.train.batches(4, CPU, replace_unreadable=True, on_unreadable=reported.extend))
+    assert [len(x) for x, _ in kept] == [4, 4] and reported == [bad]
+    assert torch.equal(kept[0][0][0], kept[0][0][1])  # 2.jpg (position 0) replaced by 3.png (position 1)

@@ -27,13 +27,12 @@ import torch
 from torch import nn
 
 from amcl import __version__
-from amcl.data.folders import DecodedImages, FolderSplits, file_batches
 from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError
-from amcl.runs import write_atomic
 from amcl.eval.checkpoint import load_pretrained, resolve_device
 from amcl.eval.features import evaluation_config, evaluation_data
 from amcl.eval.options import ExportOptions
+from amcl.runs import write_atomic
 
 __all__ = ["export_encoder", "load_encoder", "ENCODER_FORMAT"]
 
@@ -51,23 +50,13 @@ def _split_features(
     data: ContrastiveDataModule, split: str, encoder: nn.Module, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """Features and labels of every image of ``split`` (unlabeled ones too), and folder paths."""
-    features, labels, paths = [], [], None
-    if isinstance(data.splits, FolderSplits):
-        files = data.splits.train if split == "train" else data.splits.test
-        decoded = DecodedImages(files, data.splits.image_size, substitute=False)
-        paths, offset = [], 0
-        for images, batch_labels, broken, _ in file_batches(decoded, data.workers, data.eval_batch_size):
-            keep = broken < 0
-            paths += [files.paths[offset + i] for i in keep.nonzero().flatten().tolist()]
-            offset += len(broken)
-            features.append(encoder(data.augment.plain(images[keep].to(device))).float().cpu())
-            labels.append(batch_labels[keep])
-    else:
-        images, all_labels = data.split_on_device(split, device)
-        for start in range(0, len(all_labels), data.eval_batch_size):
-            chunk = slice(start, start + data.eval_batch_size)
-            features.append(encoder(data.augment.plain(images[chunk])).float().cpu())
-            labels.append(all_labels[chunk].cpu())
+    chosen = data.split(split)
+    features, labels, unreadable = [], [], set()
+    for images, batch_labels in chosen.batches(data.eval_batch_size, device, workers=data.workers,
+                                               on_unreadable=unreadable.update):
+        features.append(encoder(data.augment.plain(images)).float().cpu())
+        labels.append(batch_labels.cpu())
+    paths = None if chosen.paths is None else [p for p in chosen.paths if p not in unreadable]
     if not features:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), paths
     return torch.cat(features).numpy(), torch.cat(labels).numpy().astype(np.int64), paths
@@ -128,7 +117,8 @@ def export_encoder(
     return {**info, "files": [str(f) for f in files]}
 
 
-def load_encoder(folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_encoder(folder: str | os.PathLike[str],
+                 device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The encoder ``amcl export`` wrote into ``folder``, in eval mode, and its description.
 
     Feed it images resized to ``info["image_size"]``, scaled to [0, 1] and normalised with
@@ -154,6 +144,7 @@ def load_encoder(folder: str | os.PathLike[str], device: str | torch.device = "c
     try:
         encoder.load_state_dict(state)
     except (RuntimeError, TypeError) as err:
-        raise AmclError(f"{path / 'encoder.pt'} does not fit a {info['backbone']} ({str(err).splitlines()[0]})") from None
+        reason = str(err).splitlines()[0]
+        raise AmclError(f"{path / 'encoder.pt'} does not fit a {info['backbone']} ({reason})") from None
     return encoder.eval().to(device), info
 

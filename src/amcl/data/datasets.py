@@ -3,9 +3,27 @@
 
 from __future__ import annotations
 
-from amcl.config import DATASETS, PretrainConfig
+from typing import Protocol
+
 from amcl.data.folders import FolderSplits
-from amcl.data.readers import ImageSplits
+from amcl.data.splits import ImageSplits
+
+#: The datasets :func:`load_dataset` reads (the config offers the same names).
+DATASET_NAMES = ("digits", "synthetic", "cifar10", "cifar100", "stl10", "folder")
+
+
+class DataOptions(Protocol):
+    """The data options of a resolved config (:class:`amcl.config.PretrainConfig` has them)."""
+
+    dataset: str
+    data_root: str | None
+    split_seed: int
+    image_size: int
+    unlabeled: bool
+    class_list: str | None
+    strict_data: bool
+    cache_images: str
+    workers: int | None
 
 
 def load_dataset(
@@ -20,7 +38,7 @@ def load_dataset(
     cache: str = "auto",
     workers: int | None = None,
 ) -> ImageSplits | FolderSplits:
-    """Read a dataset by name (see :data:`amcl.config.DATASETS`); all but digits and synthetic read ``root``.
+    """Read a dataset by name (one of :data:`DATASET_NAMES`); all but digits and synthetic read ``root``.
 
     ``seed`` draws the train/test split of digits and the images of synthetic (the config's
     ``split_seed``); the file datasets come with their own splits.
@@ -47,19 +65,19 @@ def load_dataset(
         return readers.read_stl10(root, include_unlabeled=unlabeled)
     if name == "folder":
         return folders.read_image_folder(root, image_size, class_list, unlabeled, strict, cache, workers)
-    raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
 
 
-def load_configured_dataset(config: PretrainConfig, cache: str | None = None) -> ImageSplits | FolderSplits:
+def load_configured_dataset(options: DataOptions, cache: str | None = None) -> ImageSplits | FolderSplits:
     """The dataset a resolved config names, with its data options (``cache`` overrides the config's)."""
     return load_dataset(
-        config.dataset,
-        config.data_root,
-        config.split_seed,
-        image_size=config.image_size,
-        unlabeled=config.unlabeled,
-        class_list=config.class_list,
-        strict=config.strict_data,
-        cache=cache or config.cache_images,
-        workers=config.workers,
+        options.dataset,
+        options.data_root,
+        options.split_seed,
+        image_size=options.image_size,
+        unlabeled=options.unlabeled,
+        class_list=options.class_list,
+        strict=options.strict_data,
+        cache=cache or options.cache_images,
+        workers=options.workers,
     )

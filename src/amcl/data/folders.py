@@ -19,18 +19,25 @@ count and an example, or raises :class:`~amcl.data.readers.DatasetError` when ``
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
-from amcl.data.readers import DatasetError, ImageSplits, _brief
+from amcl.data.images import (
+    DecodedImages,
+    FileSplit,
+    ImageFiles,
+    decode_image,
+    default_workers,
+    file_batches,
+    image_sizes,
+    report_unreadable,
+)
+from amcl.data.readers import DatasetError, _brief
+from amcl.data.splits import ImageSplits
 from amcl.errors import warn
 
 __all__ = [
@@ -49,149 +56,8 @@ FOLDER_LAYOUT = (
     "<root>/unlabeled/<images> for --unlabeled; a folder of images without train/ is used unlabeled"
 )
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-#: Decode errors that mean "this file is not a readable image" (PIL raises all of these on bad input).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 #: ``cache="auto"`` keeps decoded images in memory up to this many bytes (and a quarter of the RAM).
 CACHE_LIMIT_BYTES = 8 << 30
-
-
-def default_workers() -> int:
-    """DataLoader worker processes for decoding: one per CPU core, at most 8."""
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def decode_image(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, int]:
-    """Decode ``path`` to RGB uint8 ``[3, size, size]``: EXIF orientation applied, shorter side
-    resized to ``size`` (bilinear, antialiased), centre crop. Also returns the original shorter side.
-
-    Raises OSError (or another of PIL's errors) when the file is not a readable image.
-    """
-    with Image.open(path) as im:
-        short = min(im.size)
-        im.draft("RGB", (size, size))  # JPEG: let the decoder downscale by 1/2..1/8, keeping >= size
-        im = ImageOps.exif_transpose(im)
-        if im.mode.startswith("I"):  # 16-bit (or 32-bit int) grey: convert("RGB") would clip at 255
-            im = Image.fromarray((np.asarray(im, dtype=np.float64).clip(0, 65535) / 257).round().astype(np.uint8))
-        with warnings.catch_warnings():  # palette images with transparency warn on convert
-            warnings.simplefilter("ignore")
-            im = im.convert("RGB")
-        w, h = im.size
-        if short != size:
-            w, h = max(size, round(w * size / short)), max(size, round(h * size / short))
-            im = im.resize((w, h), Image.Resampling.BILINEAR)
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        return np.asarray(im).transpose(2, 0, 1).copy(), short
-
-
-@dataclass(frozen=True)
-class ImageFiles:
-    """Image file paths with int64 labels (-1 = unlabeled)."""
-
-    paths: tuple[str, ...]
-    labels: Tensor
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, keep: Tensor) -> "ImageFiles":
-        """The entries where boolean ``keep`` is true."""
-        return self.take(keep.nonzero().flatten())
-
-    def take(self, index: Tensor | slice) -> "ImageFiles":
-        """The entries at ``index`` (int64 indices or a slice), in that order."""
-        if isinstance(index, slice):
-            return ImageFiles(self.paths[index], self.labels[index])
-        return ImageFiles(tuple(self.paths[i] for i in index.tolist()), self.labels[index])
-
-
-class DecodedImages(Dataset):
-    """``files[i]`` decoded to ``(uint8 [3, S, S], label, broken, short_side)``.
-
-    ``broken`` is -1 when the file decoded, else its index, so the main process can count, report
-    or refuse it. A broken file is replaced by the next decodable one when ``substitute`` (so
-    training batches keep their size), else by zeros. ``short_side`` is the original image's
-    shorter side (0 for a broken file without substitute).
-    """
-
-    max_substitutes = 32
-
-    def __init__(self, files: ImageFiles, size: int, substitute: bool = True) -> None:
-        self.files = files
-        self.size = size
-        self.substitute = substitute
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int, int, int]:
-        n = len(self.files)
-        for step in range(min(n, self.max_substitutes) if self.substitute else 1):
-            k = (i + step) % n
-            try:
-                image, short = decode_image(self.files.paths[k], self.size)
-            except _DECODE_ERRORS:
-                continue
-            return torch.from_numpy(image), int(self.files.labels[k]), (i if step else -1), short
-        if not self.substitute:
-            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), int(self.files.labels[i]), i, 0
-        raise DatasetError(
-            f"{min(n, self.max_substitutes)} image files in a row from {self.files.paths[i]} cannot be decoded; "
-            "check the folder (are these images?)"
-        )
-
-
-class _ImageHeaders(Dataset):
-    """``(width, height)`` of each file from its header alone, (-1, -1) when it is not an image."""
-
-    def __init__(self, paths: Sequence[str]) -> None:
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> Tensor:
-        try:
-            with Image.open(self.paths[i]) as im:
-                return torch.tensor(im.size)
-        except _DECODE_ERRORS:
-            return torch.tensor([-1, -1])
-
-
-def file_batches(dataset: Dataset, workers: int, batch_size: int = 256, **options) -> DataLoader:
-    """A DataLoader over ``dataset`` decoding in ``workers`` processes (0: in this process)."""
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, **options)
-
-
-def decode_failure(path: str, size: int) -> str:
-    """Why ``path`` cannot be decoded, as one line (re-decodes it in this process)."""
-    try:
-        decode_image(path, size)
-    except _DECODE_ERRORS as err:
-        return _brief(err).replace(f" '{path}'", "").replace(f" {path}", "")
-    return "it decoded on a second try (flaky storage?)"
-
-
-def report_unreadable(paths: Sequence[str], total: int, where: str, size: int, strict: bool) -> None:
-    """Warn about (or with ``strict`` refuse) the unreadable image files ``paths`` out of ``total``."""
-    if not paths:
-        return
-    example = f"{paths[0]}: {decode_failure(paths[0], size)}"
-    if len(paths) == total:
-        raise DatasetError(f"none of the {total} files under {where} is a readable image (e.g. {example}); "
-                           f"{FOLDER_LAYOUT}")
-    if strict:
-        raise DatasetError(
-            f"{len(paths)} of {total} files under {where} are not readable images (first: {example}); "
-            "remove or replace them, or drop --strict-data to skip them"
-        )
-    warn(
-        f"skipped {len(paths)} of {total} files under {where} that are not readable images "
-        f"(e.g. {example}); --strict-data makes this an error"
-    )
 
 
 # --------------------------------------------------------------------------- layout
@@ -335,15 +201,15 @@ def _subdirs(folder: Path) -> set[str]:
 
 @dataclass(frozen=True)
 class FolderSplits:
-    """An image folder decoded on the fly: file lists for the train and held-out splits.
+    """An image folder decoded on the fly: the train and held-out splits are each a :class:`FileSplit`.
 
     ``train_labels`` / ``test_labels`` mirror :class:`ImageSplits` so callers can count and check
     labels without decoding anything.
     """
 
     name: str
-    train: ImageFiles
-    test: ImageFiles
+    train: FileSplit
+    test: FileSplit
     classes: tuple[str, ...]
     image_size: int
     strict: bool = False
@@ -372,9 +238,10 @@ def _drop_unreadable_headers(files: ImageFiles, where: Path, size: int, strict: 
     """Check every file's header (fast, no decoding); skip or refuse the unreadable ones."""
     if not len(files):
         return files
-    sizes = torch.cat(list(file_batches(_ImageHeaders(files.paths), workers, batch_size=512)))
+    sizes = image_sizes(files.paths, workers)
     ok = sizes[:, 0] >= 0
-    report_unreadable([p for p, good in zip(files.paths, ok.tolist()) if not good], len(files), str(where), size, strict)
+    report_unreadable([p for p, good in zip(files.paths, ok.tolist()) if not good], len(files), str(where), size,
+                      strict, FOLDER_LAYOUT)
     _warn_upscaled(int((sizes[ok].min(dim=1).values < size).sum()), int(ok.sum()), where, size)
     return files.subset(ok)
 
@@ -398,7 +265,8 @@ def _decode_all(files: ImageFiles, where: Path, size: int, strict: bool, workers
         images[start:end], broken[start:end], short[start:end] = batch_images, batch_broken, batch_short
         start = end
     ok = broken < 0
-    report_unreadable([files.paths[i] for i in broken[~ok].tolist()], len(files), str(where), size, strict)
+    report_unreadable([files.paths[i] for i in broken[~ok].tolist()], len(files), str(where), size, strict,
+                      FOLDER_LAYOUT)
     _warn_upscaled(int((short[ok] < size).sum()), int(ok.sum()), where, size)
     return images[ok], files.labels[ok]
 
@@ -431,8 +299,8 @@ def read_image_folder(
     if cache == "never":
         return FolderSplits(
             name,
-            _drop_unreadable_headers(train, where, image_size, strict, workers),
-            _drop_unreadable_headers(test, where, image_size, strict, workers),
+            FileSplit(_drop_unreadable_headers(train, where, image_size, strict, workers), image_size),
+            FileSplit(_drop_unreadable_headers(test, where, image_size, strict, workers), image_size),
             classes,
             image_size,
             strict,

@@ -1,6 +1,6 @@
 """The Lightning data module: fixed-size uint8 images, augmented on the training device in whole batches.
 
-Two input paths, one interface:
+Two input paths behind one interface (:class:`~amcl.data.splits.Split`):
 
 * **in memory** (:class:`ImageSplits`: CIFAR, STL-10, digits, synthetic, cached folders): the images
   are sent to the training device once; the loaders yield only batches of indices, and
@@ -22,8 +22,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from amcl.data.augment import TwoViews, ViewAugmentation
-from amcl.data.folders import DecodedImages, FolderSplits, ImageFiles, decode_failure, default_workers, file_batches
-from amcl.data.readers import DatasetError, ImageSplits
+from amcl.data.folders import FolderSplits
+from amcl.data.images import decode_failure, default_workers
+from amcl.data.readers import DatasetError
+from amcl.data.splits import ImageSplits, Split
 from amcl.errors import warn
 
 #: Images used to estimate the normalisation statistics (an even spread over the training split).
@@ -82,12 +84,11 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.splits = splits
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.streamed = isinstance(splits, FolderSplits)
+        self.streamed = splits.train.streamed
         self.seed = seed  # the training order across processes (DistributedSampler)
         self.channels_last = channels_last  # on CUDA: views in channels-last layout, faster convolutions
         self.workers = default_workers() if workers is None else workers
         self.unreadable: set[str] = set()
-        self._on_device: dict[str, tuple[Tensor, Tensor]] = {}
         if normalization is None:
             mean, std = channel_stats(self._stats_sample())
         else:
@@ -102,13 +103,14 @@ class ContrastiveDataModule(L.LightningDataModule):
         s = self.splits
         return s.num_classes > 0 and bool((s.train_labels >= 0).any()) and len(s.test_labels) > 0
 
+    def split(self, name: str) -> Split:
+        """The ``"train"`` or ``"test"`` split."""
+        return self.splits.train if name == "train" else self.splits.test
+
     def _stats_sample(self) -> Tensor:
-        if not self.streamed:
-            images = self.splits.train_images
-            return images[_spread(len(images), STATS_SAMPLE)]
-        files = self.splits.train
-        sample = files.take(_spread(len(files), STREAMED_STATS_SAMPLE))
-        return torch.cat([b[0] for b in file_batches(DecodedImages(sample, self.splits.image_size), self.workers)])
+        train = self.splits.train
+        sample = _spread(len(train), STREAMED_STATS_SAMPLE if train.streamed else STATS_SAMPLE)
+        return train.images(sample, self.workers)
 
     # ----------------------------------------------------------------- loaders
 
@@ -124,40 +126,38 @@ class ContrastiveDataModule(L.LightningDataModule):
             return {"shuffle": True}
         return {"sampler": DistributedSampler(_Indices(n), world, rank, shuffle=True, seed=self.seed, drop_last=True)}
 
-    def _files(self, split: str) -> ImageFiles:
-        return self.splits.train if split == "train" else self.splits.test
-
-    def _file_loader(self, files: ImageFiles, batch_size: int, training: bool = False, **options) -> DataLoader:
-        """Decoded batches of ``files``. Training replaces a broken file by the next image (batches keep
-        their size); evaluation drops it (``on_before_batch_transfer``), as the in-memory cache does."""
+    def _pin_memory(self) -> dict:
+        """Decoded batches in pinned host memory when training on CUDA."""
         trainer = self.trainer
-        pin = trainer is not None and trainer.strategy.root_device.type == "cuda"
-        return file_batches(DecodedImages(files, self.splits.image_size, substitute=training), self.workers,
-                            batch_size, pin_memory=pin, **options)
+        cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return {"pin_memory": True} if cuda and self.streamed else {}
+
+    def _val_index(self) -> Tensor:
+        """This process's kNN queries: every world-th held-out image (the counts are summed over processes)."""
+        rank, world = self._process()
+        return torch.arange(rank, len(self.splits.test), world)
 
     def train_dataloader(self) -> DataLoader:
-        n = len(self.splits.train_labels)
-        if self.streamed:
-            return self._file_loader(self.splits.train, self.batch_size, training=True, drop_last=True,
-                                     persistent_workers=self.workers > 0, **self._train_sampling(n))
-        return DataLoader(_Indices(n), self.batch_size, drop_last=True, **self._train_sampling(n))
+        """Training batches; an unreadable file is replaced by the next image, so batches keep their size."""
+        train = self.splits.train
+        return train.loader(self.batch_size, workers=self.workers, replace_unreadable=True, drop_last=True,
+                            persistent_workers=train.streamed and self.workers > 0, **self._pin_memory(),
+                            **self._train_sampling(len(train)))
 
     def val_dataloader(self) -> DataLoader:
-        rank, world = self._process()  # each process takes every world-th query; the counts are summed
-        if self.streamed:
-            return self._file_loader(_stride(self.splits.test, rank, world), self.eval_batch_size)
-        return DataLoader(_Indices(len(self.splits.test_labels), rank, world), self.eval_batch_size)
+        """The kNN monitor's queries; unreadable files are left out, as the in-memory cache does."""
+        return self.splits.test.loader(self.eval_batch_size, self._val_index(), workers=self.workers,
+                                       **self._pin_memory())
 
     # ----------------------------------------------------------------- batches
 
-    def _note_unreadable(self, paths: tuple[str, ...], broken: Tensor) -> None:
-        """Report files (``paths[broken]``) a worker could not decode and replaced by the next image;
-        refuse them if strict."""
-        broken = broken[broken >= 0]
-        if not len(broken):
-            return
-        for i in broken.tolist():
-            path = paths[i]
+    def _training(self) -> bool:
+        return self.trainer is not None and self.trainer.training
+
+    def note_unreadable(self, paths: list[str]) -> None:
+        """Report image files a worker could not decode (each once); refuse them if strict. Only streamed
+        splits (:class:`FolderSplits`) have such files."""
+        for path in paths:
             if path in self.unreadable:
                 continue
             reason = decode_failure(path, self.splits.image_size)
@@ -166,37 +166,17 @@ class ContrastiveDataModule(L.LightningDataModule):
                                    "--strict-data to skip such files")
             self.unreadable.add(path)
             if len(self.unreadable) <= _WARN_UNREADABLE:
-                more = "; further ones are counted in the run's metrics" if len(self.unreadable) == _WARN_UNREADABLE else ""
+                last = len(self.unreadable) == _WARN_UNREADABLE
+                more = "; further ones are counted in the run's metrics" if last else ""
                 warn(f"unreadable image {path} ({reason}) replaced by the next file; --strict-data makes this an "
                      f"error{more}")
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        if not self.streamed:
-            return batch
-        images, labels, broken, _ = batch
-        training = self.trainer is not None and self.trainer.training
-        rank, world = self._process()
-        files = self._files("train") if training else _stride(self.splits.test, rank, world)
-        self._note_unreadable(files.paths, broken)
-        return (images, labels) if training else _readable(images, labels, broken)
-
-    def split_on_device(self, split: str, device: torch.device) -> tuple[Tensor, Tensor]:
-        """An in-memory split's uint8 images and labels on ``device``, copied there once."""
-        cached = self._on_device.get(split)
-        if cached is None or cached[0].device != device:
-            images = getattr(self.splits, f"{split}_images")
-            labels = getattr(self.splits, f"{split}_labels")
-            cached = (images.to(device), labels.to(device))
-            self._on_device[split] = cached
-        return cached
+        return self.split("train" if self._training() else "test").before_transfer(batch, self.note_unreadable)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        training = self.trainer is not None and self.trainer.training
-        if self.streamed:
-            images, labels = batch
-        else:
-            images, labels = self.split_on_device("train" if training else "test", batch.device)
-            images, labels = images[batch], labels[batch]
+        training = self._training()
+        images, labels = self.split("train" if training else "test").after_transfer(batch)
         if training:
             views = self.two_views(images)
             if self.channels_last and images.device.type == "cuda":
@@ -210,28 +190,8 @@ class ContrastiveDataModule(L.LightningDataModule):
         With ``shard``, only this process's share (every world-th labelled image) in distributed training.
         """
         rank, world = self._process() if shard else (0, 1)
-        if self.streamed:
-            files = self._files(split)
-            labelled = _stride(files.subset(files.labels >= 0), rank, world)
-            for images, labels, broken, _ in self._file_loader(labelled, self.eval_batch_size):
-                self._note_unreadable(labelled.paths, broken)
-                images, labels = _readable(images, labels, broken)
-                yield self.augment.plain(images.to(device)), labels.to(device)
-            return
-        images, labels = self.split_on_device(split, device)
-        labelled = (labels >= 0).nonzero().flatten()[rank::world]
-        for index in labelled.split(self.eval_batch_size):
-            yield self.augment.plain(images[index]), labels[index]
-
-
-def _readable(images: Tensor, labels: Tensor, broken: Tensor) -> tuple[Tensor, Tensor]:
-    """A decoded evaluation batch without its unreadable files (on the host, before the transfer)."""
-    if bool((broken < 0).all()):
-        return images, labels
-    keep = broken < 0
-    return images[keep], labels[keep]
-
-
-def _stride(files: ImageFiles, start: int, step: int) -> ImageFiles:
-    """Every ``step``-th file from ``start``: one process's share of an evaluation split."""
-    return files if step == 1 else files.take(slice(start, None, step))
+        chosen = self.split(split)
+        index = chosen.labelled()[rank::world]
+        for images, labels in chosen.batches(self.eval_batch_size, device, index, workers=self.workers,
+                                             on_unreadable=self.note_unreadable):
+            yield self.augment.plain(images), labels

@@ -15,21 +15,18 @@ import torch
 from torch import Tensor
 
 from amcl.data.augment import AUGMENTATION_CODES, ViewAugmentation, parse_policy
-from amcl.data.folders import DecodedImages, FolderSplits
-from amcl.data.readers import ImageSplits
+from amcl.data.folders import FolderSplits
+from amcl.data.splits import ImageSplits
 from amcl.errors import AmclError
 
 __all__ = ["augmentation_grid", "sample_images", "save_preview", "policy_title"]
 
 
 def sample_images(splits: ImageSplits | FolderSplits, count: int, seed: int = 0) -> Tensor:
-    """``count`` training images (uint8 ``[n, C, H, W]``) picked at random by ``seed``; only those are decoded."""
-    n = len(splits.train_labels)
-    index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].sort().values
-    if isinstance(splits, ImageSplits):
-        return splits.train_images[index]
-    decoded = DecodedImages(splits.train.take(index), splits.image_size)
-    return torch.stack([decoded[i][0] for i in range(len(decoded))])
+    """``count`` training images (uint8 ``[n, C, H, W]``) picked at random by ``seed``; only those are decoded
+    (an unreadable one is left out)."""
+    index = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    return splits.train.images(index)
 
 
 def augmentation_grid(

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from amcl.data.splits import ImageSplits
 from amcl.errors import AmclError
 
 __all__ = ["DatasetError", "ImageSplits", "read_cifar10", "read_cifar100", "read_stl10"]
@@ -32,22 +33,6 @@ __all__ = ["DatasetError", "ImageSplits", "read_cifar10", "read_cifar100", "read
 
 class DatasetError(AmclError):
     """A user-facing data error; its message is one line naming the problem and the fix."""
-
-
-@dataclass(frozen=True)
-class ImageSplits:
-    """Train and test images (uint8 ``[N, C, H, W]``) with int64 labels (-1 = unlabeled)."""
-
-    name: str
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    classes: tuple[str, ...]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
 
 def _brief(err: BaseException) -> str:

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from amcl.data.augment import TwoViews
-from amcl.data.folders import DecodedImages, FolderSplits, ImageFiles, file_batches
 from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError
 from amcl.eval.options import AnalyzeOptions
@@ -136,16 +135,9 @@ def _held_out_images(data: ContrastiveDataModule, count: int, generator: torch.G
                      device: torch.device) -> Tensor:
     """``count`` held-out images (uint8, on ``device``) drawn at random by ``generator``, whatever their
     labels. Image folders decode only the drawn files; unreadable ones are left out."""
-    splits = data.splits
-    index = torch.randperm(len(splits.test_labels), generator=generator)[:count]
-    if not isinstance(splits, FolderSplits):
-        return splits.test_images[index].to(device)
-    files = ImageFiles(tuple(splits.test.paths[i] for i in index.tolist()), splits.test.labels[index])
-    decoded = DecodedImages(files, splits.image_size, substitute=False)
-    batches = [images[broken < 0] for images, _, broken, _ in file_batches(decoded, data.workers, data.eval_batch_size)]
-    size = splits.image_size
-    images = torch.cat(batches) if batches else torch.zeros(0, 3, size, size, dtype=torch.uint8)
-    return images.to(device)
+    test = data.splits.test
+    index = torch.randperm(len(test), generator=generator)[:count]
+    return test.images(index, data.workers).to(device)
 
 
 # --------------------------------------------------------------------------- the command

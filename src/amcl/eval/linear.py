@@ -182,7 +182,6 @@ def linear_probe_augmented(
     _check(test_features, test_labels, num_classes, "test set")
     augment = ViewAugmentation(policy, data_module.augment.image_size, data_module.augment.color_strength,
                                data_module.normalization["mean"], data_module.normalization["std"]).to(device)
-    batches = _streamed_batches if data_module.streamed else _memory_batches
     n = len(train_features)
     mean, inv_std = standardization(train_features)
     probe = _Probe(train_features.shape[1], num_classes, mean, inv_std, epochs * math.ceil(n / batch_size), lr,
@@ -194,7 +193,7 @@ def linear_probe_augmented(
         torch.manual_seed(seed)
         for _ in range(epochs):
             total, seen = 0.0, 0
-            for images, labels in batches(data_module, batch_size, generator, device):
+            for images, labels in _shuffled_batches(data_module, batch_size, generator, device):
                 with torch.no_grad():
                     features = encoder(augment(images)).float()
                 total += probe.step(features, labels) * len(labels)
@@ -206,25 +205,13 @@ def linear_probe_augmented(
     return result
 
 
-def _memory_batches(data_module, batch_size: int, generator: torch.Generator,
-                    device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    """Shuffled batches of an in-memory split's labelled uint8 training images, on ``device``."""
-    images, labels = data_module.split_on_device("train", device)
-    labelled = (labels >= 0).nonzero().flatten().cpu()
-    for index in labelled[torch.randperm(len(labelled), generator=generator)].split(batch_size):
-        index = index.to(device)
-        yield images[index], labels[index]
-
-
-def _streamed_batches(data_module, batch_size: int, generator: torch.Generator,
+def _shuffled_batches(data_module, batch_size: int, generator: torch.Generator,
                       device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    """Shuffled batches of a streamed folder's labelled training images, decoded by the data module's
-    workers (an unreadable file is replaced by the next one, and reported, as in pre-training)."""
-    files = data_module.splits.train
-    labelled = files.subset(files.labels >= 0)
-    loader = data_module._file_loader(labelled, batch_size, training=True, shuffle=True,
-                                      generator=torch.Generator().manual_seed(int(torch.randint(2**62, (1,),
-                                                                                               generator=generator))))
-    for images, labels, broken, _ in loader:
-        data_module._note_unreadable(labelled.paths, broken)
-        yield images.to(device), labels.to(device)
+    """Shuffled batches of the labelled uint8 training images on ``device``, in the order ``generator``
+    draws. Streamed images are decoded by the data module's workers; an unreadable file is replaced
+    by the next one, and reported, as in pre-training."""
+    train = data_module.splits.train
+    labelled = train.labelled()
+    order = labelled[torch.randperm(len(labelled), generator=generator)]
+    return train.batches(batch_size, device, order, workers=data_module.workers, replace_unreadable=True,
+                         on_unreadable=data_module.note_unreadable)

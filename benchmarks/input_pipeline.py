@@ -46,17 +46,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
+from timing import device_name, median_seconds
 
 from amcl.config import PretrainConfig
 from amcl.data.augment import TwoViews, ViewAugmentation, parse_policy
@@ -67,25 +65,6 @@ TARGET_RATIO = 5.0
 POLICIES = ("a", "b", "c", "d", "e", "default", "abcde", "color")
 #: Normalisation statistics of CIFAR-10, roughly; any values cost the same.
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``step`` over ``repeats`` runs after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -191,10 +170,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 96])
     parser.add_argument("--batch-size", type=int, help="augmentation batch (default: 256 on CPU, 512 on CUDA)")
     parser.add_argument("--pool", type=int, help="uint8 images on the device to gather from (default: 8 batches)")
-    parser.add_argument("--step-batch-size", type=int, help="training step batch (default: 64 on CPU, --batch-size on CUDA)")
+    parser.add_argument("--step-batch-size", type=int,
+                        help="training step batch (default: 64 on CPU, --batch-size on CUDA)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="training step: auto = bf16 autocast on CUDA, fp32 on CPU")
-    parser.add_argument("--amcl", action="store_true", help="time the AMCL SimCLR step (3 heads) instead of the baseline")
+    parser.add_argument("--amcl", action="store_true",
+                        help="time the AMCL SimCLR step (3 heads) instead of the baseline")
     parser.add_argument("--decode-files", type=int, default=256)
     parser.add_argument("--decode-image", default="400x300", help="WIDTHxHEIGHT of the files written")
     parser.add_argument("--png", action="store_true", help="also time as many PNG files")
@@ -257,7 +238,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    name = device_name(device)
     print(f"# device {args.device} ({name}), torch {torch.__version__}, {args.threads} CPU threads "
           f"({os.cpu_count()} cores), default workers {default_workers()}", flush=True)
     print(f"# augmentation: batch {args.batch_size} from a pool of {args.pool}, median of {args.repeats} after "

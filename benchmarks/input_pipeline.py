@@ -19,11 +19,12 @@ on CUDA the device is synchronised before every timer read):
   device, gathers ``pool[index]`` and makes both views with ``TwoViews(ViewAugmentation(policy, S,
   0.5, mean, std))`` (normalisation included, as in training). Images/s counts source images, one
   per pair of views.
-* training step: ``SimCLR(config, 10).loss(view1, view2)`` + backward + SGD step (momentum,
-  weight decay, as in ``configure_optimizers``) outside Lightning, on pre-made float views of
+* training step: the SimCLR method's own step outside a fit, as ``train_speed.py`` drives it
+  (``training_step`` and ``optimizer_step`` with the optimiser and schedule of
+  ``configure_optimizers``; see ``train_speed.MethodStep``), on pre-made float views of
   --step-batch-size images at each size (halved until it fits if the device runs out of memory;
   the batch used is printed). The backbone is the one the config resolves to for that
-  image size (ResNet-18 with the CIFAR stem below 128 px). bf16 autocast on CUDA, fp32 on CPU
+  image size (ResNet-18 with the CIFAR stem below 128 px). bf16-mixed on CUDA, 32-true on CPU
   (--precision). Images/s counts source images (two views each).
 * decoding: a temporary folder of --decode-files JPEG files (--decode-image, smooth random
   content with mild noise, quality 90; with --png as many PNG files as well) is decoded by
@@ -55,6 +56,7 @@ import numpy as np
 import torch
 from PIL import Image
 from timing import device_name, median_seconds
+from train_speed import EPOCH_IMAGES, MethodStep, quiet_lightning
 
 from amcl.config import PretrainConfig
 from amcl.data.augment import TwoViews, ViewAugmentation, parse_policy
@@ -87,14 +89,15 @@ def augmentation_rate(policy: str, size: int, args: argparse.Namespace, device: 
 # --------------------------------------------------------------------------- training step
 
 
-def step_config(size: int, args: argparse.Namespace) -> PretrainConfig:
-    return PretrainConfig(method="simclr", amcl=args.amcl, dataset="synthetic", image_size=size,
-                          batch_size=args.step_batch_size).resolved()
+def step_config(size: int, batch_size: int, args: argparse.Namespace, device: torch.device) -> PretrainConfig:
+    return PretrainConfig(method="simclr", amcl=args.amcl, dataset="synthetic", image_size=size, batch_size=batch_size,
+                          accelerator="gpu" if device.type == "cuda" else "cpu",
+                          precision="bf16-mixed" if args.precision == "bf16" else "32-true").resolved()
 
 
 def step_rate(size: int, args: argparse.Namespace, device: torch.device) -> tuple[float, str, int]:
-    """Source images/s of one SimCLR training step (forward, backward, SGD), the backbone and the batch
-    used: --step-batch-size, halved until it fits when the device runs out of memory."""
+    """Source images/s of one SimCLR training step (the method's own, as train_speed.py times it), the
+    backbone and the batch used: --step-batch-size, halved until it fits when the device runs out of memory."""
     b = args.step_batch_size
     while True:
         try:
@@ -110,21 +113,12 @@ def step_rate(size: int, args: argparse.Namespace, device: torch.device) -> tupl
 
 
 def _step_rate(size: int, b: int, args: argparse.Namespace, device: torch.device) -> tuple[float, str]:
-    config = step_config(size, args)
+    config = step_config(size, b, args, device)
     model = SimCLR(config, num_classes=10).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    view1, view2 = (torch.randn(b, 3, size, size, device=device) for _ in range(2))
-    bf16 = args.precision == "bf16"
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = model.loss(view1, view2)
-        loss.backward()
-        optimizer.step()
-
-    return b / median_seconds(step, device, args.step_warmup, args.step_repeats), config.backbone
+    model.on_fit_start()
+    train = MethodStep(model, device, schedule_steps=config.epochs * (EPOCH_IMAGES // b))
+    views = tuple(torch.randn(b, 3, size, size, device=device) for _ in range(2))
+    return b / median_seconds(lambda: train(*views), device, args.step_warmup, args.step_repeats), config.backbone
 
 
 # --------------------------------------------------------------------------- decoding
@@ -237,6 +231,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    quiet_lightning()
     device = torch.device(args.device)
     name = device_name(device)
     print(f"# device {args.device} ({name}), torch {torch.__version__}, {args.threads} CPU threads "

@@ -19,11 +19,12 @@ on CUDA the device is synchronised before every timer read):
   device, gathers ``pool[index]`` and makes both views with ``TwoViews(ViewAugmentation(policy, S,
   0.5, mean, std))`` (normalisation included, as in training). Images/s counts source images, one
   per pair of views.
-* training step: ``SimCLR(config, 10).loss(view1, view2)`` + backward + SGD step (momentum,
-  weight decay, as in ``configure_optimizers``) outside Lightning, on pre-made float views of
+* training step: the SimCLR method's own step outside a fit, as ``train_speed.py`` drives it
+  (``training_step`` and ``optimizer_step`` with the optimiser and schedule of
+  ``configure_optimizers``; see ``train_speed.MethodStep``), on pre-made float views of
   --step-batch-size images at each size (halved until it fits if the device runs out of memory;
   the batch used is printed). The backbone is the one the config resolves to for that
-  image size (ResNet-18 with the CIFAR stem below 128 px). bf16 autocast on CUDA, fp32 on CPU
+  image size (ResNet-18 with the CIFAR stem below 128 px). bf16-mixed on CUDA, 32-true on CPU
   (--precision). Images/s counts source images (two views each).
 * decoding: a temporary folder of --decode-files JPEG files (--decode-image, smooth random
   content with mild noise, quality 90; with --png as many PNG files as well) is decoded by
@@ -46,17 +47,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
+from timing import device_name, median_seconds
+from train_speed import EPOCH_IMAGES, MethodStep, quiet_lightning
 
 from amcl.config import PretrainConfig
 from amcl.data.augment import TwoViews, ViewAugmentation, parse_policy
@@ -67,25 +67,6 @@ TARGET_RATIO = 5.0
 POLICIES = ("a", "b", "c", "d", "e", "default", "abcde", "color")
 #: Normalisation statistics of CIFAR-10, roughly; any values cost the same.
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``step`` over ``repeats`` runs after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -108,14 +89,15 @@ def augmentation_rate(policy: str, size: int, args: argparse.Namespace, device: 
 # --------------------------------------------------------------------------- training step
 
 
-def step_config(size: int, args: argparse.Namespace) -> PretrainConfig:
-    return PretrainConfig(method="simclr", amcl=args.amcl, dataset="synthetic", image_size=size,
-                          batch_size=args.step_batch_size).resolved()
+def step_config(size: int, batch_size: int, args: argparse.Namespace, device: torch.device) -> PretrainConfig:
+    return PretrainConfig(method="simclr", amcl=args.amcl, dataset="synthetic", image_size=size, batch_size=batch_size,
+                          accelerator="gpu" if device.type == "cuda" else "cpu",
+                          precision="bf16-mixed" if args.precision == "bf16" else "32-true").resolved()
 
 
 def step_rate(size: int, args: argparse.Namespace, device: torch.device) -> tuple[float, str, int]:
-    """Source images/s of one SimCLR training step (forward, backward, SGD), the backbone and the batch
-    used: --step-batch-size, halved until it fits when the device runs out of memory."""
+    """Source images/s of one SimCLR training step (the method's own, as train_speed.py times it), the
+    backbone and the batch used: --step-batch-size, halved until it fits when the device runs out of memory."""
     b = args.step_batch_size
     while True:
         try:
@@ -131,21 +113,12 @@ def step_rate(size: int, args: argparse.Namespace, device: torch.device) -> tupl
 
 
 def _step_rate(size: int, b: int, args: argparse.Namespace, device: torch.device) -> tuple[float, str]:
-    config = step_config(size, args)
+    config = step_config(size, b, args, device)
     model = SimCLR(config, num_classes=10).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    view1, view2 = (torch.randn(b, 3, size, size, device=device) for _ in range(2))
-    bf16 = args.precision == "bf16"
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = model.loss(view1, view2)
-        loss.backward()
-        optimizer.step()
-
-    return b / median_seconds(step, device, args.step_warmup, args.step_repeats), config.backbone
+    model.on_fit_start()
+    train = MethodStep(model, device, schedule_steps=config.epochs * (EPOCH_IMAGES // b))
+    views = tuple(torch.randn(b, 3, size, size, device=device) for _ in range(2))
+    return b / median_seconds(lambda: train(*views), device, args.step_warmup, args.step_repeats), config.backbone
 
 
 # --------------------------------------------------------------------------- decoding
@@ -191,10 +164,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 96])
     parser.add_argument("--batch-size", type=int, help="augmentation batch (default: 256 on CPU, 512 on CUDA)")
     parser.add_argument("--pool", type=int, help="uint8 images on the device to gather from (default: 8 batches)")
-    parser.add_argument("--step-batch-size", type=int, help="training step batch (default: 64 on CPU, --batch-size on CUDA)")
+    parser.add_argument("--step-batch-size", type=int,
+                        help="training step batch (default: 64 on CPU, --batch-size on CUDA)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="training step: auto = bf16 autocast on CUDA, fp32 on CPU")
-    parser.add_argument("--amcl", action="store_true", help="time the AMCL SimCLR step (3 heads) instead of the baseline")
+    parser.add_argument("--amcl", action="store_true",
+                        help="time the AMCL SimCLR step (3 heads) instead of the baseline")
     parser.add_argument("--decode-files", type=int, default=256)
     parser.add_argument("--decode-image", default="400x300", help="WIDTHxHEIGHT of the files written")
     parser.add_argument("--png", action="store_true", help="also time as many PNG files")
@@ -256,8 +231,9 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    quiet_lightning()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    name = device_name(device)
     print(f"# device {args.device} ({name}), torch {torch.__version__}, {args.threads} CPU threads "
           f"({os.cpu_count()} cores), default workers {default_workers()}", flush=True)
     print(f"# augmentation: batch {args.batch_size} from a pool of {args.pool}, median of {args.repeats} after "

@@ -35,16 +35,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from timing import device_name, medians_in_turns, memory_child_output, peak_rss_mib
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from amcl.losses import (
@@ -81,33 +77,6 @@ class LargestTensor(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.numel = max(self.numel, t.numel())
         return out
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field))
-
-
-def peak_extra_mib(step: Step) -> float:
-    """Peak resident memory above the level before ``step`` (resets the high-water mark first)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _rss_kib("VmRSS:")
-    step()
-    return (_rss_kib("VmHWM:") - before) / 1024
-
-
-def median_ms(steps: tuple[Step, ...], repeats: int) -> list[float]:
-    """Median time of each step, run in turns so that background load slows them alike."""
-    times: list[list[float]] = [[] for _ in steps]
-    for step in steps:
-        step()  # warm-up
-    for _ in range(repeats):
-        for step, step_times in zip(steps, times):
-            start = time.perf_counter()
-            step()
-            step_times.append((time.perf_counter() - start) * 1000)
-    return [statistics.median(t) for t in times]
 
 
 def _leaves(n: int, *shape: int) -> list[torch.Tensor]:
@@ -247,18 +216,14 @@ def memory_child(args: argparse.Namespace) -> None:
         for b in batch_sizes(name, args):
             baseline, amcl = METHODS[name].steps(b, args)
             baseline(), amcl()  # warm-up
-            result[name][b] = (peak_extra_mib(baseline), peak_extra_mib(amcl))
+            result[name][b] = (peak_rss_mib(baseline)[0], peak_rss_mib(amcl)[0])
     print(json.dumps(result))
 
 
 def measure_memory() -> dict:
-    # Memory is measured in a child process with a fixed mmap threshold: glibc then returns every
-    # large tensor to the OS when it is freed, so the RSS high-water mark is each step's own peak.
-    child = subprocess.run(
-        [sys.executable, __file__, "--memory-child", *sys.argv[1:]], capture_output=True, text=True, check=True,
-        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
-    )
-    return json.loads(child.stdout)
+    # In a child process with a fixed mmap threshold: glibc then returns every large tensor to the OS
+    # when it is freed, so the RSS high-water mark is each step's own peak.
+    return memory_child_output(__file__, sys.argv[1:])
 
 
 def table(name: str, args: argparse.Namespace, memory: dict) -> None:
@@ -270,7 +235,7 @@ def table(name: str, args: argparse.Namespace, memory: dict) -> None:
     ratios = []
     for b in batch_sizes(name, args):
         baseline, amcl = method.steps(b, args)
-        t_base, t_amcl = median_ms((baseline, amcl), args.repeats)
+        t_base, t_amcl = (t * 1000 for t in medians_in_turns((baseline, amcl), args.repeats))
         m_base, m_amcl = memory[name][str(b)]
         with LargestTensor() as largest:
             amcl()
@@ -298,7 +263,7 @@ def main() -> None:
     torch.manual_seed(0)
     if args.memory_child:
         return memory_child(args)
-    print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
+    print(f"# {device_name(torch.device('cpu'))}, {args.threads} threads, torch {torch.__version__}; "
           f"median of {args.repeats} forward + backward steps after a warm-up", flush=True)
     memory = measure_memory()
     for name in args.methods:

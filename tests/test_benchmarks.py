@@ -1,0 +1,96 @@
+"""The training-step benchmark drives the method's own step: its optimiser steps, non-finite skips,
+gradient clipping and schedule are the ones training has (behaviour only, no timings)."""
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import train_speed  # noqa: E402
+from timing import block_seconds, median_seconds, medians_in_turns  # noqa: E402
+
+#: the method's self.log outside a fit (a no-op there; the benchmark's main silences it)
+pytestmark = pytest.mark.filterwarnings("ignore:.*self.log.*:UserWarning")
+TINY = ["--device", "cpu", "--backbone", "small_cnn", "--image-size", "16", "--batch-size", "8", "--no-memory"]
+
+
+def tiny_setup(method: str, mode: str, *options: str) -> train_speed.Setup:
+    args = train_speed.parse_args(["--quick", *TINY, *options])
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    return train_speed.build(method, mode, args, device, train_speed.make_pool(args, device))
+
+
+def parameters(setup: train_speed.Setup) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in setup.model.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_every_step_takes_one_optimiser_step_and_one_schedule_step(method):
+    setup = tiny_setup(method, "amcl")
+    lr = setup.optimizer.param_groups[0]["lr"]
+    before = parameters(setup)
+    for _ in range(3):
+        setup.full_step()
+    assert setup.train.steps_run == setup.train.optimizer_steps == 3
+    assert setup.train.scheduler.last_epoch == 3  # configure_optimizers' per-step schedule advances
+    assert setup.optimizer.param_groups[0]["lr"] < lr  # the cosine decay, from the method's learning rate
+    assert any(not torch.equal(a, b) for a, b in zip(before, parameters(setup)))
+
+
+def test_a_non_finite_step_is_skipped_as_config_on_nonfinite_says():
+    setup = tiny_setup("simclr", "amcl", "--on-nonfinite", "skip")
+    before = parameters(setup)
+    nan = torch.full((8, 3, 16, 16), float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the method's one-time "skipped a step" warning
+        setup.train(nan, nan)
+    assert (setup.train.steps_run, setup.train.optimizer_steps) == (1, 0)
+    assert all(torch.equal(a, b) for a, b in zip(before, parameters(setup)))
+    setup.full_step()
+    assert (setup.train.steps_run, setup.train.optimizer_steps) == (2, 1)
+
+
+def test_gradients_are_clipped_when_grad_clip_is_set():
+    def gradient_norm(setup: train_speed.Setup) -> float:
+        grads = [p.grad for group in setup.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+    clip = 1e-3
+    unclipped, clipped = tiny_setup("simclr", "baseline"), tiny_setup("simclr", "baseline", "--grad-clip", str(clip))
+    unclipped.full_step(), clipped.full_step()
+    assert gradient_norm(unclipped) > 10 * clip  # the clip has something to do
+    assert gradient_norm(clipped) <= clip * (1 + 1e-4)
+
+
+def test_the_report_counts_optimiser_steps_of_every_configuration(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "figures.json"
+    monkeypatch.setattr(sys, "argv", ["train_speed.py", "--quick", *TINY, "--methods", "simclr", "--json", str(out)])
+    train_speed.main()
+    result = json.loads(out.read_text())
+    # warm-up, then full and pre-made steps in every round
+    steps = result["warmup"] + 2 * result["rounds"] * result["steps"]
+    assert [(r["mode"], r["steps_run"], r["optimizer_steps"]) for r in result["rows"]] == [
+        ("baseline", steps, steps), ("amcl", steps, steps)]
+    assert "ratio" in result["rows"][1] and result["rows"][1]["ratio"] > 0
+    printed = capsys.readouterr().out
+    assert f"# optimiser steps taken / steps run: simclr baseline {steps} / {steps}, simclr AMCL {steps} / {steps}" \
+        in printed
+    assert "| simclr | AMCL | 3 |" in printed
+
+
+def test_timers_run_each_step_as_often_as_asked():
+    calls = {"a": 0, "b": 0}
+
+    def step(name):
+        return lambda: calls.__setitem__(name, calls[name] + 1)
+
+    device = torch.device("cpu")
+    assert block_seconds(step("a"), 4, device) >= 0 and calls["a"] == 4
+    assert median_seconds(step("a"), device, warmup=2, repeats=3) >= 0 and calls["a"] == 9
+    assert len(medians_in_turns((step("a"), step("b")), repeats=5, device=device)) == 2
+    assert calls == {"a": 15, "b": 6}

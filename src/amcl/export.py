@@ -32,6 +32,7 @@ from amcl.errors import AmclError
 from amcl.eval.checkpoint import load_pretrained, resolve_device
 from amcl.eval.features import evaluation_config, evaluation_data
 from amcl.eval.options import ExportOptions
+from amcl.nn.backbones import build_backbone, is_backbone_name
 from amcl.runs import write_atomic
 
 __all__ = ["export_encoder", "load_encoder", "ENCODER_FORMAT"]
@@ -127,8 +128,6 @@ def load_encoder(folder: str | os.PathLike[str],
         encoder, info = load_encoder("runs/simclr/export")
         features = encoder(images)  # [N, info["feature_dim"]]
     """
-    from amcl.nn.backbones import build_backbone, is_backbone_name
-
     path = Path(folder)
     try:
         info = json.loads((path / "encoder.json").read_text())

@@ -35,6 +35,8 @@ from torch import Tensor
 from amcl.data.augment import TwoViews
 from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError
+from amcl.eval.checkpoint import load_pretrained, resolve_device
+from amcl.eval.features import evaluation_config, evaluation_data
 from amcl.eval.options import AnalyzeOptions
 from amcl.methods.base import HeadTemperatures
 from amcl.eval.figures import overlap_figure, save_figure, similarity_histograms, temperature_figure
@@ -171,9 +173,6 @@ def analyze_checkpoint(
     """
     opts = AnalyzeOptions(out=None if out is None else str(out), **options)
     opts.validate()
-    from amcl.eval.checkpoint import load_pretrained, resolve_device
-    from amcl.eval.features import evaluation_config, evaluation_data
-
     pairs, bins, seed = int(opts.pairs), int(opts.bins), opts.seed
     target = resolve_device(opts.device)
     pretrained = load_pretrained(checkpoint, target)

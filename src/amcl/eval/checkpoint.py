@@ -16,6 +16,7 @@ import torch
 
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError
+from amcl.methods import METHOD_CLASSES
 from amcl.runs import read_checkpoint, upgrade_config
 
 __all__ = ["Pretrained", "load_pretrained", "read_checkpoint", "resolve_device"]
@@ -38,8 +39,6 @@ class Pretrained:
 
 def load_pretrained(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Pretrained:
     """Rebuild the method a checkpoint was trained with, load its weights, and put it in eval mode."""
-    from amcl.methods import METHOD_CLASSES
-
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
     known = PretrainConfig.__dataclass_fields__

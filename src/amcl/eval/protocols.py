@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from amcl.errors import AmclError
+from amcl.eval.checkpoint import load_pretrained, resolve_device
+from amcl.eval.features import evaluation_config, evaluation_data, extract_features
+from amcl.eval.linear import linear_probe, linear_probe_augmented
 from amcl.eval.options import PROTOCOLS, EvalOptions
+from amcl.knn import knn_predict, topk_accuracies
 from amcl.runs import write_json
 
 __all__ = ["PROTOCOLS", "evaluate_checkpoint"]
@@ -57,11 +61,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], protocol: str = "knn
     images, the feature size, the protocol's settings and ``time_s``; it is written atomically to ``out``
     or ``<checkpoint folder>/eval-<protocol>.json``. User mistakes raise :class:`~amcl.errors.AmclError`.
     """
-    from amcl.eval.checkpoint import load_pretrained, resolve_device
-    from amcl.eval.features import evaluation_config, evaluation_data, extract_features
-    from amcl.eval.knn import knn_predict, topk_accuracies
-    from amcl.eval.linear import linear_probe, linear_probe_augmented
-
     started = time.perf_counter()
     opts = EvalOptions(protocol=protocol, **options)
     opts.validate()

@@ -55,13 +55,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from timing import device_name, median_seconds
-from train_speed import EPOCH_IMAGES, MethodStep, quiet_lightning
 
 from amcl.config import PretrainConfig
 from amcl.data.augment import TwoViews, ViewAugmentation, parse_policy
 from amcl.data.folders import DecodedImages, ImageFiles, default_workers, file_batches
 from amcl.methods.simclr import SimCLR
+from timing import device_name, median_seconds
+from train_speed import EPOCH_IMAGES, MethodStep, quiet_lightning
 
 TARGET_RATIO = 5.0
 POLICIES = ("a", "b", "c", "d", "e", "default", "abcde", "color")

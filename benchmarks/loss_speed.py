@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from timing import device_name, medians_in_turns, memory_child_output, peak_rss_mib
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from amcl.losses import (
@@ -59,6 +58,7 @@ from amcl.losses import (
     simsiam_loss,
 )
 from amcl.nn import TemperatureNet
+from timing import device_name, medians_in_turns, memory_child_output, peak_rss_mib
 
 TARGET_RATIO = 3.0
 Step = Callable[[], None]

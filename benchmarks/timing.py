@@ -19,6 +19,7 @@ import torch
 
 MiB = 2**20
 Step = Callable[[], object]
+CPU = torch.device("cpu")
 
 
 def synchronize(device: torch.device) -> None:
@@ -44,7 +45,7 @@ def median_seconds(step: Step, device: torch.device, warmup: int, repeats: int) 
     return statistics.median(block_seconds(step, 1, device) for _ in range(repeats))
 
 
-def medians_in_turns(steps: tuple[Step, ...], repeats: int, device: torch.device = torch.device("cpu"),
+def medians_in_turns(steps: tuple[Step, ...], repeats: int, device: torch.device = CPU,
                      warmup: int = 1) -> list[float]:
     """Median seconds of each step, the steps run in turns so that background load slows them alike."""
     for step in steps:

@@ -98,6 +98,12 @@ from typing import Callable
 import lightning as L
 import torch
 from lightning.pytorch.utilities import GradClipAlgorithmType
+from torch import Tensor
+
+from amcl.config import METHODS, PretrainConfig
+from amcl.data.augment import TwoViews, ViewAugmentation
+from amcl.methods import METHOD_CLASSES, PretrainMethod
+from amcl.nn.backbones import BACKBONES
 from timing import (
     MiB,
     block_seconds,
@@ -111,12 +117,6 @@ from timing import (
     synchronize,
     verdict,
 )
-from torch import Tensor
-
-from amcl.config import METHODS, PretrainConfig
-from amcl.data.augment import TwoViews, ViewAugmentation
-from amcl.methods import METHOD_CLASSES, PretrainMethod
-from amcl.nn.backbones import BACKBONES
 
 TARGET_RATIO = 1.15
 TARGET_EPOCH_S = 5.0

@@ -48,15 +48,18 @@ def main() -> None:
     print(f"{pretrained.config.method} {'AMCL' if pretrained.config.amcl else 'baseline'}, batch of {b}, augs "
           f"{pretrained.config.augs}: the positive is the most similar view for "
           f"{(nearest == positive).float().mean():.1%} of the anchors")
-    print(f"\n| lambda | mean positive cosine | Eq. 2.1 (tau {args.temperature:g}) | NT-Xent (tau {args.temperature:g}) |")
+    tau = f"{args.temperature:g}"
+    print(f"\n| lambda | mean positive cosine | Eq. 2.1 (tau {tau}) | NT-Xent (tau {tau}) |")
     print("|---|---|---|---|")
     for lam, cosine, eq21, ntxent in shrinking(z[:b], z[b:], args.temperature):
         print(f"| {lam:g} | {cosine:.3f} | {eq21:.4f} | {ntxent:.4f} |")
     print(f"\nlog(2B - 1) = {math.log(2 * b - 1):.4f}")
 
 
-def shrinking(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
-              lambdas: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01)) -> list[tuple[float, float, float, float]]:
+def shrinking(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float,
+    lambdas: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01),
+) -> list[tuple[float, float, float, float]]:
     """(lambda, mean positive cosine, Eq. 2.1, NT-Xent) with every projection shrunk towards the batch mean,
     z -> mean + lambda (z - mean); Eq. 2.1 with one head, a constant temperature, beta = 0 and k = 1."""
     z = torch.cat([z1, z2])
@@ -65,8 +68,8 @@ def shrinking(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
     for lam in lambdas:
         shrunk = mean + lam * (z - mean)
         a, b = shrunk[:len(z1)], shrunk[len(z1):]
-        rows.append((lam, float(F.cosine_similarity(a, b).mean()),
-                     float(amcl_nt_xent_loss(a, b, temperature, beta=0.0, topk=1)), float(nt_xent_loss(a, b, temperature))))
+        eq21 = float(amcl_nt_xent_loss(a, b, temperature, beta=0.0, topk=1))
+        rows.append((lam, float(F.cosine_similarity(a, b).mean()), eq21, float(nt_xent_loss(a, b, temperature))))
     return rows
 
 

@@ -82,9 +82,9 @@ def config_from_args(
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from amcl.train import pretrain
-
     from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from amcl.train import pretrain
 
     if args.resume:
         config = _resumed_config(args)
@@ -265,10 +265,11 @@ def _add_commands(commands) -> None:
     compare = commands.add_parser(
         "compare", help="baseline vs AMCL over methods x augmentation policies x seeds: results.md and .json",
         description="Pre-train every cell of a grid (methods x modes x augmentation policies x seeds; modes are "
-                    "baseline, AMCL and named variants) and write results.md (mean ± std per cell, the best of "
-                    "each row in bold, and each mode's paired difference to the baseline of the same seed: mean "
-                    "± std and wins/ties/losses) and results.json. Finished cells are kept: running the same command again resumes the grid. "
-                    "All pretrain options except --method, --amcl, --augs, --seed, --runs and --out set every cell.",
+                    "baseline, AMCL and named variants) and write results.md (mean ± std per cell, the best of each "
+                    "row in bold, and each mode's paired difference to the baseline of the same seed: mean ± std and "
+                    "wins/ties/losses) and results.json. Finished cells are kept: running the same command again "
+                    "resumes the grid. All pretrain options except --method, --amcl, --augs, --seed, --runs and --out"
+                    " set every cell.",
     )
     compare.add_argument("--config", metavar="FILE.yaml", help="read the shared pretrain options from a YAML file")
     compare.add_argument("--methods", nargs="+", default=["simclr"], choices=METHODS,

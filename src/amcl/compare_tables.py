@@ -14,8 +14,17 @@ import math
 import statistics
 from typing import Any, Sequence
 
-from amcl.compare_grid import (GRID_OPTIONS, KEY_SETTINGS, METRICS, MODE_OPTIONS, MODE_TITLES, PER_METHOD, REFERENCE,
-                               Grid, Run)
+from amcl.compare_grid import (
+    GRID_OPTIONS,
+    KEY_SETTINGS,
+    METRICS,
+    MODE_OPTIONS,
+    MODE_TITLES,
+    PER_METHOD,
+    REFERENCE,
+    Grid,
+    Run,
+)
 from amcl.config import PretrainConfig
 from amcl.runs import RESUMABLE_CHANGES, summarize_runs, write_atomic
 
@@ -222,7 +231,8 @@ def _settings(grid: Grid) -> list[str]:
             form = f"form {config.amcl_form}, " if config.amcl_form else ""
             tau = (f"constant tau {_value(config.temperature)}" if config.temperature_mode == "constant" else
                    f"{config.temperature_mode} tau in [{_value(config.tau_min)}, {_value(config.tau_max)}]")
-            amcl_modes.append(f"{_title(mode)}: {form}{tau}, beta {_value(config.beta)}, heads' {config.head_reduction}")
+            amcl_modes.append(f"{_title(mode)}: {form}{tau}, beta {_value(config.beta)}, "
+                              f"heads' {config.head_reduction}")
     if amcl_modes:
         lines.append(f"AMCL settings as run ({grid.methods[0]}): " + "; ".join(amcl_modes) + ".")
     named = [m for m in grid.modes if m not in MODE_OPTIONS]

@@ -92,7 +92,8 @@ class PretrainConfig:
     tau_max: float | None = _opt(None, "highest adaptive temperature (default: 2.0, the paper's)")
     topk: int = _opt(1, "AMCL: average the negative terms over the k hardest negatives (1 = Eq. 2.1 exactly)")
     temperature: float | None = _opt(
-        None, f"constant temperature of the baseline loss and of --temperature-mode constant ({_by_method('temperature')})"
+        None,
+        f"constant temperature of the baseline loss and of --temperature-mode constant ({_by_method('temperature')})",
     )
     temperature_hidden: int = _opt(128, "hidden width of the temperature network phi")
     temperature_input: str = _opt(

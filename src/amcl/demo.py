@@ -13,10 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from amcl.config import METHODS, PretrainConfig, load_yaml
-from amcl.specs import METHOD_SPECS
 from amcl.errors import AmclError
+from amcl.specs import METHOD_SPECS
 from amcl.train import pretrain
-
 
 #: The demo's three runs per method: a name suffix, what the table calls it, and the options over the config.
 MODES = (

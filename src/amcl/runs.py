@@ -31,7 +31,7 @@ from amcl.policies import parse_policy
 
 __all__ = [
     "RESUMABLE_CHANGES", "config_differences", "finished_metrics", "read_checkpoint", "read_config",
-    "run_record", "summarize_runs", "write_atomic", "write_json",
+    "run_record", "summarize_runs", "write_atomic", "write_config", "write_json",
 ]
 
 #: Options that may differ between a saved run and the config that continues or reuses it: they change
@@ -88,6 +88,19 @@ def write_json(path: str | os.PathLike[str], data: Any, indent: int = 2) -> None
     write_atomic(path, json.dumps(data, indent=indent) + "\n")
 
 
+def write_config(folder: str | os.PathLike[str], config: PretrainConfig | None = None) -> None:
+    """Create a run folder (``--out``) and, given a ``config``, write its ``config.yaml`` (atomically);
+    a folder that cannot be written is an :class:`AmclError` naming ``--out``."""
+    target = Path(folder)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            write_atomic(target / "config.yaml", config.to_yaml())
+    except (OSError, AmclError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc).split(": ", 1)[-1].split(";")[0]
+        raise AmclError(f"cannot write outputs to --out {folder}: {reason}; choose a writable folder") from None
+
+
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The options of a saved ``config.yaml`` (checked and typed by :func:`amcl.config.load_yaml`), with
     what older versions did not record filled in as they behaved (see :func:`upgrade_config`)."""
@@ -125,9 +138,10 @@ def config_differences(saved: Mapping[str, Any], current: PretrainConfig) -> lis
     :data:`RESUMABLE_CHANGES`) in which a saved run's config differs from ``current``. Options the saved
     config does not hold (written by an older version) are taken to match."""
     now, options = current.__dict__, set(option_names())
+    differing = [name for name in now if name not in RESUMABLE_CHANGES and name in saved
+                 and not _same(name, saved[name], now[name])]
     return [f"{'--' + name.replace('_', '-') if name in options else name} {saved[name]!r} in the run, "
-            f"{now[name]!r} now"
-            for name in now if name not in RESUMABLE_CHANGES and name in saved and not _same(name, saved[name], now[name])]
+            f"{now[name]!r} now" for name in differing]
 
 
 def finished_metrics(out: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -157,7 +171,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         if not (p / "last.ckpt").is_file():
-            raise AmclError(f"{p} is a folder without last.ckpt; give a checkpoint file or an amcl pretrain --out folder")
+            raise AmclError(f"{p} is a folder without last.ckpt; give a checkpoint file or an amcl pretrain --out "
+                            "folder")
         p = p / "last.ckpt"
     if not p.is_file():
         raise AmclError(f"checkpoint {p} does not exist; give the last.ckpt an amcl pretrain run wrote")

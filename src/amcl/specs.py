@@ -78,8 +78,8 @@ METHOD_SPECS: dict[str, MethodSpec] = {
         defaults={"lr": 0.06, "temperature": 0.5, "beta": 1e-4, "proj_hidden": 512, "proj_dim": 128, "proj_layers": 2},
         paper_literal={"amcl_form": "hardest"},
         amcl_forms=_CONTRASTIVE_FORMS,
-        negatives=Negatives(count=lambda c: 2 * c.batch_size - 2, what=lambda c: f"negatives of a batch of {c.batch_size}",
-                            fix="a larger --batch-size"),
+        negatives=Negatives(count=lambda c: 2 * c.batch_size - 2,
+                            what=lambda c: f"negatives of a batch of {c.batch_size}", fix="a larger --batch-size"),
         baseline_temperature=True,
     ),
     "moco": MethodSpec(

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from amcl.checkpointing import AtomicCheckpointIO, NonFiniteGuard, RandomStates, remove_partial_checkpoints
 from amcl.config import PretrainConfig
@@ -26,9 +26,18 @@ from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError, warn
 from amcl.methods import METHOD_CLASSES
 from amcl.monitoring import plot_curves, write_csv
+from amcl.runs import (
+    RESUMABLE_CHANGES,
+    config_differences,
+    finished_metrics,
+    read_checkpoint,
+    read_config,
+    run_record,
+    summarize_runs,
+    write_config,
+    write_json,
+)
 from amcl.specs import METHOD_SPECS
-from amcl.runs import (RESUMABLE_CHANGES, config_differences, finished_metrics, read_checkpoint, read_config,
-                       run_record, summarize_runs, write_json)
 
 
 class MetricsRecorder(Callback):
@@ -194,13 +203,9 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
     config = replace(config, global_batch=global_batch)  # what ran, in config.yaml and the checkpoint
     model = METHOD_CLASSES[config.method](config, splits.num_classes, data.normalization)
     started = time.time()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        if trainer.is_global_zero:
-            remove_partial_checkpoints(out)
-            (out / "config.yaml").write_text(config.to_yaml())
-    except OSError as exc:
-        raise AmclError(f"cannot write outputs to --out {config.out}: {exc.strerror}; choose a writable folder") from None
+    write_config(out, config if trainer.is_global_zero else None)
+    if trainer.is_global_zero:
+        remove_partial_checkpoints(out)
     trainer.fit(model, datamodule=data, ckpt_path=str(checkpoint) if resuming else None)
     if monitor and recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
         # the run stopped (max_steps, knn_every) without monitoring its final state: do it now
@@ -274,11 +279,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         return pretrain_once(config, resume)
     out = Path(config.out)
     created = [p for p in (out, out / "config.yaml") if not p.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config.to_yaml())  # first, so a killed series can be resumed
-    except OSError as exc:
-        raise AmclError(f"cannot write outputs to --out {config.out}: {exc.strerror}; choose a writable folder") from None
+    write_config(out, config)  # first, so a killed series can be resumed
     results = []
     for r in range(config.runs):
         seed = config.seed + r

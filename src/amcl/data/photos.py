@@ -3,11 +3,11 @@ with scikit-image, scikit-learn and matplotlib, one class per photo.
 
     python -m amcl.data.photos --out data/photos      # then: amcl pretrain --dataset folder --data-root data/photos
 
-Each class is one photo (an astronaut, a cat, a cup of coffee, a rocket, a motorcycle, a Chinese
-temple, a flower, Grace Hopper, the Hubble deep field, a tissue sample). Its images are square
-patches of random size (15-40% of the photo's shorter side) and position, resized to ``--size`` pixels and saved as JPEG in the usual
-``train/<class>/`` and ``val/<class>/`` layout. Training patches come from the top part of each
-photo and held-out patches from the bottom part (``--held-out``, 30% of the rows), so no held-out
+Each class is one photo (an astronaut, a cat, a cup of coffee, a rocket, a motorcycle, a Chinese temple,
+a flower, Grace Hopper, the Hubble deep field, a tissue sample). Its images are square patches of random
+size (15-40% of the photo's shorter side) and position, resized to ``--size`` pixels and saved as JPEG
+in the usual ``train/<class>/`` and ``val/<class>/`` layout. Training patches come from the top part of
+each photo and held-out patches from the bottom part (``--held-out``, 30% of the rows), so no held-out
 patch shares a pixel with a training one: the kNN monitor and the linear probe measure how well a
 representation recognises unseen regions of a photo, mostly by colour and texture.
 

@@ -37,11 +37,17 @@ from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError
 from amcl.eval.checkpoint import load_pretrained, resolve_device
 from amcl.eval.features import evaluation_config, evaluation_data
-from amcl.eval.options import AnalyzeOptions
-from amcl.methods.base import HeadTemperatures
 from amcl.eval.figures import overlap_figure, save_figure, similarity_histograms, temperature_figure
-from amcl.eval.separation import (SATURATION_TOLERANCE, derangement, distribution_overlap, separation_auc,
-                                  similarity_panel, temperature_summary)
+from amcl.eval.options import AnalyzeOptions
+from amcl.eval.separation import (
+    SATURATION_TOLERANCE,
+    derangement,
+    distribution_overlap,
+    separation_auc,
+    similarity_panel,
+    temperature_summary,
+)
+from amcl.methods.base import HeadTemperatures
 from amcl.runs import write_json
 from amcl.specs import METHOD_SPECS
 
@@ -201,7 +207,8 @@ def analyze_checkpoint(
     features = embed_views(model, images, data.two_views, seed, data.eval_batch_size)
 
     h1, h2 = features.backbone1[:used], features.backbone2[:used]
-    backbone = {**similarity_panel("backbone", _cosine(h1, h2), _cosine(h1, h2[partner]), bins), "dim": int(h1.shape[-1])}
+    backbone = {**similarity_panel("backbone", _cosine(h1, h2), _cosine(h1, h2[partner]), bins),
+                "dim": int(h1.shape[-1])}
     z1, z2 = features.z1[:, :used], features.z2[:, :used]
     positive, negative = _cosine(z1, z2), _cosine(z1, z2[:, partner])
     heads = [{**similarity_panel(f"head {c + 1}", positive[c], negative[c], bins), "dim": int(z1.shape[-1])}

@@ -8,9 +8,9 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
+from amcl.config import PretrainConfig
 from amcl.data.datasets import load_configured_dataset
 from amcl.data.module import ContrastiveDataModule
-from amcl.config import PretrainConfig
 from amcl.eval.checkpoint import Pretrained
 from amcl.eval.options import CheckpointOptions
 

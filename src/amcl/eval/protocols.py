@@ -40,8 +40,8 @@ def _check_labelled(data_module, config) -> None:
                     f"{'held-out' if has_train else 'training'} labels")
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically (a temporary file, then ``os.replace``), creating the folder if needed."""
+def _write_result(path: Path, data: dict[str, Any]) -> None:
+    """The result as JSON (atomically, :func:`amcl.runs.write_json`), its folder created if needed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, data)
@@ -117,5 +117,5 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], protocol: str = "knn
         "time_s": round(time.perf_counter() - started, 3),
     })
     path = Path(opts.out) if opts.out is not None else pretrained.path.parent / f"eval-{protocol}.json"
-    _write_json(path, result)
+    _write_result(path, result)
     return {**result, "json": str(path)}

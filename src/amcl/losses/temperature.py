@@ -60,7 +60,8 @@ def pair_temperatures(phi_a: Tensor, phi_b: Tensor, tau_min: float, tau_max: flo
         1.0
     """
     with torch.autocast(phi_a.device.type, enabled=False):
-        return temperature_from_scores(at_least_float32(phi_a) @ at_least_float32(phi_b).transpose(-1, -2), tau_min, tau_max)
+        scores = at_least_float32(phi_a) @ at_least_float32(phi_b).transpose(-1, -2)
+        return temperature_from_scores(scores, tau_min, tau_max)
 
 
 def paired_temperatures(phi_a: Tensor, phi_b: Tensor, tau_min: float, tau_max: float) -> Tensor:

@@ -19,11 +19,11 @@ from torch import Tensor
 from amcl.checkpointing import NonFiniteError, NonFiniteRecord  # noqa: F401 (NonFiniteError re-exported)
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_rows, sum_across
-from amcl.monitoring import EpochStatistics, masked_mean_min_max, temperature_statistics
-from amcl.optim import build_optimizer, warmup_cosine, warmup_steps
 from amcl.knn import knn_predict
 from amcl.losses import ContrastiveTerms
+from amcl.monitoring import EpochStatistics, masked_mean_min_max, temperature_statistics
 from amcl.nn import MultiHeadProjector, TemperatureNet, build_backbone
+from amcl.optim import build_optimizer, warmup_cosine, warmup_steps
 
 
 @dataclass

@@ -114,7 +114,8 @@ class ResNet(nn.Module):
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, BasicBlock):
-                    nn.init.zeros_(cast(nn.BatchNorm2d, cast(nn.Sequential, m.body[-1])[1]).weight)  # gamma of the block's last BN
+                    last_norm = cast(nn.BatchNorm2d, cast(nn.Sequential, m.body[-1])[1])
+                    nn.init.zeros_(last_norm.weight)  # gamma of the block's last BN
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.stages(self.stem(x)))

@@ -12,7 +12,7 @@ outputs, broken config files, checkpoints that are not ours and resumes with oth
 
 Rows whose mistake is not caught that way are kept as strict xfails, naming what goes wrong. A few rows also
 run through ``python -m amcl.cli`` in a real process. Data sets are tiny files in their real formats (the
-writers of ``test_readers.py``); checkpoints are two one-step digits runs made once for the module.
+writers of ``builders.py``); checkpoints are two one-step digits runs made once for the module.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from PIL import Image
 from amcl.cli import main
 from amcl.config import PretrainConfig
 from amcl.train import pretrain
-from test_readers import make_archive, make_cifar10, make_stl10, write_pickle
+from builders import make_archive, make_cifar10, make_stl10, write_pickle
 
 TINY = dict(dataset="digits", backbone="small_cnn", image_size=16, batch_size=64, epochs=1, max_steps=1, knn_k=5,
             progress=False)

@@ -13,7 +13,7 @@ from PIL import Image
 from amcl.cli import main
 from amcl.data.datasets import load_dataset
 from amcl.data.module import ContrastiveDataModule
-from test_readers import make_archive, make_cifar10, make_cifar100, make_stl10
+from builders import make_archive, make_cifar10, make_cifar100, make_stl10
 
 FAST = ["--backbone", "small_cnn", "--epochs", "2", "--knn-k", "5", "--no-progress", "--augs", "ae"]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import SMALL_HEADS, tiny_options
 from PIL import Image
 
 from amcl.cli import main
@@ -24,10 +25,8 @@ from amcl.eval.analysis import (
 from amcl.methods import METHOD_CLASSES
 from amcl.train import pretrain
 
-TINY = dict(dataset="digits", backbone="small_cnn", image_size=16, batch_size=64, epochs=1, max_steps=3, knn_k=10,
-            progress=False)
+TINY = tiny_options(batch_size=64, epochs=1, max_steps=3, knn_k=10)
 AMCL = dict(amcl=True, tau_min=0.01, tau_max=1.5)
-SMALL_HEADS = dict(proj_hidden=64, proj_dim=32)  # SimSiam's and Barlow Twins' 2048-wide defaults are slow here
 
 
 # --------------------------------------------------------------------------- overlap and AUC

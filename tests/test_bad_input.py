@@ -28,20 +28,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import SMALL_HEADS, cli_args, make_archive, make_cifar10, make_stl10, tiny_options, write_pickle
 from PIL import Image
 
 from amcl.cli import main
 from amcl.config import PretrainConfig
 from amcl.train import pretrain
-from builders import make_archive, make_cifar10, make_stl10, write_pickle
 
-TINY = dict(dataset="digits", backbone="small_cnn", image_size=16, batch_size=64, epochs=1, max_steps=1, knn_k=5,
-            progress=False)
-SMALL_HEADS = dict(proj_hidden=64, proj_dim=32)  # Barlow Twins' 2048-wide default heads make a 200 MB checkpoint
+TINY = tiny_options(batch_size=64, epochs=1, max_steps=1, knn_k=5)
 
-# Options that keep a run tiny should a mistake slip through; a row's own options come after them and win.
-PRETRAIN_SAFE = ("--out", "{out}", "--epochs", "1", "--max-steps", "1", "--backbone", "small_cnn", "--image-size", "16",
-                 "--batch-size", "64", "--knn-k", "5", "--workers", "0", "--no-progress")
+# Options that keep a run tiny should a mistake slip through (the shared runs' options but the dataset, which
+# rows choose, and with --workers 0); a row's own options come after them and win.
+PRETRAIN_SAFE = ("--out", "{out}", *cli_args(TINY, dataset=None, workers=0))
 COMPARE_SAFE = ("--out", "{out}", "--methods", "simclr", "--modes", "baseline", "--seeds", "0", "--augs", "a",
                 *PRETRAIN_SAFE[2:])
 

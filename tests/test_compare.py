@@ -7,18 +7,17 @@ import statistics
 import sys
 
 import pytest
+from builders import cli_args, tiny_options
 
 from amcl.cli import main
 from amcl.compare import run_comparison
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError
 
-TINY = dict(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, epochs=1, max_steps=2, knn_k=10,
-            progress=False)
+TINY = tiny_options(epochs=1, max_steps=2, knn_k=10)
 GRID = dict(methods=["simclr"], policies=["a", "ae"], seeds=[0, 1])
 CELLS = [(mode, policy) for policy in ("a", "ae") for mode in ("baseline", "amcl")]
-CLI_TINY = ["--dataset", "digits", "--backbone", "small_cnn", "--image-size", "16", "--batch-size", "128",
-            "--epochs", "1", "--max-steps", "2", "--knn-k", "10", "--no-progress"]
+CLI_TINY = cli_args(TINY)
 
 
 def metrics_files(out):
@@ -276,7 +275,7 @@ def test_named_variants_and_the_linear_probe_are_compared_pair_by_pair(tmp_path,
     config.write_text("epochs: 1\nvariants:\n  softmax: {amcl-form: softmax, tau-min: 0.05}\n")
     code = main(["compare", "--config", str(config), "--augs", "a", "--seeds", "0", "1", "--out", str(out),
                  "--variant", "constant", "temperature-mode=constant", "heads=2", "--linear",
-                 *[a for a in CLI_TINY if a != "--epochs" and a != "1"]])
+                 *cli_args(TINY, epochs=None)])
     printed = capsys.readouterr().out
     assert code == 0 and "Δ softmax (paired)" in printed and "Δ constant (paired)" in printed  # the table
     data = json.loads((out / "results.json").read_text())

@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import tiny_config
 from PIL import Image
 from torch import nn
 
 from amcl.cli import main
-from amcl.config import PretrainConfig
 from amcl.data.datasets import load_dataset
 from amcl.data.module import ContrastiveDataModule
+from amcl.errors import AmclError
 from amcl.eval.knn import knn_accuracy, knn_predict, topk_accuracies
 from amcl.eval.linear import linear_probe, linear_probe_augmented
 from amcl.eval.protocols import evaluate_checkpoint
-from amcl.errors import AmclError
 from amcl.train import pretrain
 
 CPU = torch.device("cpu")
@@ -194,8 +194,7 @@ def test_augmented_linear_probe_in_memory_and_streamed(tmp_path, cache):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pretrained")
-    pretrain(PretrainConfig(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, epochs=2, knn_k=20,
-                            progress=False, out=str(out)))
+    pretrain(tiny_config(epochs=2, out=str(out)))
     return out / "last.ckpt"
 
 

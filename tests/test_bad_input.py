@@ -161,6 +161,7 @@ def copied_run(name: str, damage: Callable[[Path], None] | None = None) -> Calla
         if damage is not None:
             damage(tmp / "run" / "last.ckpt")
 
+    setup.needs_runs = True
     return setup
 
 
@@ -181,6 +182,9 @@ def truncated_checkpoint(tmp: Path, runs) -> None:
     truncate(tmp / "truncated.ckpt")
 
 
+truncated_checkpoint.needs_runs = True
+
+
 def foreign_checkpoint(tmp: Path, runs) -> None:
     foreign_torch_file(tmp / "foreign.ckpt")
 
@@ -194,6 +198,7 @@ def both(*setups: Callable[[Path, object], None]) -> Callable[[Path, object], No
         for s in setups:
             s(tmp, runs)
 
+    setup.needs_runs = any(getattr(s, "needs_runs", False) for s in setups)
     return setup
 
 
@@ -213,8 +218,14 @@ class Case:
     def command(self) -> str:
         return self.argv[0]
 
+    @property
+    def needs_runs(self) -> bool:
+        """Whether the row reads the shared pre-trained runs (two real training runs): such rows are slow."""
+        return any("{simclr}" in arg or "{barlow}" in arg for arg in self.argv) or \
+            getattr(self.setup, "needs_runs", False)
+
     def param(self):
-        marks = []
+        marks = [pytest.mark.slow] if self.needs_runs else []
         if self.xfail:
             marks.append(pytest.mark.xfail(strict=True, reason=self.xfail))
         if self.needs_no_cuda:
@@ -582,12 +593,14 @@ def test_user_mistake_exits_2_with_one_line_and_writes_nothing(case, tmp_path, m
     assert_one_line_error(case, code, capsys.readouterr().err)
     after = tree(*written_roots(tmp_path, runs))
     assert after == before, f"written or changed: {sorted(set(after.items()) ^ set(before.items()))}"
+    assert runs.used == case.needs_runs, "the row's slow mark (Case.needs_runs) does not match its use of the runs"
 
 
 SUBPROCESS_ROWS = ["pretrain-cifar10-corrupt-pickle", "eval-truncated-checkpoint", "compare-infonce-with-simsiam"]
 
 
 @pytest.mark.parametrize("row", SUBPROCESS_ROWS)
+@pytest.mark.slow
 def test_the_real_command_prints_no_traceback(row, tmp_path, request):
     case = BY_ID[row]
     argv, runs = prepare(case, tmp_path, request)

@@ -19,6 +19,8 @@ from amcl.config import PretrainConfig
 from amcl.distributed import gather_rows, gather_with_grad
 from amcl.methods import METHOD_CLASSES
 
+pytestmark = pytest.mark.slow  # every test runs two processes
+
 WORLD, LOCAL_BATCH = 2, 4
 SMALL = dict(backbone="small_cnn", image_size=8, proj_hidden=16, proj_dim=8, proj_layers=2, temperature_hidden=8,
              queue_size=16, tau_min=0.05, tau_max=1.5, predictor_hidden=8)

@@ -202,6 +202,7 @@ def run_eval(*args: str) -> int:
     return main(["eval", *args])
 
 
+@pytest.mark.slow
 def test_eval_knn_reproduces_the_training_monitor(checkpoint, capsys):
     assert run_eval("--checkpoint", str(checkpoint), "--protocol", "knn", "--device", "cpu") == 0
     printed = capsys.readouterr().out
@@ -216,6 +217,7 @@ def test_eval_knn_reproduces_the_training_monitor(checkpoint, capsys):
     assert not list(checkpoint.parent.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_eval_linear_on_features_and_augmented(checkpoint, capsys, tmp_path):
     assert run_eval("--checkpoint", str(checkpoint.parent), "--protocol", "linear", "--epochs", "5") == 0
     assert "protocol linear, top1 " in capsys.readouterr().out
@@ -240,6 +242,7 @@ def _one_line_error(capsys, *args: str) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_eval_bad_inputs_are_one_line_errors(checkpoint, capsys, tmp_path):
     ckpt = str(checkpoint)
     assert "does not exist" in _one_line_error(capsys, "--checkpoint", str(tmp_path / "missing.ckpt"))
@@ -258,6 +261,7 @@ def test_eval_bad_inputs_are_one_line_errors(checkpoint, capsys, tmp_path):
         assert "CUDA" in _one_line_error(capsys, "--checkpoint", ckpt, "--device", "cuda")
 
 
+@pytest.mark.slow
 def test_eval_needs_labelled_splits(checkpoint, tmp_path):
     unlabeled = tmp_path / "photos"
     unlabeled.mkdir()
@@ -269,6 +273,7 @@ def test_eval_needs_labelled_splits(checkpoint, tmp_path):
         evaluate_checkpoint(checkpoint, "svm")
 
 
+@pytest.mark.slow
 def test_eval_accepts_a_copied_checkpoint_folder(checkpoint, tmp_path):
     copy = tmp_path / "copy"
     copy.mkdir()

@@ -20,6 +20,8 @@ from amcl.export import export_encoder, load_encoder
 from amcl.nn import build_backbone
 from amcl.train import pretrain
 
+pytestmark = pytest.mark.slow  # every test exports a real digits or folder run
+
 TINY = tiny_options(batch_size=64, epochs=1, max_steps=2, knn_k=5)
 
 

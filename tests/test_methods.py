@@ -158,6 +158,7 @@ AMCL = dict(amcl=True, heads=2)
 
 @pytest.mark.parametrize("method", METHODS[1:])  # SimCLR's runs are in test_train.py
 @pytest.mark.parametrize("amcl", [False, True], ids=["baseline", "amcl"])
+@pytest.mark.slow
 def test_each_method_pretrains_on_digits(method, amcl, tmp_path):
     options = {**TRAIN, **(AMCL if amcl else {})}
     if method == "moco":

@@ -102,6 +102,7 @@ def amcl_run(tmp_path_factory):
     return out, pretrain(config)
 
 
+@pytest.mark.slow
 def test_epochs_hold_per_head_statistics_and_the_learning_rate(amcl_run):
     out, summary = amcl_run
     for record in summary["epochs"]:
@@ -115,6 +116,7 @@ def test_epochs_hold_per_head_statistics_and_the_learning_rate(amcl_run):
         assert record["lr"] == pytest.approx(0.06 * 0.5 * (1 + math.cos(math.pi * record["step"] / total)), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_csv_and_curves_hold_the_logged_values(amcl_run):
     out, summary = amcl_run
     with open(out / "metrics.csv") as f:
@@ -127,6 +129,7 @@ def test_csv_and_curves_hold_the_logged_values(amcl_run):
         assert image.width > 800 and image.height > 300
 
 
+@pytest.mark.slow
 def test_most_temperatures_on_a_bound_warns_once(tmp_path):
     """Adaptive positive temperatures only (the paper's ablation) collapse onto tau_min within a few dozen
     steps on digits: the run warns, once."""

@@ -211,6 +211,7 @@ def test_new_presets_pair_baseline_and_amcl():
         ("vit_small", "adamw", 5e-4, 0.05, 10.0)
 
 
+@pytest.mark.slow
 def test_short_lars_run_follows_the_warmup_schedule(tmp_path, monkeypatch):
     used = []
     step = LARS.step

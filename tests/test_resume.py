@@ -22,6 +22,8 @@ from amcl.errors import AmclError
 from amcl.methods import METHOD_CLASSES
 from amcl.train import pretrain
 
+pytestmark = pytest.mark.slow  # real runs throughout: `amcl` in subprocesses, killed and resumed
+
 # ~44 steps per epoch on digits: long enough to be killed in the middle of an epoch
 RUN = tiny_argv(batch_size=32, epochs=3, knn_k=10)
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "0"}

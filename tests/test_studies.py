@@ -39,6 +39,7 @@ def test_shrinking_towards_the_mean_takes_eq_2_1_to_zero_and_nt_xent_to_log_2b_m
     assert rows[0][3] < collapsed[3] and rows[0][2] > collapsed[2]  # NT-Xent penalises the collapse, Eq. 2.1 rewards it
 
 
+@pytest.mark.slow
 def test_temperature_table_reads_the_last_epoch_of_each_run(tmp_path):
     grid = tmp_path / "grid"
     for mode, options in (("baseline", {}), ("softmax", {"amcl": True, "heads": 2})):

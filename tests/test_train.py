@@ -30,6 +30,7 @@ def amcl_run(tmp_path_factory):
     return out, summary
 
 
+@pytest.mark.slow
 def test_baseline_loss_falls_and_knn_beats_chance(baseline_run):
     out, summary = baseline_run
     epochs = summary["epochs"]
@@ -39,6 +40,7 @@ def test_baseline_loss_falls_and_knn_beats_chance(baseline_run):
     assert summary["best_knn_acc"] == max(e["knn_acc"] for e in epochs)
 
 
+@pytest.mark.slow
 def test_outputs_exist_and_parse(baseline_run):
     out, summary = baseline_run
     assert read_metrics(out) == json.loads(json.dumps({k: v for k, v in summary.items() if k != "time_s"}))
@@ -54,6 +56,7 @@ def test_outputs_exist_and_parse(baseline_run):
     assert checkpoint["hyper_parameters"]["config"]["method"] == "simclr"
 
 
+@pytest.mark.slow
 def test_amcl_run_learns_temperatures_within_bounds(amcl_run):
     out, summary = amcl_run
     epochs = summary["epochs"]
@@ -66,6 +69,7 @@ def test_amcl_run_learns_temperatures_within_bounds(amcl_run):
     assert state["projector.first.weight"].shape[0] == 3 * 512  # three heads in one batched layer
 
 
+@pytest.mark.slow
 def test_max_steps_and_repeated_runs_summary(tmp_path):
     summary = pretrain(tiny_config(epochs=3, max_steps=4, runs=2, seed=5, out=str(tmp_path)))
     runs = [read_metrics(tmp_path / f"run-{seed}") for seed in (5, 6)]
@@ -103,6 +107,7 @@ def test_summarize_runs_mean_and_sample_std():
     assert diverged["best_knn_acc"]["mean"] == pytest.approx(0.75)
 
 
+@pytest.mark.slow
 def test_constant_temperature_ablation_has_no_temperature_net(tmp_path):
     config = tiny_config(epochs=1, max_steps=2, amcl=True, temperature_mode="constant", out=str(tmp_path))
     summary = pretrain(config)
@@ -111,6 +116,7 @@ def test_constant_temperature_ablation_has_no_temperature_net(tmp_path):
     assert summary["epochs"][-1]["tau_pos_mean"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_amcl_trains_under_bfloat16_mixed_precision(tmp_path):
     summary = pretrain(tiny_config(epochs=1, max_steps=3, amcl=True, precision="bf16-mixed", out=str(tmp_path)))
     record = summary["epochs"][-1]
@@ -118,6 +124,7 @@ def test_amcl_trains_under_bfloat16_mixed_precision(tmp_path):
     assert all(map(lambda v: v == v, record.values()))  # no NaN anywhere
 
 
+@pytest.mark.slow
 def test_rerun_into_the_same_folder_replaces_the_checkpoint(tmp_path):
     for steps in (1, 2):
         pretrain(tiny_config(epochs=1, max_steps=steps, out=str(tmp_path)))
@@ -137,6 +144,7 @@ def test_split_seed_fixes_the_split_and_seed_varies_only_the_training():
     assert len(other.test_labels) == len(same_split[0].test_labels)
 
 
+@pytest.mark.slow
 def test_grad_clip_limits_every_update(tmp_path):
     """--grad-clip N clips the global gradient norm before each optimiser step: with a tiny N the weights move
     by (almost) only weight decay, without it they move by the gradients."""

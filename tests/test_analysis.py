@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import SMALL_HEADS, tiny_options
 from PIL import Image
 
 from amcl.cli import main
@@ -24,10 +25,8 @@ from amcl.eval.analysis import (
 from amcl.methods import METHOD_CLASSES
 from amcl.train import pretrain
 
-TINY = dict(dataset="digits", backbone="small_cnn", image_size=16, batch_size=64, epochs=1, max_steps=3, knn_k=10,
-            progress=False)
+TINY = tiny_options(batch_size=64, epochs=1, max_steps=3, knn_k=10)
 AMCL = dict(amcl=True, tau_min=0.01, tau_max=1.5)
-SMALL_HEADS = dict(proj_hidden=64, proj_dim=32)  # SimSiam's and Barlow Twins' 2048-wide defaults are slow here
 
 
 # --------------------------------------------------------------------------- overlap and AUC
@@ -215,6 +214,7 @@ def _check_temperatures(result: dict, tau_min: float = 0.01, tau_max: float = 1.
             assert sum(info["counts"]) == info["count"]
 
 
+@pytest.mark.slow
 def test_amcl_simclr_analysis_writes_sane_figures_and_json(simclr_amcl, capsys) -> None:
     result = _check_outputs(simclr_amcl, capsys)
     assert result["method"] == "simclr" and result["amcl"] and result["pairs"] == 100 and result["notes"] == []
@@ -227,6 +227,7 @@ def test_amcl_simclr_analysis_writes_sane_figures_and_json(simclr_amcl, capsys) 
                                                         "temperature-histograms.png"]
 
 
+@pytest.mark.slow
 def test_baseline_analysis_has_no_temperature_figure_and_is_seeded(simclr_baseline, tmp_path, capsys) -> None:
     result = _check_outputs(simclr_baseline, capsys, "--augs", "e")
     assert result["num_heads"] == 1 and not result["temperature"]["learned"]
@@ -245,6 +246,7 @@ def test_baseline_analysis_has_no_temperature_figure_and_is_seeded(simclr_baseli
     assert other["backbone"]["positive"]["values"] != result["backbone"]["positive"]["values"]
 
 
+@pytest.mark.slow
 def test_fewer_held_out_images_than_pairs_uses_them_all_and_says_so(simclr_baseline, tmp_path) -> None:
     result = analyze_checkpoint(simclr_baseline, tmp_path, pairs=500, bins=10, device="cpu")
     assert result["pairs"] == result["held_out_images"] == 359 and result["pairs_requested"] == 500
@@ -252,6 +254,7 @@ def test_fewer_held_out_images_than_pairs_uses_them_all_and_says_so(simclr_basel
     _check_panel(result["heads"][0], 359, bins=10)
 
 
+@pytest.mark.slow
 def test_simsiam_and_barlow_twins_amcl_analyses(tmp_path_factory, capsys) -> None:
     simsiam = _pretrain(tmp_path_factory, "simsiam", method="simsiam", predictor_hidden=32, **AMCL, **SMALL_HEADS)
     result = _check_outputs(simsiam, capsys)
@@ -283,6 +286,7 @@ def _folder_without_held_out(root: Path) -> Path:
         (["--checkpoint", "{missing}"], "checkpoint "),
     ],
 )
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_errors(simclr_baseline, tmp_path, capsys, args, fragment) -> None:
     folder = _folder_without_held_out(tmp_path / "data")
     args = [a.format(folder=folder, missing=tmp_path / "no.ckpt") for a in args]
@@ -291,6 +295,7 @@ def test_bad_inputs_are_one_line_errors(simclr_baseline, tmp_path, capsys, args,
     assert len(lines) == 1 and lines[0].startswith(f"amcl analyze: error: {fragment}"), lines
 
 
+@pytest.mark.slow
 def test_image_folder_held_out_files_are_decoded_and_unreadable_ones_left_out(simclr_baseline, tmp_path) -> None:
     root = _folder_without_held_out(tmp_path / "data")
     (root / "val" / "a").mkdir(parents=True)

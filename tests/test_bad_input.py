@@ -12,7 +12,7 @@ outputs, broken config files, checkpoints that are not ours and resumes with oth
 
 Rows whose mistake is not caught that way are kept as strict xfails, naming what goes wrong. A few rows also
 run through ``python -m amcl.cli`` in a real process. Data sets are tiny files in their real formats (the
-writers of ``test_readers.py``); checkpoints are two one-step digits runs made once for the module.
+writers of ``builders.py``); checkpoints are two one-step digits runs made once for the module.
 """
 
 from __future__ import annotations
@@ -28,20 +28,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import SMALL_HEADS, cli_args, make_archive, make_cifar10, make_stl10, tiny_options, write_pickle
 from PIL import Image
 
 from amcl.cli import main
 from amcl.config import PretrainConfig
 from amcl.train import pretrain
-from test_readers import make_archive, make_cifar10, make_stl10, write_pickle
 
-TINY = dict(dataset="digits", backbone="small_cnn", image_size=16, batch_size=64, epochs=1, max_steps=1, knn_k=5,
-            progress=False)
-SMALL_HEADS = dict(proj_hidden=64, proj_dim=32)  # Barlow Twins' 2048-wide default heads make a 200 MB checkpoint
+TINY = tiny_options(batch_size=64, epochs=1, max_steps=1, knn_k=5)
 
-# Options that keep a run tiny should a mistake slip through; a row's own options come after them and win.
-PRETRAIN_SAFE = ("--out", "{out}", "--epochs", "1", "--max-steps", "1", "--backbone", "small_cnn", "--image-size", "16",
-                 "--batch-size", "64", "--knn-k", "5", "--workers", "0", "--no-progress")
+# Options that keep a run tiny should a mistake slip through (the shared runs' options but the dataset, which
+# rows choose, and with --workers 0); a row's own options come after them and win.
+PRETRAIN_SAFE = ("--out", "{out}", *cli_args(TINY, dataset=None, workers=0))
 COMPARE_SAFE = ("--out", "{out}", "--methods", "simclr", "--modes", "baseline", "--seeds", "0", "--augs", "a",
                 *PRETRAIN_SAFE[2:])
 
@@ -163,6 +161,7 @@ def copied_run(name: str, damage: Callable[[Path], None] | None = None) -> Calla
         if damage is not None:
             damage(tmp / "run" / "last.ckpt")
 
+    setup.needs_runs = True
     return setup
 
 
@@ -183,6 +182,9 @@ def truncated_checkpoint(tmp: Path, runs) -> None:
     truncate(tmp / "truncated.ckpt")
 
 
+truncated_checkpoint.needs_runs = True
+
+
 def foreign_checkpoint(tmp: Path, runs) -> None:
     foreign_torch_file(tmp / "foreign.ckpt")
 
@@ -196,6 +198,7 @@ def both(*setups: Callable[[Path, object], None]) -> Callable[[Path, object], No
         for s in setups:
             s(tmp, runs)
 
+    setup.needs_runs = any(getattr(s, "needs_runs", False) for s in setups)
     return setup
 
 
@@ -215,8 +218,14 @@ class Case:
     def command(self) -> str:
         return self.argv[0]
 
+    @property
+    def needs_runs(self) -> bool:
+        """Whether the row reads the shared pre-trained runs (two real training runs): such rows are slow."""
+        return any("{simclr}" in arg or "{barlow}" in arg for arg in self.argv) or \
+            getattr(self.setup, "needs_runs", False)
+
     def param(self):
-        marks = []
+        marks = [pytest.mark.slow] if self.needs_runs else []
         if self.xfail:
             marks.append(pytest.mark.xfail(strict=True, reason=self.xfail))
         if self.needs_no_cuda:
@@ -584,12 +593,14 @@ def test_user_mistake_exits_2_with_one_line_and_writes_nothing(case, tmp_path, m
     assert_one_line_error(case, code, capsys.readouterr().err)
     after = tree(*written_roots(tmp_path, runs))
     assert after == before, f"written or changed: {sorted(set(after.items()) ^ set(before.items()))}"
+    assert runs.used == case.needs_runs, "the row's slow mark (Case.needs_runs) does not match its use of the runs"
 
 
 SUBPROCESS_ROWS = ["pretrain-cifar10-corrupt-pickle", "eval-truncated-checkpoint", "compare-infonce-with-simsiam"]
 
 
 @pytest.mark.parametrize("row", SUBPROCESS_ROWS)
+@pytest.mark.slow
 def test_the_real_command_prints_no_traceback(row, tmp_path, request):
     case = BY_ID[row]
     argv, runs = prepare(case, tmp_path, request)

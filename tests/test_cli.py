@@ -65,6 +65,7 @@ def test_user_mistakes_give_one_line_and_exit_2(args, fragments, capsys, tmp_pat
     assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
 
 
+@pytest.mark.slow
 def test_config_file_sets_options_and_command_line_wins(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("dataset: digits\nbackbone: small_cnn\nimage-size: 12\nbatch_size: 64\nepochs: 3\n"
@@ -94,6 +95,7 @@ def test_missing_config_file(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_help_and_error_without_traceback():
     out = subprocess.run([sys.executable, "-m", "amcl.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "pretrain" in out.stdout

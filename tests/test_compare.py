@@ -7,18 +7,17 @@ import statistics
 import sys
 
 import pytest
+from builders import cli_args, tiny_options
 
 from amcl.cli import main
 from amcl.compare import run_comparison
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError
 
-TINY = dict(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, epochs=1, max_steps=2, knn_k=10,
-            progress=False)
+TINY = tiny_options(epochs=1, max_steps=2, knn_k=10)
 GRID = dict(methods=["simclr"], policies=["a", "ae"], seeds=[0, 1])
 CELLS = [(mode, policy) for policy in ("a", "ae") for mode in ("baseline", "amcl")]
-CLI_TINY = ["--dataset", "digits", "--backbone", "small_cnn", "--image-size", "16", "--batch-size", "128",
-            "--epochs", "1", "--max-steps", "2", "--knn-k", "10", "--no-progress"]
+CLI_TINY = cli_args(TINY)
 
 
 def metrics_files(out):
@@ -53,6 +52,7 @@ def grid(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_table_cells_match_the_individual_runs(grid):
     out, result = grid
     assert result["trained"] == 8 and result["reused"] == 0
@@ -103,6 +103,7 @@ def test_table_cells_match_the_individual_runs(grid):
     assert "in %" in markdown and "2 seeds" in markdown and "8 of 8 runs finished" in markdown
 
 
+@pytest.mark.slow
 def test_running_again_trains_nothing_and_gives_the_same_results(grid, capsys):
     out, first = grid
     before, results = mtimes(out), json.loads((out / "results.json").read_text())
@@ -115,6 +116,7 @@ def test_running_again_trains_nothing_and_gives_the_same_results(grid, capsys):
     assert json.loads((out / "results.json").read_text()) == results and again["table"] == first["table"]
 
 
+@pytest.mark.slow
 def test_cli_resumes_the_grid_and_prints_the_table(grid, capsys):
     out, first = grid
     before = mtimes(out)
@@ -126,6 +128,7 @@ def test_cli_resumes_the_grid_and_prints_the_table(grid, capsys):
     assert printed.count("skipped (finished earlier)") == 8 and mtimes(out) == before
 
 
+@pytest.mark.slow
 def test_changed_shared_option_with_the_same_out_is_an_error(grid, capsys):
     out, _ = grid
     before = mtimes(out)
@@ -138,6 +141,7 @@ def test_changed_shared_option_with_the_same_out_is_an_error(grid, capsys):
     assert mtimes(out) == before
 
 
+@pytest.mark.slow
 def test_an_unfinished_run_resumes_from_its_checkpoint(grid, tmp_path, capsys):
     out = copy_grid(grid[0], tmp_path / "grid", checkpoints=True)
     cut = out / "simclr-amcl-ae" / "seed-1"
@@ -156,6 +160,7 @@ def test_an_unfinished_run_resumes_from_its_checkpoint(grid, tmp_path, capsys):
     assert cell["values"][1] == metrics["final_knn_acc"]
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_a_clear_error(grid, tmp_path):
     out = copy_grid(grid[0], tmp_path / "grid")
     cut = out / "simclr-amcl-ae" / "seed-1"
@@ -165,6 +170,7 @@ def test_a_corrupt_checkpoint_is_a_clear_error(grid, tmp_path):
         run_comparison(PretrainConfig(**TINY), out=str(out), **GRID)
 
 
+@pytest.mark.slow
 def test_killed_grid_leaves_a_partial_table(grid, tmp_path, monkeypatch):
     import amcl.train
 
@@ -187,6 +193,7 @@ def test_killed_grid_leaves_a_partial_table(grid, tmp_path, monkeypatch):
     assert data["runs_finished"] == 6 and not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_missing_metric_shows_n_a(grid, tmp_path):
     out = copy_grid(grid[0], tmp_path / "grid")
     for folder, seeds in (("simclr-baseline-a", (0, 1)), ("simclr-amcl-ae", (1,))):
@@ -203,6 +210,7 @@ def test_missing_metric_shows_n_a(grid, tmp_path):
     assert cell["mean"] is None and cell["std"] is None and cell["values"] == [None, None]
 
 
+@pytest.mark.slow
 def test_one_mode_grid_has_no_bold_or_delta(grid, tmp_path):
     out = copy_grid(grid[0], tmp_path / "grid")
     result = run_comparison(PretrainConfig(**TINY), out=str(out), modes=["amcl"], **GRID)
@@ -213,6 +221,7 @@ def test_one_mode_grid_has_no_bold_or_delta(grid, tmp_path):
     assert all(len(row) == 1 for row in table_rows(result["table"]).values())
 
 
+@pytest.mark.slow
 def test_duplicates_are_run_once(grid, tmp_path):
     out = copy_grid(grid[0], tmp_path / "grid")
     with pytest.warns(UserWarning, match="'ea' is the same as 'ae'"):
@@ -269,6 +278,7 @@ def test_bad_inputs_raise_before_anything_is_written(changes, fragment, tmp_path
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_named_variants_and_the_linear_probe_are_compared_pair_by_pair(tmp_path, capsys):
     """Variants are modes with their own options; every mode is paired with the baseline seed by seed."""
     out = tmp_path / "grid"
@@ -276,7 +286,7 @@ def test_named_variants_and_the_linear_probe_are_compared_pair_by_pair(tmp_path,
     config.write_text("epochs: 1\nvariants:\n  softmax: {amcl-form: softmax, tau-min: 0.05}\n")
     code = main(["compare", "--config", str(config), "--augs", "a", "--seeds", "0", "1", "--out", str(out),
                  "--variant", "constant", "temperature-mode=constant", "heads=2", "--linear",
-                 *[a for a in CLI_TINY if a != "--epochs" and a != "1"]])
+                 *cli_args(TINY, epochs=None)])
     printed = capsys.readouterr().out
     assert code == 0 and "Δ softmax (paired)" in printed and "Δ constant (paired)" in printed  # the table
     data = json.loads((out / "results.json").read_text())

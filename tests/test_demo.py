@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 import yaml
 
 from amcl.demo import format_table, main, run_demo
 
 
+@pytest.mark.slow
 def test_demo_runs_baseline_paper_and_recommended_forms(tmp_path, capsys):
     config = tmp_path / "demo.yaml"
     config.write_text("dataset: digits\nimage-size: 16\nbackbone: small_cnn\nbatch-size: 128\nknn-k: 10\n"

@@ -13,10 +13,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from builders import tiny_argv
 
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_rows, gather_with_grad
 from amcl.methods import METHOD_CLASSES
+
+pytestmark = pytest.mark.slow  # every test runs two processes
 
 WORLD, LOCAL_BATCH = 2, 4
 SMALL = dict(backbone="small_cnn", image_size=8, proj_hidden=16, proj_dim=8, proj_layers=2, temperature_hidden=8,
@@ -125,8 +128,7 @@ def test_lightning_ddp_run_monitors_like_one_process(tmp_path, amcl):
     final kNN accuracy (bank gathered from both processes, queries split between them) equals a
     single-process evaluation of the checkpoint."""
     out = tmp_path / "run"
-    args = ["pretrain", "--dataset", "digits", "--backbone", "small_cnn", "--image-size", "16", "--batch-size", "64",
-            "--epochs", "1", "--max-steps", "3", "--knn-k", "10", "--no-progress", "--accelerator", "cpu",
+    args = ["pretrain", *tiny_argv(batch_size=64, epochs=1, max_steps=3, knn_k=10), "--accelerator", "cpu",
             "--devices", "2", "--strategy", "ddp", "--out", str(out)] + (["--amcl"] if amcl else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "amcl.cli", *args], capture_output=True, text=True, env=env,
@@ -149,9 +151,9 @@ def test_lightning_ddp_run_monitors_like_one_process(tmp_path, amcl):
 def two_process_barlow_run(tmp_path_factory):
     """A real AMCL Barlow Twins run on 2 processes: phi reads channel vectors of the global batch (2 x 32)."""
     out = tmp_path_factory.mktemp("barlow-ddp") / "run"
-    args = ["pretrain", "--method", "barlow_twins", "--amcl", "--dataset", "digits", "--backbone", "small_cnn",
-            "--image-size", "16", "--batch-size", "32", "--proj-hidden", "32", "--proj-dim", "32", "--proj-layers",
-            "2", "--temperature-hidden", "16", "--epochs", "1", "--max-steps", "2", "--knn-k", "10", "--no-progress",
+    args = ["pretrain", "--method", "barlow_twins", "--amcl",
+            *tiny_argv(batch_size=32, proj_hidden=32, proj_dim=32, proj_layers=2, temperature_hidden=16, epochs=1,
+                       max_steps=2, knn_k=10),
             "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "amcl.cli", *args], capture_output=True, text=True, env=env,

@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import tiny_config
 from PIL import Image
 from torch import nn
 
 from amcl.cli import main
-from amcl.config import PretrainConfig
 from amcl.data.datasets import load_dataset
 from amcl.data.module import ContrastiveDataModule
+from amcl.errors import AmclError
 from amcl.eval.knn import knn_accuracy, knn_predict, topk_accuracies
 from amcl.eval.linear import linear_probe, linear_probe_augmented
 from amcl.eval.protocols import evaluate_checkpoint
-from amcl.errors import AmclError
 from amcl.train import pretrain
 
 CPU = torch.device("cpu")
@@ -194,8 +194,7 @@ def test_augmented_linear_probe_in_memory_and_streamed(tmp_path, cache):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pretrained")
-    pretrain(PretrainConfig(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, epochs=2, knn_k=20,
-                            progress=False, out=str(out)))
+    pretrain(tiny_config(epochs=2, out=str(out)))
     return out / "last.ckpt"
 
 
@@ -203,6 +202,7 @@ def run_eval(*args: str) -> int:
     return main(["eval", *args])
 
 
+@pytest.mark.slow
 def test_eval_knn_reproduces_the_training_monitor(checkpoint, capsys):
     assert run_eval("--checkpoint", str(checkpoint), "--protocol", "knn", "--device", "cpu") == 0
     printed = capsys.readouterr().out
@@ -217,6 +217,7 @@ def test_eval_knn_reproduces_the_training_monitor(checkpoint, capsys):
     assert not list(checkpoint.parent.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_eval_linear_on_features_and_augmented(checkpoint, capsys, tmp_path):
     assert run_eval("--checkpoint", str(checkpoint.parent), "--protocol", "linear", "--epochs", "5") == 0
     assert "protocol linear, top1 " in capsys.readouterr().out
@@ -241,6 +242,7 @@ def _one_line_error(capsys, *args: str) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_eval_bad_inputs_are_one_line_errors(checkpoint, capsys, tmp_path):
     ckpt = str(checkpoint)
     assert "does not exist" in _one_line_error(capsys, "--checkpoint", str(tmp_path / "missing.ckpt"))
@@ -259,6 +261,7 @@ def test_eval_bad_inputs_are_one_line_errors(checkpoint, capsys, tmp_path):
         assert "CUDA" in _one_line_error(capsys, "--checkpoint", ckpt, "--device", "cuda")
 
 
+@pytest.mark.slow
 def test_eval_needs_labelled_splits(checkpoint, tmp_path):
     unlabeled = tmp_path / "photos"
     unlabeled.mkdir()
@@ -270,6 +273,7 @@ def test_eval_needs_labelled_splits(checkpoint, tmp_path):
         evaluate_checkpoint(checkpoint, "svm")
 
 
+@pytest.mark.slow
 def test_eval_accepts_a_copied_checkpoint_folder(checkpoint, tmp_path):
     copy = tmp_path / "copy"
     copy.mkdir()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import tiny_options
 from PIL import Image
 
 from amcl.cli import main
@@ -19,13 +20,15 @@ from amcl.export import export_encoder, load_encoder
 from amcl.nn import build_backbone
 from amcl.train import pretrain
 
-TINY = dict(backbone="small_cnn", batch_size=64, epochs=1, max_steps=2, knn_k=5, progress=False)
+pytestmark = pytest.mark.slow  # every test exports a real digits or folder run
+
+TINY = tiny_options(batch_size=64, epochs=1, max_steps=2, knn_k=5)
 
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("digits")
-    pretrain(PretrainConfig(dataset="digits", image_size=16, amcl=True, out=str(out), **TINY))
+    pretrain(PretrainConfig(amcl=True, out=str(out), **TINY))
     return out
 
 
@@ -78,8 +81,8 @@ def test_folder_features_keep_paths_unlabeled_images_and_skip_unreadable(tmp_pat
     (root / "train" / "b" / "bad.png").write_bytes(b"not a png")
     run = tmp_path / "run"
     with pytest.warns(Warning, match="not readable images"):
-        pretrain(PretrainConfig(dataset="folder", data_root=str(root), image_size=8, unlabeled=True, workers=0,
-                                out=str(run), **{**TINY, "batch_size": 4}))
+        pretrain(PretrainConfig(**{**TINY, "dataset": "folder", "data_root": str(root), "image_size": 8,
+                                   "unlabeled": True, "workers": 0, "batch_size": 4, "out": str(run)}))
         result = export_encoder(run, tmp_path / "exp", features=True)
     paths = (tmp_path / "exp" / "paths-train.txt").read_text().splitlines()
     labels = np.load(tmp_path / "exp" / "labels-train.npy")

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import cli_args, make_archive, make_cifar10, make_cifar100, make_stl10
 from PIL import Image
 
 from amcl.cli import main
 from amcl.data.datasets import load_dataset
 from amcl.data.module import ContrastiveDataModule
-from test_readers import make_archive, make_cifar10, make_cifar100, make_stl10
 
-FAST = ["--backbone", "small_cnn", "--epochs", "2", "--knn-k", "5", "--no-progress", "--augs", "ae"]
+FAST = cli_args(backbone="small_cnn", epochs=2, knn_k=5, progress=False, augs="ae")  # each test gives its data
 
 
 def pretrain(tmp_path: Path, *args: str) -> dict:
@@ -27,6 +27,7 @@ def pretrain(tmp_path: Path, *args: str) -> dict:
     return metrics
 
 
+@pytest.mark.slow
 def test_cifar10_archive(tmp_path):
     make_cifar10(tmp_path / "src")
     make_archive(tmp_path / "src" / "cifar-10-batches-py", tmp_path / "cifar-10-python.tar.gz")
@@ -35,12 +36,14 @@ def test_cifar10_archive(tmp_path):
     assert 0 <= metrics["best_knn_acc"] <= 1
 
 
+@pytest.mark.slow
 def test_cifar100_folder(tmp_path):
     make_cifar100(tmp_path)
     metrics = pretrain(tmp_path, "--dataset", "cifar100", "--data-root", str(tmp_path), "--batch-size", "3")
     assert metrics["epochs"][-1]["step"] == 4 and metrics["best_knn_acc"] is not None
 
 
+@pytest.mark.slow
 def test_stl10_with_unlabeled_split_downscaled(tmp_path):
     make_stl10(tmp_path)
     metrics = pretrain(tmp_path, "--dataset", "stl10", "--data-root", str(tmp_path), "--unlabeled",
@@ -70,6 +73,7 @@ def write_folder(root: Path, per_class: int = 6) -> None:
 
 
 @pytest.mark.parametrize("cache", ["always", "never"])
+@pytest.mark.slow
 def test_image_folder_cached_and_streamed(tmp_path, cache):
     write_folder(tmp_path / "data")
     metrics = pretrain(tmp_path, "--dataset", "folder", "--data-root", str(tmp_path / "data"), "--image-size", "16",
@@ -79,6 +83,7 @@ def test_image_folder_cached_and_streamed(tmp_path, cache):
     assert ("unreadable_files" in metrics["epochs"][-1]) == (cache == "never")
 
 
+@pytest.mark.slow
 def test_unlabeled_image_folder_pretrains_without_monitor(tmp_path, capsys):
     write_folder(tmp_path / "data")
     pile = tmp_path / "data" / "train"  # class folders without train/ above them: just a pile of images

@@ -1,12 +1,11 @@
 """Losses against independent, written-out formulas (loops over anchors and pairs, on purpose)."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import LargestTensor, cos, reference_omega
 
 from amcl.losses import (
     amcl_nt_xent_loss,
@@ -18,21 +17,10 @@ from amcl.losses import (
 )
 from amcl.nn import TemperatureNet
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from loss_speed import LargestTensor  # noqa: E402  (the benchmark's record of the largest tensor an op makes)
-
-
-def cos(a, b):
-    return float(torch.dot(a, b) / (a.norm() * b.norm()))
-
 
 def reference_temperature(phi_a, phi_b, tau_min, tau_max):
     score = float(torch.dot(phi_a, phi_b))
     return tau_min + (tau_max - tau_min) / (1.0 + math.exp(score))
-
-
-def reference_omega(tau, dim):
-    return dim / 2 * math.log(tau) + 1 / tau
 
 
 def reference_nt_xent(z1, z2, tau, decoupled=False):

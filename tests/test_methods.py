@@ -3,6 +3,7 @@ momentum encoder behave inside training, and every method, baseline and AMCL, pr
 
 import pytest
 import torch
+from builders import tiny_options
 
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError
@@ -149,8 +150,7 @@ def test_momentum_update_uses_the_configured_momentum():
 
 # ---- short real pre-training runs on the bundled digits ------------------------------------------
 
-TRAIN = dict(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, knn_k=20, progress=False,
-             proj_hidden=128, proj_dim=64, predictor_hidden=32, queue_size=256)
+TRAIN = tiny_options(proj_hidden=128, proj_dim=64, predictor_hidden=32, queue_size=256)
 # AMCL runs use each method's own AMCL defaults (the softmax form in [0.05, 2] for MoCo; tau in [1, 2]
 # for SimSiam and Barlow Twins, whose printed objectives drive tau to any lower floor: see the README)
 AMCL = dict(amcl=True, heads=2)
@@ -158,6 +158,7 @@ AMCL = dict(amcl=True, heads=2)
 
 @pytest.mark.parametrize("method", METHODS[1:])  # SimCLR's runs are in test_train.py
 @pytest.mark.parametrize("amcl", [False, True], ids=["baseline", "amcl"])
+@pytest.mark.slow
 def test_each_method_pretrains_on_digits(method, amcl, tmp_path):
     options = {**TRAIN, **(AMCL if amcl else {})}
     if method == "moco":

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from builders import tiny_config
 from PIL import Image
 
 from amcl.config import PretrainConfig
@@ -97,11 +98,11 @@ def test_barlow_channel_statistics_split_diagonal_and_off_diagonal():
 @pytest.fixture(scope="module")
 def amcl_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("monitored")
-    config = PretrainConfig(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, epochs=3,
-                            knn_k=10, progress=False, amcl=True, heads=2, tau_min=1e-3, out=str(out))
+    config = tiny_config(epochs=3, knn_k=10, amcl=True, heads=2, tau_min=1e-3, out=str(out))
     return out, pretrain(config)
 
 
+@pytest.mark.slow
 def test_epochs_hold_per_head_statistics_and_the_learning_rate(amcl_run):
     out, summary = amcl_run
     for record in summary["epochs"]:
@@ -115,6 +116,7 @@ def test_epochs_hold_per_head_statistics_and_the_learning_rate(amcl_run):
         assert record["lr"] == pytest.approx(0.06 * 0.5 * (1 + math.cos(math.pi * record["step"] / total)), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_csv_and_curves_hold_the_logged_values(amcl_run):
     out, summary = amcl_run
     with open(out / "metrics.csv") as f:
@@ -127,12 +129,12 @@ def test_csv_and_curves_hold_the_logged_values(amcl_run):
         assert image.width > 800 and image.height > 300
 
 
+@pytest.mark.slow
 def test_most_temperatures_on_a_bound_warns_once(tmp_path):
     """Adaptive positive temperatures only (the paper's ablation) collapse onto tau_min within a few dozen
     steps on digits: the run warns, once."""
-    config = PretrainConfig(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, epochs=3,
-                            knn_k=10, progress=False, amcl=True, amcl_form="hardest", heads=1,
-                            temperature_mode="positive", temperature=0.2, out=str(tmp_path))
+    config = tiny_config(epochs=3, knn_k=10, amcl=True, amcl_form="hardest", heads=1, temperature_mode="positive",
+                         temperature=0.2, out=str(tmp_path))
     with pytest.warns(AmclWarning, match=r"of head1's temperatures sit at tau_min = 1e-05 in epoch") as record:
         summary = pretrain(config)
     assert len([w for w in record if "sit at tau_min" in str(w.message)]) == 1

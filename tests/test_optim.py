@@ -9,17 +9,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from builders import tiny_config
 from torch import nn
 
 from amcl.config import PretrainConfig, _choices, load_yaml
 from amcl.errors import AmclError
 from amcl.methods import METHOD_CLASSES
 from amcl.nn.heads import HeadwiseLinear
-from amcl.optim import (LARS, LR_SCALINGS, OPTIMIZERS, build_optimizer, split_decay_groups, warmup_cosine,
-                        warmup_steps)
+from amcl.optim import LARS, LR_SCALINGS, OPTIMIZERS, build_optimizer, split_decay_groups, warmup_cosine, warmup_steps
 
 CONFIGS = Path(__file__).parent.parent / "configs"
-TINY = dict(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, knn_k=20, progress=False)
 
 
 def norm(v):
@@ -149,8 +148,8 @@ def test_split_excludes_biases_norms_heads_biases_and_vit_tokens():
 
 
 def _configured(method="simclr", total=1000, world_size=1, **options):
-    config = PretrainConfig(method=method, **{**TINY, "batch_size": 16, "proj_hidden": 16, "proj_dim": 8,
-                                              "queue_size": 32, **options}).resolved()
+    config = tiny_config(**{"method": method, "batch_size": 16, "proj_hidden": 16, "proj_dim": 8, "queue_size": 32,
+                            **options}).resolved()
     model = METHOD_CLASSES[method](config, num_classes=10)
     model._trainer = SimpleNamespace(estimated_stepping_batches=total, world_size=world_size)
     setup = model.configure_optimizers()
@@ -184,8 +183,8 @@ def test_config_checks_new_options():
                              (dict(warmup_epochs=5.0, epochs=5), "less than --epochs"),
                              (dict(warmup_epochs=float("nan")), "--warmup-epochs")):
         with pytest.raises(AmclError, match=message):
-            PretrainConfig(**TINY, **options).resolved()
-    default = PretrainConfig(**TINY).resolved()
+            tiny_config(**options).resolved()
+    default = tiny_config().resolved()
     assert (default.optimizer, default.lr_scaling, default.warmup_epochs) == ("sgd", "none", 0.0)
 
 
@@ -212,6 +211,7 @@ def test_new_presets_pair_baseline_and_amcl():
         ("vit_small", "adamw", 5e-4, 0.05, 10.0)
 
 
+@pytest.mark.slow
 def test_short_lars_run_follows_the_warmup_schedule(tmp_path, monkeypatch):
     used = []
     step = LARS.step
@@ -224,8 +224,8 @@ def test_short_lars_run_follows_the_warmup_schedule(tmp_path, monkeypatch):
     from amcl.train import pretrain
 
     # 11 batches of 128 per epoch; --max-steps 4 fits the schedule into 4 steps: warm-up 2, cosine 2
-    summary = pretrain(PretrainConfig(optimizer="lars", lr=0.2, lr_scaling="linear", warmup_epochs=1, epochs=2,
-                                      max_steps=4, knn_every=2, out=str(tmp_path), **TINY))
+    summary = pretrain(tiny_config(optimizer="lars", lr=0.2, lr_scaling="linear", warmup_epochs=1, epochs=2,
+                                   max_steps=4, knn_every=2, out=str(tmp_path)))
     base = 0.2 * 128 / 256
     assert used == pytest.approx([base / 2, base, base, base / 2])
     assert math.isfinite(summary["final_loss"])

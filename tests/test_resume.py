@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import tiny_argv, tiny_options
 
 from amcl.cli import main
 from amcl.config import PretrainConfig
@@ -21,9 +22,10 @@ from amcl.errors import AmclError
 from amcl.methods import METHOD_CLASSES
 from amcl.train import pretrain
 
+pytestmark = pytest.mark.slow  # real runs throughout: `amcl` in subprocesses, killed and resumed
+
 # ~44 steps per epoch on digits: long enough to be killed in the middle of an epoch
-RUN = ["--dataset", "digits", "--backbone", "small_cnn", "--image-size", "16", "--batch-size", "32", "--epochs", "3",
-       "--knn-k", "10", "--no-progress"]
+RUN = tiny_argv(batch_size=32, epochs=3, knn_k=10)
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "0"}
 
 
@@ -166,7 +168,7 @@ def _nan_after(step: int):
     return FaultySimCLR
 
 
-TINY = dict(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, epochs=3, knn_k=10, progress=False)
+TINY = tiny_options(epochs=3, knn_k=10)
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -196,9 +198,8 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
 
 def test_a_real_overflow_is_reported_through_the_cli(tmp_path, capsys):
     """A temperature so small that sim / tau overflows float32: the command stops with one line."""
-    code = main(["pretrain", "--dataset", "digits", "--backbone", "small_cnn", "--image-size", "16",
-                 "--batch-size", "128", "--epochs", "1", "--max-steps", "3", "--no-progress",
-                 "--temperature", "1e-39", "--out", str(tmp_path)])
+    code = main(["pretrain", *tiny_argv(epochs=1, max_steps=3, knn_k=None), "--temperature", "1e-39",
+                 "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "non-finite at step 0" in err and "no checkpoint had been written yet" in err

@@ -4,17 +4,9 @@ import math
 
 import pytest
 import torch
+from builders import cos, reference_omega
 
 from amcl.losses import amcl_barlow_twins_loss, amcl_simsiam_loss, barlow_twins_loss, simsiam_loss
-
-
-def cos(a, b):
-    a, b = a.detach(), b.detach()
-    return float(torch.dot(a, b) / (a.norm() * b.norm()))
-
-
-def reference_omega(tau, dim):
-    return dim / 2 * math.log(tau) + 1 / tau
 
 
 def reference_amcl_simsiam(p1, p2, z1, z2, t1, t2, beta, dim):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from builders import LargestTensor, cos, reference_omega
 
 from amcl.losses import (
     amcl_moco_loss,
@@ -17,7 +18,6 @@ from amcl.losses import (
     nt_xent_loss,
 )
 from amcl.nn import TemperatureNet
-from test_losses import LargestTensor, cos, reference_omega
 
 
 def reference_negative_side(taus, dim, kind):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import tiny_config
 
-from amcl.config import PretrainConfig
 from amcl.losses import amcl_nt_xent_loss, nt_xent_loss
 from amcl.train import pretrain
 
@@ -39,12 +39,11 @@ def test_shrinking_towards_the_mean_takes_eq_2_1_to_zero_and_nt_xent_to_log_2b_m
     assert rows[0][3] < collapsed[3] and rows[0][2] > collapsed[2]  # NT-Xent penalises the collapse, Eq. 2.1 rewards it
 
 
+@pytest.mark.slow
 def test_temperature_table_reads_the_last_epoch_of_each_run(tmp_path):
     grid = tmp_path / "grid"
     for mode, options in (("baseline", {}), ("softmax", {"amcl": True, "heads": 2})):
-        pretrain(PretrainConfig(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, epochs=2,
-                                max_steps=4, knn_k=10, progress=False, out=str(grid / f"simclr-{mode}-a" / "seed-0"),
-                                **options))
+        pretrain(tiny_config(epochs=2, max_steps=4, knn_k=10, out=str(grid / f"simclr-{mode}-a" / "seed-0"), **options))
     last = json.loads((grid / "simclr-softmax-a" / "seed-0" / "metrics.json").read_text())["epochs"][-1]
     table = temperatures.table(temperatures.last_epochs(grid))
     rows = [line for line in table.splitlines() if line.startswith("| simclr-")]

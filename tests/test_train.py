@@ -6,11 +6,10 @@ import math
 import pytest
 import torch
 import yaml
+from builders import tiny_config
 
 from amcl.config import PretrainConfig
 from amcl.train import pretrain
-
-TINY = dict(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, knn_k=20, progress=False)
 
 
 def read_metrics(path):
@@ -20,17 +19,18 @@ def read_metrics(path):
 @pytest.fixture(scope="module")
 def baseline_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("baseline")
-    summary = pretrain(PretrainConfig(epochs=5, out=str(out), **TINY))
+    summary = pretrain(tiny_config(epochs=5, out=str(out)))
     return out, summary
 
 
 @pytest.fixture(scope="module")
 def amcl_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("amcl")
-    summary = pretrain(PretrainConfig(epochs=4, amcl=True, heads=3, tau_min=1e-3, tau_max=1.5, out=str(out), **TINY))
+    summary = pretrain(tiny_config(epochs=4, amcl=True, heads=3, tau_min=1e-3, tau_max=1.5, out=str(out)))
     return out, summary
 
 
+@pytest.mark.slow
 def test_baseline_loss_falls_and_knn_beats_chance(baseline_run):
     out, summary = baseline_run
     epochs = summary["epochs"]
@@ -40,6 +40,7 @@ def test_baseline_loss_falls_and_knn_beats_chance(baseline_run):
     assert summary["best_knn_acc"] == max(e["knn_acc"] for e in epochs)
 
 
+@pytest.mark.slow
 def test_outputs_exist_and_parse(baseline_run):
     out, summary = baseline_run
     assert read_metrics(out) == json.loads(json.dumps({k: v for k, v in summary.items() if k != "time_s"}))
@@ -55,6 +56,7 @@ def test_outputs_exist_and_parse(baseline_run):
     assert checkpoint["hyper_parameters"]["config"]["method"] == "simclr"
 
 
+@pytest.mark.slow
 def test_amcl_run_learns_temperatures_within_bounds(amcl_run):
     out, summary = amcl_run
     epochs = summary["epochs"]
@@ -67,8 +69,9 @@ def test_amcl_run_learns_temperatures_within_bounds(amcl_run):
     assert state["projector.first.weight"].shape[0] == 3 * 512  # three heads in one batched layer
 
 
+@pytest.mark.slow
 def test_max_steps_and_repeated_runs_summary(tmp_path):
-    summary = pretrain(PretrainConfig(epochs=3, max_steps=4, runs=2, seed=5, out=str(tmp_path), **TINY))
+    summary = pretrain(tiny_config(epochs=3, max_steps=4, runs=2, seed=5, out=str(tmp_path)))
     runs = [read_metrics(tmp_path / f"run-{seed}") for seed in (5, 6)]
     assert all(r["epochs"][-1]["step"] == 4 for r in runs)
     assert summary["seeds"] == [5, 6]
@@ -104,25 +107,27 @@ def test_summarize_runs_mean_and_sample_std():
     assert diverged["best_knn_acc"]["mean"] == pytest.approx(0.75)
 
 
+@pytest.mark.slow
 def test_constant_temperature_ablation_has_no_temperature_net(tmp_path):
-    config = PretrainConfig(epochs=1, max_steps=2, amcl=True, temperature_mode="constant", out=str(tmp_path), **TINY)
+    config = tiny_config(epochs=1, max_steps=2, amcl=True, temperature_mode="constant", out=str(tmp_path))
     summary = pretrain(config)
     state = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     assert not any(k.startswith("temperature_net") for k in state)
     assert summary["epochs"][-1]["tau_pos_mean"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_amcl_trains_under_bfloat16_mixed_precision(tmp_path):
-    summary = pretrain(PretrainConfig(epochs=1, max_steps=3, amcl=True, precision="bf16-mixed", out=str(tmp_path),
-                                      **TINY))
+    summary = pretrain(tiny_config(epochs=1, max_steps=3, amcl=True, precision="bf16-mixed", out=str(tmp_path)))
     record = summary["epochs"][-1]
     assert record["step"] == 3 and 0.0 <= record["knn_acc"] <= 1.0
     assert all(map(lambda v: v == v, record.values()))  # no NaN anywhere
 
 
+@pytest.mark.slow
 def test_rerun_into_the_same_folder_replaces_the_checkpoint(tmp_path):
     for steps in (1, 2):
-        pretrain(PretrainConfig(epochs=1, max_steps=steps, out=str(tmp_path), **TINY))
+        pretrain(tiny_config(epochs=1, max_steps=steps, out=str(tmp_path)))
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["last.ckpt"]
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 2
 
@@ -130,7 +135,7 @@ def test_rerun_into_the_same_folder_replaces_the_checkpoint(tmp_path):
 def test_split_seed_fixes_the_split_and_seed_varies_only_the_training():
     from amcl.data.datasets import load_configured_dataset
 
-    base = PretrainConfig(epochs=1, **TINY).resolved()
+    base = tiny_config(epochs=1).resolved()
     same_split = [load_configured_dataset(PretrainConfig(**{**base.__dict__, "seed": s})) for s in (0, 7)]
     assert torch.equal(same_split[0].test_labels, same_split[1].test_labels)
     assert torch.equal(same_split[0].train_images, same_split[1].train_images)
@@ -139,6 +144,7 @@ def test_split_seed_fixes_the_split_and_seed_varies_only_the_training():
     assert len(other.test_labels) == len(same_split[0].test_labels)
 
 
+@pytest.mark.slow
 def test_grad_clip_limits_every_update(tmp_path):
     """--grad-clip N clips the global gradient norm before each optimiser step: with a tiny N the weights move
     by (almost) only weight decay, without it they move by the gradients."""
@@ -147,7 +153,7 @@ def test_grad_clip_limits_every_update(tmp_path):
         weights = []
         for steps in (1, 2):
             out = tmp_path / f"{clip}-{steps}"
-            pretrain(PretrainConfig(epochs=1, max_steps=steps, grad_clip=clip, weight_decay=0.0, out=str(out), **TINY))
+            pretrain(tiny_config(epochs=1, max_steps=steps, grad_clip=clip, weight_decay=0.0, out=str(out)))
             state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
             weights.append(torch.cat([v.flatten() for k, v in state.items() if k.startswith("backbone.") and
                                       v.is_floating_point() and "running_" not in k]))  # parameters, not BN stats

@@ -198,6 +198,7 @@ def vit_run(tmp_path_factory):
     return out, summary
 
 
+@pytest.mark.slow
 def test_short_digits_pretraining_with_vit_tiny(vit_run) -> None:
     out, summary = vit_run
     assert (out / "last.ckpt").is_file() and (out / "metrics.json").is_file()
@@ -207,6 +208,7 @@ def test_short_digits_pretraining_with_vit_tiny(vit_run) -> None:
     assert isinstance(backbone, VisionTransformer) and backbone.patch_size == 4 and backbone.grid == 4
 
 
+@pytest.mark.slow
 def test_export_round_trip_of_a_vit(vit_run) -> None:
     out, _ = vit_run
     assert main(["export", "--checkpoint", str(out / "last.ckpt")]) == 0

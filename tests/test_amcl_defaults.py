@@ -3,8 +3,8 @@
 import pytest
 
 from amcl.config import PretrainConfig
-from amcl.specs import FORM_DEFAULTS, METHOD_SPECS
 from amcl.errors import AmclError
+from amcl.specs import FORM_DEFAULTS, METHOD_SPECS
 
 
 def resolved(**options):

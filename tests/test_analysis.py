@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import SMALL_HEADS, tiny_options
 from PIL import Image
 
 from amcl.cli import main
@@ -24,6 +23,7 @@ from amcl.eval.analysis import (
 )
 from amcl.methods import METHOD_CLASSES
 from amcl.train import pretrain
+from builders import SMALL_HEADS, tiny_options
 
 TINY = tiny_options(batch_size=64, epochs=1, max_steps=3, knn_k=10)
 AMCL = dict(amcl=True, tau_min=0.01, tau_max=1.5)

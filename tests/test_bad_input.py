@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import SMALL_HEADS, cli_args, make_archive, make_cifar10, make_stl10, tiny_options, write_pickle
 from PIL import Image
 
 from amcl.cli import main
 from amcl.config import PretrainConfig
 from amcl.train import pretrain
+from builders import SMALL_HEADS, cli_args, make_archive, make_cifar10, make_stl10, tiny_options, write_pickle
 
 TINY = tiny_options(batch_size=64, epochs=1, max_steps=1, knn_k=5)
 
@@ -295,8 +295,8 @@ CASES = [
     P("pretrain-lr-0", ["--lr", "0"], "--lr must be a positive number, got 0.0"),
     P("pretrain-lr-negative", ["--lr", "-1"], "--lr must be a positive number, got -1.0"),
     P("pretrain-lr-nan", ["--lr", "nan"], "--lr must be a positive number, got nan"),
-    P("pretrain-tau-min-equals-tau-max", ["--amcl", "--tau-min", "2", "--tau-max", "2"], "need 0 < --tau-min < --tau-max",
-      "tau_min=2.0, tau_max=2.0"),
+    P("pretrain-tau-min-equals-tau-max", ["--amcl", "--tau-min", "2", "--tau-max", "2"],
+      "need 0 < --tau-min < --tau-max", "tau_min=2.0, tau_max=2.0"),
     P("pretrain-topk-above-negatives", ["--amcl", "--amcl-form", "hardest", "--batch-size", "4", "--topk", "7"],
       "--topk 7",
       "6 negatives of a batch of 4", "--topk <= 6"),

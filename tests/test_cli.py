@@ -133,7 +133,8 @@ def test_every_preset_loads_and_resolves():
         amcl = PretrainConfig(**load_yaml(presets[0].parent / f"{name}-amcl-cifar10.yaml"), data_root="DIR").resolved()
         assert base.method == amcl.method == method and not base.amcl and amcl.amcl
         assert (amcl.heads, amcl.tau_min, amcl.tau_max, base.heads) == (3, 1e-5, 2.0, 1)
-        assert amcl.amcl_form == METHOD_SPECS[method].paper_literal.get("amcl_form")  # the paper's presets: its equations
+        # the paper's presets: its equations
+        assert amcl.amcl_form == METHOD_SPECS[method].paper_literal.get("amcl_form")
         if amcl.amcl_form:  # "--amcl-form softmax" on a paper preset gives the recommended form, not Eq. 2.1's floor
             preset = load_yaml(presets[0].parent / f"{name}-amcl-cifar10.yaml")
             softmax = PretrainConfig(**{**preset, "amcl_form": "softmax", "data_root": "DIR"}).resolved()

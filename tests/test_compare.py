@@ -7,12 +7,12 @@ import statistics
 import sys
 
 import pytest
-from builders import cli_args, tiny_options
 
 from amcl.cli import main
 from amcl.compare import run_comparison
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError
+from builders import cli_args, tiny_options
 
 TINY = tiny_options(epochs=1, max_steps=2, knn_k=10)
 GRID = dict(methods=["simclr"], policies=["a", "ae"], seeds=[0, 1])

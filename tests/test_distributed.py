@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from builders import tiny_argv
 
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_rows, gather_with_grad
 from amcl.methods import METHOD_CLASSES
+from builders import tiny_argv
 
 pytestmark = pytest.mark.slow  # every test runs two processes
 
@@ -171,7 +171,8 @@ def test_analyze_reads_the_global_batch_of_a_two_process_barlow_twins_run(two_pr
     result = analyze_checkpoint(two_process_barlow_run / "last.ckpt", tmp_path / "analysis", pairs=100, device="cpu")
     assert yaml.safe_load((two_process_barlow_run / "config.yaml").read_text())["global_batch"] == 64
     temperature = result["temperature"]
-    assert temperature["learned"] and temperature["kind"] == "channel" and "first 64 positive pairs" in temperature["note"]
+    assert temperature["learned"] and temperature["kind"] == "channel"
+    assert "first 64 positive pairs" in temperature["note"]
     positive = result["heads"][0]["temperature"]["positive"]
     assert positive["count"] == 32  # tau_ll of the 32 channels, from 64 images
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import tiny_config
 from PIL import Image
 from torch import nn
 
@@ -22,6 +21,7 @@ from amcl.eval.knn import knn_accuracy, knn_predict, topk_accuracies
 from amcl.eval.linear import linear_probe, linear_probe_augmented
 from amcl.eval.protocols import evaluate_checkpoint
 from amcl.train import pretrain
+from builders import tiny_config
 
 CPU = torch.device("cpu")
 

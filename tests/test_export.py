@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import tiny_options
 from PIL import Image
 
 from amcl.cli import main
@@ -19,6 +18,7 @@ from amcl.eval.checkpoint import load_pretrained
 from amcl.export import export_encoder, load_encoder
 from amcl.nn import build_backbone
 from amcl.train import pretrain
+from builders import tiny_options
 
 pytestmark = pytest.mark.slow  # every test exports a real digits or folder run
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import cli_args, make_archive, make_cifar10, make_cifar100, make_stl10
 from PIL import Image
 
 from amcl.cli import main
 from amcl.data.datasets import load_dataset
 from amcl.data.module import ContrastiveDataModule
+from builders import cli_args, make_archive, make_cifar10, make_cifar100, make_stl10
 
 FAST = cli_args(backbone="small_cnn", epochs=2, knn_k=5, progress=False, augs="ae")  # each test gives its data
 

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import LargestTensor, cos, reference_omega
 
 from amcl.losses import (
     amcl_nt_xent_loss,
@@ -16,6 +15,7 @@ from amcl.losses import (
     pair_temperatures,
 )
 from amcl.nn import TemperatureNet
+from builders import LargestTensor, cos, reference_omega
 
 
 def reference_temperature(phi_a, phi_b, tau_min, tau_max):

@@ -3,12 +3,12 @@ momentum encoder behave inside training, and every method, baseline and AMCL, pr
 
 import pytest
 import torch
-from builders import tiny_options
 
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError
 from amcl.methods import METHOD_CLASSES
 from amcl.train import pretrain
+from builders import tiny_options
 
 SMALL = dict(backbone="small_cnn", proj_hidden=32, proj_dim=16, predictor_hidden=8, queue_size=24,
              temperature_hidden=8, batch_size=6, tau_min=0.05)

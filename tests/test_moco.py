@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import cos, reference_omega
 from torch import nn
 
 from amcl.losses import amcl_moco_loss, amcl_moco_terms, moco_infonce_loss, pair_temperatures, paired_temperatures
 from amcl.nn import FeatureQueue, TemperatureNet, momentum_copy, momentum_update_
+from builders import cos, reference_omega
 
 
 def reference_infonce(q, k, queue, tau):

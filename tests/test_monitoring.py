@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from builders import tiny_config
 from PIL import Image
 
 from amcl.config import PretrainConfig
@@ -16,6 +15,7 @@ from amcl.errors import AmclWarning
 from amcl.methods.barlow_twins import channel_statistics
 from amcl.monitoring import EpochStatistics, temperature_statistics
 from amcl.train import pretrain
+from builders import tiny_config
 
 
 def test_temperature_statistics_on_crafted_tensors():
@@ -92,7 +92,8 @@ def test_barlow_channel_statistics_split_diagonal_and_off_diagonal():
     assert stats["head1/tau_neg_mean"] == pytest.approx((0.5 + 0.7 + 0.2 + 2.0 + 0.9 + 0.3) / 6)
     assert (stats["head1/tau_neg_min"], stats["head1/tau_neg_max"]) == pytest.approx((0.2, 2.0))
     assert (stats["head1/tau_pos_min"], stats["head1/tau_pos_max"]) == pytest.approx((0.1, 0.6))
-    assert stats["head1/share_at_tau_min"] == pytest.approx(1 / 9) and stats["head1/share_at_tau_max"] == pytest.approx(1 / 9)
+    assert stats["head1/share_at_tau_min"] == pytest.approx(1 / 9)
+    assert stats["head1/share_at_tau_max"] == pytest.approx(1 / 9)
 
 
 @pytest.fixture(scope="module")

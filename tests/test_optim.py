@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from builders import tiny_config
 from torch import nn
 
 from amcl.config import PretrainConfig, _choices, load_yaml
@@ -17,6 +16,7 @@ from amcl.errors import AmclError
 from amcl.methods import METHOD_CLASSES
 from amcl.nn.heads import HeadwiseLinear
 from amcl.optim import LARS, LR_SCALINGS, OPTIMIZERS, build_optimizer, split_decay_groups, warmup_cosine, warmup_steps
+from builders import tiny_config
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from amcl.data.readers import DatasetError, ImageSplits, read_cifar10, read_cifar100, read_stl10
 from builders import (
     CIFAR10_NAMES,
     make_archive,
@@ -20,8 +22,6 @@ from builders import (
     py3_dumps,
     write_pickle,
 )
-
-from amcl.data.readers import DatasetError, ImageSplits, read_cifar10, read_cifar100, read_stl10
 
 
 def assert_same(a: ImageSplits, b: ImageSplits) -> None:

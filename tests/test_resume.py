@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import tiny_argv, tiny_options
 
 from amcl.cli import main
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError
 from amcl.methods import METHOD_CLASSES
 from amcl.train import pretrain
+from builders import tiny_argv, tiny_options
 
 pytestmark = pytest.mark.slow  # real runs throughout: `amcl` in subprocesses, killed and resumed
 

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-from builders import cos, reference_omega
 
 from amcl.losses import amcl_barlow_twins_loss, amcl_simsiam_loss, barlow_twins_loss, simsiam_loss
+from builders import cos, reference_omega
 
 
 def reference_amcl_simsiam(p1, p2, z1, z2, t1, t2, beta, dim):

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from builders import LargestTensor, cos, reference_omega
 
 from amcl.losses import (
     amcl_moco_loss,
@@ -18,6 +17,7 @@ from amcl.losses import (
     nt_xent_loss,
 )
 from amcl.nn import TemperatureNet
+from builders import LargestTensor, cos, reference_omega
 
 
 def reference_negative_side(taus, dim, kind):
@@ -38,7 +38,8 @@ def reference_softmax_simclr(z1, z2, tau_of, beta, dim, kind="mean_omega"):
             pos = (i + b) % n
             negatives = [j for j in range(n) if j not in (i, pos)]
             t_pos = tau_of(c, i, pos)
-            logits = [cos(views[i], views[pos]) / t_pos] + [cos(views[i], views[j]) / tau_of(c, i, j) for j in negatives]
+            logits = [cos(views[i], views[pos]) / t_pos]
+            logits += [cos(views[i], views[j]) / tau_of(c, i, j) for j in negatives]
             head += -logits[0] + math.log(sum(math.exp(x) for x in logits))
             head += beta * (reference_omega(t_pos, dim)
                             - reference_negative_side([tau_of(c, i, j) for j in negatives], dim, kind))

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import tiny_config
 
 from amcl.losses import amcl_nt_xent_loss, nt_xent_loss
 from amcl.train import pretrain
+from builders import tiny_config
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 sys.path.insert(0, str(STUDIES))

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 import yaml
-from builders import tiny_config
 
 from amcl.config import PretrainConfig
 from amcl.train import pretrain
+from builders import tiny_config
 
 
 def read_metrics(path):

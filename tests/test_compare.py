@@ -172,7 +172,7 @@ def test_a_corrupt_checkpoint_is_a_clear_error(grid, tmp_path):
 
 @pytest.mark.slow
 def test_killed_grid_leaves_a_partial_table(grid, tmp_path, monkeypatch):
-    import amcl.train
+    import amcl.compare
 
     out = copy_grid(grid[0], tmp_path / "grid")
     for seed in (0, 1):
@@ -181,7 +181,7 @@ def test_killed_grid_leaves_a_partial_table(grid, tmp_path, monkeypatch):
     def killed(config, resume=False):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(amcl.train, "pretrain_once", killed)
+    monkeypatch.setattr(amcl.compare, "pretrain_once", killed)  # the run the grid trains next is killed
     with pytest.raises(KeyboardInterrupt):
         run_comparison(PretrainConfig(**TINY), out=str(out), **GRID)
     markdown = (out / "results.md").read_text()

@@ -70,3 +70,14 @@ def test_config_offers_exactly_the_regularisers_the_losses_implement():
     from amcl.losses import NEGATIVE_REGULARIZERS as implemented
 
     assert offered == implemented
+
+
+def test_every_method_has_a_spec_and_a_class():
+    """A method is its spec (what the config and analyze read) and its LightningModule, under one name."""
+    from amcl.methods import METHOD_CLASSES
+
+    assert list(METHOD_CLASSES) == list(METHOD_SPECS) == list(PretrainConfig.__dataclass_fields__["method"]
+                                                             .metadata["choices"])
+    for name, spec in METHOD_SPECS.items():
+        assert spec.name == name and set(spec.defaults) <= set(PretrainConfig.__dataclass_fields__)
+        assert spec.contrastive == (spec.negatives is not None)  # the forms rank negatives

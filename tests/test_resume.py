@@ -203,3 +203,20 @@ def test_a_real_overflow_is_reported_through_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "non-finite at step 0" in err and "no checkpoint had been written yet" in err
+
+
+def test_a_run_whose_every_step_was_skipped_is_an_error_not_complete(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHOD_CLASSES, "simclr", _nan_after(0))
+    with pytest.warns(Warning, match="skipped a step"), pytest.raises(AmclError, match="made no optimisation step"):
+        pretrain(PretrainConfig(out=str(tmp_path), on_nonfinite="skip", **{**TINY, "epochs": 1}))
+    assert not json.loads((tmp_path / "metrics.json").read_text()).get("complete")
+
+
+def test_a_run_that_skipped_many_steps_says_so_and_metrics_json_stays_json(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHOD_CLASSES, "simclr", _nan_after(30))  # the last 3 of 33 steps: 9%
+    with pytest.warns(Warning, match=r"3 of the run's steps \(9\.1%\) had non-finite values"):
+        pretrain(PretrainConfig(out=str(tmp_path), on_nonfinite="skip", **TINY))
+    text = (tmp_path / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.json"))
+    assert metrics["skipped_steps"] == 3 and metrics["skipped_share"] == pytest.approx(3 / 33)
+    assert metrics["epochs"][-1]["loss"] is None and metrics["complete"]  # NaN is written as null

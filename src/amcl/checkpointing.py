@@ -103,7 +103,7 @@ class NonFiniteRecord:
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        self.skipped_steps = 0
+        self.steps = self.skipped_steps = 0  # in this process's session (a resumed run counts again)
         self._terms: dict[str, torch.Tensor] = {}
         self._first_bad_step = torch.tensor(-1)
         self._first_bad_terms: dict[str, torch.Tensor] = {}
@@ -119,6 +119,7 @@ class NonFiniteRecord:
     def allows_step(self, loss: torch.Tensor | None, parameters: Any, step: int) -> bool:
         """Whether the optimiser may take this step: always under ``stop`` (the bad step is recorded and
         the guard stops the run before any checkpoint), only a finite step under ``skip``."""
+        self.steps += 1
         grads = [p.grad for p in parameters if p.grad is not None]
         device = grads[0].device if grads else (loss.device if loss is not None else torch.device("cpu"))
         finite = torch.isfinite(loss).all() if loss is not None else torch.ones((), dtype=torch.bool, device=device)

@@ -294,6 +294,8 @@ class PretrainConfig:
                 f"--devices {self.devices!r} with --num-nodes {self.num_nodes}: give a positive number of devices, "
                 "a list such as 0,1, or auto"
             ) from None
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise AmclError(f"--max-steps must be -1 (run all epochs) or at least 1, got {self.max_steps}")
         if self.global_batch is not None and (self.global_batch < self.batch_size
                                               or self.global_batch % self.batch_size):
             raise AmclError(f"global_batch {self.global_batch} is not a multiple of --batch-size {self.batch_size}; "

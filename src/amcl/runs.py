@@ -83,9 +83,20 @@ def write_atomic(path: str | os.PathLike[str], content: str | bytes | Callable[[
         tmp.unlink(missing_ok=True)
 
 
+def _finite_or_null(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite_or_null(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite_or_null(v) for v in data]
+    return data
+
+
 def write_json(path: str | os.PathLike[str], data: Any, indent: int = 2) -> None:
-    """``data`` as JSON, written atomically (see :func:`write_atomic`)."""
-    write_atomic(path, json.dumps(data, indent=indent) + "\n")
+    """``data`` as JSON, written atomically (see :func:`write_atomic`). NaN and infinities are written as
+    ``null``: JSON has no such numbers (files of older versions that hold bare ``NaN`` still read)."""
+    write_atomic(path, json.dumps(_finite_or_null(data), indent=indent, allow_nan=False) + "\n")
 
 
 def write_config(folder: str | os.PathLike[str], config: PretrainConfig | None = None) -> None:

@@ -139,6 +139,10 @@ def _trainer(config: PretrainConfig, **options: Any) -> L.Trainer:
         ) from None
 
 
+#: With ``--on-nonfinite skip``, a run that skipped more than this share of its steps says so at the end.
+SKIPPED_SHARE_WARNING = 0.05
+
+
 def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     """One run of a resolved config; returns the metrics summary (plus ``time_s``, the wall-clock time).
 
@@ -207,11 +211,22 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
     if trainer.is_global_zero:
         remove_partial_checkpoints(out)
     trainer.fit(model, datamodule=data, ckpt_path=str(checkpoint) if resuming else None)
+    skipped = model.nonfinite.skipped_steps  # Lightning counts a skipped step in global_step too
+    if trainer.global_step - skipped <= 0:
+        raise AmclError(f"the run made no optimisation step: all {skipped} steps had non-finite values and were "
+                        f"skipped (--on-nonfinite skip), so {out} holds an untrained model and is not marked "
+                        "complete; start again with a larger --tau-min or a smaller --lr")
     if monitor and recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
         # the run stopped (max_steps, knn_every) without monitoring its final state: do it now
         recorder.epochs[-1]["knn_acc"] = trainer.validate(model, datamodule=data, verbose=False)[0]["knn_acc"]
     summary = recorder.summary()
     summary["complete"] = True  # the run ended normally (amcl compare and --resume skip such runs)
+    if config.on_nonfinite == "skip":
+        share = skipped / max(1, model.nonfinite.steps)
+        summary.update(skipped_steps=skipped, skipped_share=round(share, 6))
+        if share > SKIPPED_SHARE_WARNING:
+            warn(f"{skipped} of the run's steps ({share:.1%}) had non-finite values and were skipped; its results "
+                 "describe a partly trained model (see skipped_steps in metrics.json)")
     if trainer.is_global_zero:
         write_json(out / "metrics.json", summary)
         write_csv(out / "metrics.csv", recorder.epochs)

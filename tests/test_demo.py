@@ -34,3 +34,26 @@ def test_demo_reports_a_bad_config_in_one_line(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("demo: error:") and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_a_row_of_the_table_and_the_demo_exits_non_zero(tmp_path, capsys, monkeypatch):
+    """When one run goes non-finite (here: Eq. 2.1 as printed, by an injected fault), the runs that finished
+    are still reported, the failed one is marked with its one-line reason, and the exit status says so."""
+    from amcl.methods import METHOD_CLASSES
+
+    class FaultyEq21(METHOD_CLASSES["simclr"]):
+        def loss(self, view1, view2):
+            loss, extras = super().loss(view1, view2)
+            return (loss * float("nan") if self.config.amcl_form == "hardest" else loss), extras
+
+    monkeypatch.setitem(METHOD_CLASSES, "simclr", FaultyEq21)
+    config = tmp_path / "demo.yaml"
+    config.write_text("dataset: digits\nimage-size: 16\nbackbone: small_cnn\nbatch-size: 128\nknn-k: 10\n"
+                      "max-steps: 2\nprogress: false\n")
+    assert main(["--config", str(config), "--out", str(tmp_path / "runs"), "--epochs", "1"]) == 1
+    printed = capsys.readouterr()
+    rows = {line.split(" | ")[0].strip("| "): line for line in printed.out.splitlines() if line.startswith("| simclr")}
+    assert set(rows) == {"simclr", "simclr-amcl-paper", "simclr-amcl"}
+    assert "| failed | failed |" in rows["simclr-amcl-paper"] and "%" in rows["simclr"] and "%" in rows["simclr-amcl"]
+    assert "simclr-amcl-paper failed: the loss or its gradients became non-finite" in printed.out

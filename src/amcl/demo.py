@@ -26,6 +26,8 @@ MODES = (
 
 
 def run_demo(config_path: str, out: str, epochs: int | None = None, methods: list[str] | None = None) -> list[dict]:
+    """Every method x mode run; a run that fails (e.g. non-finite) is a row with its one-line ``error`` and
+    the others still run. A config that cannot be read or resolved raises :class:`AmclError` at once."""
     base = PretrainConfig(**load_yaml(config_path))
     if epochs is not None:
         base = replace(base, epochs=epochs)
@@ -37,9 +39,15 @@ def run_demo(config_path: str, out: str, epochs: int | None = None, methods: lis
             form = config.amcl_form or ("" if not config.amcl else f"tau {config.tau_min:g}-{config.tau_max:g}")
             print(f"== {name}: {title}{f' ({form})' if config.amcl else ''}, {config.heads} head(s), "
                   f"{config.epochs} epochs on {config.dataset}", flush=True)
-            summary = pretrain(config)
-            rows.append({"run": name, "what": title, "heads": config.heads, "knn": summary["best_knn_acc"],
-                         "final": summary["final_knn_acc"], "time": summary["time_s"], "out": config.out})
+            row = {"run": name, "what": title, "heads": config.heads, "out": config.out}
+            try:
+                summary = pretrain(config)
+            except AmclError as exc:  # this run failed: report it beside the runs that finished
+                print(f"== {name} failed: {exc}", file=sys.stderr, flush=True)
+                rows.append({**row, "error": str(exc)})
+                continue
+            rows.append({**row, "knn": summary["best_knn_acc"], "final": summary["final_knn_acc"],
+                         "time": summary["time_s"]})
     return rows
 
 
@@ -47,9 +55,13 @@ def format_table(rows: list[dict]) -> str:
     lines = ["| run | what | heads | best kNN acc | final kNN acc | time (s) | outputs |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['run']} | {r['what']} | {r['heads']} | failed | failed | - | {r['out']} |")
+            continue
         lines.append(f"| {r['run']} | {r['what']} | {r['heads']} | {100 * r['knn']:.1f}% | {100 * r['final']:.1f}% | "
                      f"{r['time']:.0f} | {r['out']} |")
-    return "\n".join(lines)
+    failed = [f"{r['run']} failed: {r['error']}" for r in rows if "error" in r]
+    return "\n".join(lines + ([""] + failed if failed else []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(rows))
     print("\nEach run folder holds config.yaml, metrics.json (per-epoch loss and kNN accuracy) and last.ckpt.")
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -75,3 +75,41 @@ def test_older_configs_get_what_their_version_did():
     assert upgraded["global_batch"] == 64  # batch size x the processes devices named
     assert "global_batch" not in upgrade_config({"batch_size": 32, "devices": "auto"})  # unknown: from weights
     assert upgrade_config({"seed": 3, "split_seed": 0, "global_batch": 8})["split_seed"] == 0
+
+
+_HOLD_LOCK = """
+import sys, time
+from amcl.runs import locked_folder
+with locked_folder(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_second_process_is_refused_while_a_run_holds_the_folder_and_a_killed_holder_blocks_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from builders import tiny_argv
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for command in (["pretrain", "--out", str(out)], ["compare", "--augs", "a", "--seeds", "0", "--out", str(out)]):
+            done = subprocess.run([sys.executable, "-m", "amcl.cli", *command, *tiny_argv(epochs=1, max_steps=2)],
+                                  capture_output=True, text=True, env=env, timeout=300)
+            assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+            assert f"is in use by amcl process {holder.pid}" in done.stderr and "choose another --out" in done.stderr
+        assert not (out / "config.yaml").exists()  # the refused run wrote nothing there
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (out / ".amcl.lock").exists()  # left behind by the killed holder: the kernel released its lock
+    done = subprocess.run([sys.executable, "-m", "amcl.cli", "pretrain", "--out", str(out),
+                           *tiny_argv(epochs=1, max_steps=2)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["complete"] and not (out / ".amcl.lock").exists()

@@ -31,6 +31,7 @@ from amcl.compare_tables import metrics_text, write_results
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError
 from amcl.eval.protocols import evaluate_checkpoint
+from amcl.runs import locked_folder, write_config
 from amcl.train import pretrain_once
 
 __all__ = ["LINEAR_RESULT", "parse_variants", "run_comparison"]
@@ -72,17 +73,26 @@ def run_comparison(
         run.metrics = finished_run_metrics(run)
         run.reused = run.metrics is not None
     created = [p for p in (grid.out, grid.out / "results.md", grid.out / "results.json") if not p.exists()]
+    write_config(grid.out)  # the folder, or one line naming --out
     try:
-        grid.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AmclError(f"cannot write outputs to --out {grid.out}: {exc.strerror}; choose a writable folder") \
-            from None
+        with locked_folder(grid.out):  # one grid per folder at a time
+            paths = _run_grid(grid)
+    except AmclError:
+        if not any(r.metrics for r in grid.runs):  # the grid could not even start (e.g. bad data path)
+            _remove_created(created, grid.runs[0].folder)
+        raise
+    table, cells = paths.pop("table"), paths.pop("cells")
+    reused = sum(r.reused for r in grid.runs)
+    return {"table": table, "cells": cells, "trained": len(grid.runs) - reused, "reused": reused, **paths}
 
+
+def _run_grid(grid: Grid) -> dict[str, Any]:
+    """Train (or read back) every run in order, rewriting the results after each; returns their paths."""
     total, reused = len(grid.runs), sum(r.reused for r in grid.runs)
     print(f"amcl compare: {total} runs ({', '.join(grid.methods)} x {', '.join(grid.modes)} x augs "
           f"{', '.join(grid.policies)} x seeds {', '.join(map(str, grid.seeds))}) in {grid.out}"
           + (f"; {reused} finished earlier" if reused else ""), flush=True)
-    paths = write_results(grid)
+    write_results(grid)
     for i, run in enumerate(grid.runs, 1):
         prefix = f"[{i}/{total}] {run.label}"
         if run.reused:
@@ -92,19 +102,12 @@ def run_comparison(
         resumed = (run.folder / "last.ckpt").is_file()
         print(f"{prefix}: {'resuming from its last checkpoint' if resumed else 'training'}", flush=True)
         started = time.perf_counter()
-        try:
-            run.metrics = pretrain_once(run.config, resume=True)  # an unfinished run continues where it stopped
-        except AmclError:
-            if not any(r.metrics for r in grid.runs):  # the grid could not even start (e.g. bad data path)
-                _remove_created(created, run.folder)
-            raise
+        run.metrics = pretrain_once(run.config, resume=True)  # an unfinished run continues where it stopped
         _add_linear(grid, run)
         print(f"{prefix}: done in {time.perf_counter() - started:.1f} s, {metrics_text(run.metrics, grid.metrics)}",
               flush=True)
-        paths = write_results(grid)
-    paths = write_results(grid)  # with the linear probes of reused runs
-    table, cells = paths.pop("table"), paths.pop("cells")
-    return {"table": table, "cells": cells, "trained": total - reused, "reused": reused, **paths}
+        write_results(grid)
+    return write_results(grid)  # with the linear probes of reused runs
 
 
 def _add_linear(grid: Grid, run: Run) -> None:

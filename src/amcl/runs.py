@@ -16,6 +16,7 @@ and ``metrics.csv`` (per epoch), ``run.json`` (clock times and versions), ``last
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from amcl.config import PretrainConfig, load_yaml, option_names
 from amcl.errors import AmclError
@@ -31,7 +32,7 @@ from amcl.policies import parse_policy
 
 __all__ = [
     "RESUMABLE_CHANGES", "config_differences", "finished_metrics", "read_checkpoint", "read_config",
-    "run_record", "summarize_runs", "write_atomic", "write_config", "write_json",
+    "locked_folder", "run_record", "summarize_runs", "write_atomic", "write_config", "write_json",
 ]
 
 #: Options that may differ between a saved run and the config that continues or reuses it: they change
@@ -110,6 +111,42 @@ def write_config(folder: str | os.PathLike[str], config: PretrainConfig | None =
     except (OSError, AmclError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else str(exc).split(": ", 1)[-1].split(";")[0]
         raise AmclError(f"cannot write outputs to --out {folder}: {reason}; choose a writable folder") from None
+
+
+#: The lock file of a folder a run (or a compare grid) is writing to.
+LOCK_FILE = ".amcl.lock"
+
+
+@contextlib.contextmanager
+def locked_folder(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if needed) while the block runs, so that two runs never
+    write into one ``--out``. A second process is refused with an :class:`AmclError` naming the holder.
+    The lock is the kernel's (``flock``): it dies with its process, so a run killed with SIGKILL leaves a
+    lock file that blocks nothing, and ``--resume`` takes it over."""
+    import fcntl
+    import socket
+    import sys
+
+    target = Path(folder)
+    write_config(target)
+    path = target / LOCK_FILE
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise AmclError(f"{target} is in use by {holder}; wait for it to finish, or choose another --out") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"amcl process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)[:200]})\n")
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held, so no waiting process takes a lock on a removed file
+        handle.close()
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:

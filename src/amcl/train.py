@@ -7,6 +7,7 @@ Writes into ``config.out``: ``config.yaml``, ``metrics.json`` (per-epoch loss, k
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -30,6 +31,7 @@ from amcl.runs import (
     RESUMABLE_CHANGES,
     config_differences,
     finished_metrics,
+    locked_folder,
     read_checkpoint,
     read_config,
     run_record,
@@ -207,34 +209,36 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
     config = replace(config, global_batch=global_batch)  # what ran, in config.yaml and the checkpoint
     model = METHOD_CLASSES[config.method](config, splits.num_classes, data.normalization)
     started = time.time()
-    write_config(out, config if trainer.is_global_zero else None)
-    if trainer.is_global_zero:
-        remove_partial_checkpoints(out)
-    trainer.fit(model, datamodule=data, ckpt_path=str(checkpoint) if resuming else None)
-    skipped = model.nonfinite.skipped_steps  # Lightning counts a skipped step in global_step too
-    if trainer.global_step - skipped <= 0:
-        raise AmclError(f"the run made no optimisation step: all {skipped} steps had non-finite values and were "
-                        f"skipped (--on-nonfinite skip), so {out} holds an untrained model and is not marked "
-                        "complete; start again with a larger --tau-min or a smaller --lr")
-    if monitor and recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
-        # the run stopped (max_steps, knn_every) without monitoring its final state: do it now
-        recorder.epochs[-1]["knn_acc"] = trainer.validate(model, datamodule=data, verbose=False)[0]["knn_acc"]
-    summary = recorder.summary()
-    summary["complete"] = True  # the run ended normally (amcl compare and --resume skip such runs)
-    if config.on_nonfinite == "skip":
-        share = skipped / max(1, model.nonfinite.steps)
-        summary.update(skipped_steps=skipped, skipped_share=round(share, 6))
-        if share > SKIPPED_SHARE_WARNING:
-            warn(f"{skipped} of the run's steps ({share:.1%}) had non-finite values and were skipped; its results "
-                 "describe a partly trained model (see skipped_steps in metrics.json)")
-    if trainer.is_global_zero:
-        write_json(out / "metrics.json", summary)
-        write_csv(out / "metrics.csv", recorder.epochs)
-        write_json(out / "run.json", run_record(config, started, recorder.epoch_seconds, resumed=resuming))
-        if recorder.epochs:
-            mode = f"AMCL, {config.heads} heads" if config.amcl else "baseline"
-            plot_curves(out / "curves.png", recorder.epochs, f"{config.method} {mode} on {config.dataset}")
-    return {**summary, "time_s": round(sum(recorder.epoch_seconds), 3)}
+    # one run per folder at a time (rank 0 holds the lock; the other processes write nothing there)
+    with locked_folder(out) if trainer.is_global_zero else contextlib.nullcontext():
+        write_config(out, config if trainer.is_global_zero else None)
+        if trainer.is_global_zero:
+            remove_partial_checkpoints(out)
+        trainer.fit(model, datamodule=data, ckpt_path=str(checkpoint) if resuming else None)
+        skipped = model.nonfinite.skipped_steps  # Lightning counts a skipped step in global_step too
+        if trainer.global_step - skipped <= 0:
+            raise AmclError(f"the run made no optimisation step: all {skipped} steps had non-finite values and were "
+                            f"skipped (--on-nonfinite skip), so {out} holds an untrained model and is not marked "
+                            "complete; start again with a larger --tau-min or a smaller --lr")
+        if monitor and recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
+            # the run stopped (max_steps, knn_every) without monitoring its final state: do it now
+            recorder.epochs[-1]["knn_acc"] = trainer.validate(model, datamodule=data, verbose=False)[0]["knn_acc"]
+        summary = recorder.summary()
+        summary["complete"] = True  # the run ended normally (amcl compare and --resume skip such runs)
+        if config.on_nonfinite == "skip":
+            share = skipped / max(1, model.nonfinite.steps)
+            summary.update(skipped_steps=skipped, skipped_share=round(share, 6))
+            if share > SKIPPED_SHARE_WARNING:
+                warn(f"{skipped} of the run's steps ({share:.1%}) had non-finite values and were skipped; its results "
+                     "describe a partly trained model (see skipped_steps in metrics.json)")
+        if trainer.is_global_zero:
+            write_json(out / "metrics.json", summary)
+            write_csv(out / "metrics.csv", recorder.epochs)
+            write_json(out / "run.json", run_record(config, started, recorder.epoch_seconds, resumed=resuming))
+            if recorder.epochs:
+                mode = f"AMCL, {config.heads} heads" if config.amcl else "baseline"
+                plot_curves(out / "curves.png", recorder.epochs, f"{config.method} {mode} on {config.dataset}")
+        return {**summary, "time_s": round(sum(recorder.epoch_seconds), 3)}
 
 
 def _finished_run(config: PretrainConfig, out: Path) -> dict[str, Any] | None:
@@ -295,16 +299,17 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     out = Path(config.out)
     created = [p for p in (out, out / "config.yaml") if not p.exists()]
     write_config(out, config)  # first, so a killed series can be resumed
-    results = []
-    for r in range(config.runs):
-        seed = config.seed + r
-        try:
-            results.append(pretrain_once(replace(config, seed=seed, runs=1, out=str(out / f"run-{seed}")), resume))
-        except AmclError:
-            if not results:  # the series could not even start (bad data): leave no trace of it
-                for path in reversed(created):
-                    path.unlink() if path.is_file() else _remove_if_empty(path)
-            raise
+    results: list[dict[str, Any]] = []
+    try:
+        with locked_folder(out):  # one series per folder at a time
+            for seed in range(config.seed, config.seed + config.runs):
+                run = replace(config, seed=seed, runs=1, out=str(out / f"run-{seed}"))
+                results.append(pretrain_once(run, resume))
+    except AmclError:
+        if not results:  # the series could not even start (bad data): leave no trace of it
+            for path in reversed(created):
+                path.unlink() if path.is_file() else _remove_if_empty(path)
+        raise
     summary: dict[str, Any] = {"runs": config.runs, "seeds": [config.seed + r for r in range(config.runs)]}
     summary.update(summarize_runs(results))
     write_json(out / "summary.json", summary)

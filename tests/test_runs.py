@@ -113,3 +113,23 @@ def test_a_second_process_is_refused_while_a_run_holds_the_folder_and_a_killed_h
                            *tiny_argv(epochs=1, max_steps=2)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text())["complete"] and not (out / ".amcl.lock").exists()
+
+
+@pytest.mark.slow
+def test_a_folder_holding_a_run_is_refused_unless_overwrite_clears_it(tmp_path):
+    from amcl.train import pretrain
+    from builders import tiny_config
+
+    out = tmp_path / "run"
+    pretrain(tiny_config(epochs=1, max_steps=2, out=str(out)))
+    (out / "eval-knn.json").write_text("{}")  # evaluates the model that is there now
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(AmclError) as refused:
+        pretrain(tiny_config(method="moco", queue_size=256, epochs=1, max_steps=2, out=str(out)))
+    message = str(refused.value)
+    assert "holds a finished simclr baseline run" in message and "\n" not in message
+    assert f"--resume {out}" in message and "--out" in message and "--overwrite" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing lost
+    pretrain(tiny_config(method="moco", queue_size=256, epochs=1, max_steps=2, out=str(out)), overwrite=True)
+    assert not (out / "eval-knn.json").exists()  # the whole folder was cleared first
+    assert read_config(out / "config.yaml")["method"] == "moco"

@@ -125,9 +125,9 @@ def test_amcl_trains_under_bfloat16_mixed_precision(tmp_path):
 
 
 @pytest.mark.slow
-def test_rerun_into_the_same_folder_replaces_the_checkpoint(tmp_path):
-    for steps in (1, 2):
-        pretrain(tiny_config(epochs=1, max_steps=steps, out=str(tmp_path)))
+def test_rerun_with_overwrite_into_the_same_folder_replaces_the_checkpoint(tmp_path):
+    for steps in (1, 2):  # without --overwrite the second run is refused (tests/test_runs.py)
+        pretrain(tiny_config(epochs=1, max_steps=steps, out=str(tmp_path)), overwrite=True)
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["last.ckpt"]
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 2
 

@@ -86,11 +86,13 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from amcl.train import pretrain
 
+    if args.resume and args.overwrite:
+        raise AmclError("--resume continues the run in its folder and --overwrite deletes it; give one of them")
     if args.resume:
         config = _resumed_config(args)
     else:
         config = config_from_args(args).resolved()
-    summary = pretrain(config, resume=bool(args.resume))
+    summary = pretrain(config, resume=bool(args.resume), overwrite=args.overwrite)
     if rank_zero_only.rank != 0:  # in multi-process training, one process reports
         return 0
     best = summary["best_knn_acc"]["mean"] if config.runs > 1 else summary["best_knn_acc"]
@@ -325,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--resume", metavar="DIR",
                           help="continue the run in DIR (its --out folder) from its last checkpoint, with its own "
                                "settings; finished runs are left as they are")
+    pretrain.add_argument("--overwrite", action="store_true",
+                          help="delete the --out folder first if it holds a run (without it such a folder is refused)")
     _add_config_options(pretrain)
     pretrain.set_defaults(parser=pretrain, func=_pretrain)
 

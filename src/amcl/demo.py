@@ -41,7 +41,7 @@ def run_demo(config_path: str, out: str, epochs: int | None = None, methods: lis
                   f"{config.epochs} epochs on {config.dataset}", flush=True)
             row = {"run": name, "what": title, "heads": config.heads, "out": config.out}
             try:
-                summary = pretrain(config)
+                summary = pretrain(config, overwrite=True)  # each demo starts afresh
             except AmclError as exc:  # this run failed: report it beside the runs that finished
                 print(f"== {name} failed: {exc}", file=sys.stderr, flush=True)
                 rows.append({**row, "error": str(exc)})

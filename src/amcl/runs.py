@@ -32,7 +32,7 @@ from amcl.policies import parse_policy
 
 __all__ = [
     "RESUMABLE_CHANGES", "config_differences", "finished_metrics", "read_checkpoint", "read_config",
-    "locked_folder", "run_record", "summarize_runs", "write_atomic", "write_config", "write_json",
+    "held_run", "locked_folder", "run_record", "summarize_runs", "write_atomic", "write_config", "write_json",
 ]
 
 #: Options that may differ between a saved run and the config that continues or reuses it: they change
@@ -147,6 +147,25 @@ def locked_folder(folder: str | os.PathLike[str]) -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)  # while still held, so no waiting process takes a lock on a removed file
         handle.close()
+
+
+#: The files whose presence means a folder holds a run (or a ``--runs`` series).
+RUN_FILES = ("config.yaml", "metrics.json", "last.ckpt", "summary.json")
+
+
+def held_run(folder: str | os.PathLike[str]) -> str | None:
+    """What ``folder`` holds, in words (``"a finished simclr AMCL run"``), or None if it holds no run."""
+    target = Path(folder)
+    if not any((target / name).exists() for name in RUN_FILES):
+        return None
+    try:
+        saved = load_yaml(target / "config.yaml")
+    except AmclError:
+        saved = {}
+    kind = "series" if (target / "summary.json").exists() or int(saved.get("runs") or 1) > 1 else "run"
+    what = f"{saved['method']} {'AMCL' if saved.get('amcl') else 'baseline'} {kind}" if "method" in saved else kind
+    finished = finished_metrics(target) is not None or (target / "summary.json").exists()
+    return f"{'a finished' if finished else 'an unfinished'} {what}"
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:

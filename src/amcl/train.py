@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 import warnings
 from dataclasses import replace
@@ -17,6 +18,7 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
@@ -31,6 +33,7 @@ from amcl.runs import (
     RESUMABLE_CHANGES,
     config_differences,
     finished_metrics,
+    held_run,
     locked_folder,
     read_checkpoint,
     read_config,
@@ -287,13 +290,28 @@ def _devices(devices: str) -> int | list[int] | str:
     return int(text)
 
 
-def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+def claim_folder(out: Path, overwrite: bool = False) -> None:
+    """Refuse to start a run in a folder that holds one (its outputs would mix with, or replace, another
+    run's) unless ``overwrite``, which deletes the whole folder first."""
+    held = held_run(out)
+    if held is None:
+        return
+    if not overwrite:
+        raise AmclError(f"{out} holds {held}; continue it with `amcl pretrain --resume {out}`, choose a new --out, "
+                        "or pass --overwrite to delete that folder first")
+    shutil.rmtree(out)
+
+
+def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run ``config.runs`` seeds (seed, seed + 1, ...); with several, also write ``summary.json``.
 
     ``resume`` continues each seed's run from its checkpoint, skips finished ones and starts the
-    missing ones (see :func:`pretrain_once`).
+    missing ones (see :func:`pretrain_once`). Without it, a ``config.out`` that holds a run is refused,
+    or with ``overwrite`` deleted first (:func:`claim_folder`).
     """
     config = config.resolved()
+    if not resume and rank_zero_only.rank == 0:  # the other processes of a multi-process run find rank 0's files
+        claim_folder(Path(config.out), overwrite)
     if config.runs == 1:
         return pretrain_once(config, resume)
     out = Path(config.out)

@@ -133,3 +133,13 @@ def test_a_folder_holding_a_run_is_refused_unless_overwrite_clears_it(tmp_path):
     pretrain(tiny_config(method="moco", queue_size=256, epochs=1, max_steps=2, out=str(out)), overwrite=True)
     assert not (out / "eval-knn.json").exists()  # the whole folder was cleared first
     assert read_config(out / "config.yaml")["method"] == "moco"
+
+
+def test_resume_refuses_a_folder_whose_config_is_empty_instead_of_starting_a_default_run(tmp_path, capsys):
+    from amcl.cli import main
+
+    (tmp_path / "config.yaml").write_text("")  # what a start cut off by a full disk left before writes were atomic
+    assert main(["pretrain", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds no run's settings" in err and "--overwrite" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # nothing trained, nothing written

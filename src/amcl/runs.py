@@ -170,8 +170,13 @@ def held_run(folder: str | os.PathLike[str]) -> str | None:
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The options of a saved ``config.yaml`` (checked and typed by :func:`amcl.config.load_yaml`), with
-    what older versions did not record filled in as they behaved (see :func:`upgrade_config`)."""
-    return upgrade_config(load_yaml(Path(path)))
+    what older versions did not record filled in as they behaved (see :func:`upgrade_config`). A file
+    without the options of a run (empty: cut off while the run started) is an :class:`AmclError`."""
+    values = load_yaml(Path(path))
+    if "method" not in values:
+        raise AmclError(f"{path} holds no run's settings (it is empty or cut off, e.g. written on a full disk); "
+                        f"start the run again with its options and --overwrite")
+    return upgrade_config(values)
 
 
 def upgrade_config(saved: Mapping[str, Any]) -> dict[str, Any]:

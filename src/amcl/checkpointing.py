@@ -121,10 +121,9 @@ class NonFiniteRecord:
         the guard stops the run before any checkpoint), only a finite step under ``skip``."""
         self.steps += 1
         grads = [p.grad for p in parameters if p.grad is not None]
-        device = grads[0].device if grads else (loss.device if loss is not None else torch.device("cpu"))
-        finite = torch.isfinite(loss).all() if loss is not None else torch.ones((), dtype=torch.bool, device=device)
-        if grads:
-            finite = finite & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+        checks = ([torch.isfinite(loss).all()] if loss is not None else []) + \
+            ([torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()] if grads else [])
+        finite = torch.stack(checks).all() if checks else torch.tensor(True)
         if self.config.on_nonfinite == "skip":
             if bool(finite):
                 return True

@@ -231,8 +231,8 @@ def _add_checkpoint_options(parser: argparse.ArgumentParser, kind: type) -> None
             parser.add_argument(flag, nargs="+", choices=choices, default=argparse.SUPPRESS, help=help_text)
         else:
             base = next((a for a in typing.get_args(kind_of) if a is not type(None)), kind_of)
-            parser.add_argument(flag, type=base, choices=choices if f.name != "dataset" else None,
-                                default=argparse.SUPPRESS, metavar=f.metadata.get("metavar"), help=help_text)
+            parser.add_argument(flag, type=base, choices=choices, default=argparse.SUPPRESS,
+                                metavar=f.metadata.get("metavar"), help=help_text)
 
 
 def _add_commands(commands) -> None:

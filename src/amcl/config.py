@@ -242,9 +242,12 @@ class PretrainConfig:
             values["backbone"] = "resnet18_imagenet" if values["image_size"] >= IMAGENET_STEM_FROM else "resnet18"
         cfg = PretrainConfig(**values)
         cfg.validate()
-        if cfg.global_batch is None:  # the processes this machine gives the run (``auto``: its GPUs)
-            cfg = dataclasses.replace(cfg, global_batch=cfg.batch_size * cfg.world_size)
-        return cfg
+        return cfg if cfg.global_batch is not None else cfg.with_global_batch()
+
+    def with_global_batch(self, processes: int | None = None) -> "PretrainConfig":
+        """A copy recording ``global_batch`` = ``batch_size`` x ``processes`` (default: the processes
+        this machine gives the run, :attr:`world_size`; ``auto`` counts its GPUs)."""
+        return dataclasses.replace(self, global_batch=self.batch_size * (processes or self.world_size))
 
     def validate(self) -> None:
         """Check values that need no data; raises AmclError naming the option and the fix."""

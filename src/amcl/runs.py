@@ -46,17 +46,9 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path: str | os.PathLike[str], content: str | bytes | Callable[[Path], None],
-                 durable: bool = False) -> None:
-    """Write ``content`` (text, bytes, or a function writing the temporary path it is given) to ``path``
-    through a temporary file beside it and ``os.replace``. ``durable`` flushes the file to disk before
-    the rename (checkpoints). The file gets the umask's permissions like any other; the temporary file
-    is removed on any failure, and an ``OSError`` becomes an :class:`AmclError` naming the file."""
-    target = Path(path)
-    try:
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise AmclError(f"cannot write {target}: {exc.strerror or exc}; choose a writable folder") from None
+def _replace_atomically(target: Path, content: str | bytes | Callable[[Path], None], durable: bool) -> None:
+    """:func:`write_atomic` without the translation of ``OSError``."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     tmp = Path(name)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files
@@ -75,13 +67,23 @@ def write_atomic(path: str | os.PathLike[str], content: str | bytes | Callable[[
                     f.flush()
                     os.fsync(f.fileno())
         os.replace(tmp, target)
-    except OSError as exc:
-        raise AmclError(f"cannot write {target}: {exc.strerror or exc}; free some space or choose a writable "
-                        "folder") from None
     finally:
         if fd >= 0:
             os.close(fd)
         tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike[str], content: str | bytes | Callable[[Path], None],
+                 durable: bool = False) -> None:
+    """Write ``content`` (text, bytes, or a function writing the temporary path it is given) to ``path``
+    through a temporary file beside it and ``os.replace``. ``durable`` flushes the file to disk before
+    the rename (checkpoints). The file gets the umask's permissions like any other; the temporary file
+    is removed on any failure, and an ``OSError`` becomes an :class:`AmclError` naming the file."""
+    try:
+        _replace_atomically(Path(path), content, durable)
+    except OSError as exc:
+        raise AmclError(f"cannot write {path}: {exc.strerror or exc}; free some space or choose a writable "
+                        "folder") from None
 
 
 def _finite_or_null(data: Any) -> Any:
@@ -107,10 +109,10 @@ def write_config(folder: str | os.PathLike[str], config: PretrainConfig | None =
     try:
         target.mkdir(parents=True, exist_ok=True)
         if config is not None:
-            write_atomic(target / "config.yaml", config.to_yaml())
-    except (OSError, AmclError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc).split(": ", 1)[-1].split(";")[0]
-        raise AmclError(f"cannot write outputs to --out {folder}: {reason}; choose a writable folder") from None
+            _replace_atomically(target / "config.yaml", config.to_yaml(), durable=False)
+    except OSError as exc:
+        raise AmclError(f"cannot write outputs to --out {folder}: {exc.strerror or exc}; choose a writable "
+                        "folder") from None
 
 
 #: The lock file of a folder a run (or a compare grid) is writing to.
@@ -133,11 +135,14 @@ def locked_folder(folder: str | os.PathLike[str]) -> Iterator[None]:
     handle = open(path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError as exc:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise AmclError(f"{target} is in use by {holder}; wait for it to finish, or choose another --out") from None
+        if isinstance(exc, BlockingIOError):
+            raise AmclError(f"{target} is in use by {holder}; wait for it to finish, or choose another --out") \
+                from None
+        raise AmclError(f"cannot lock {path}: {exc.strerror or exc}; choose an --out on a local disk") from None
     try:
         handle.seek(0)
         handle.truncate()
@@ -182,15 +187,14 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 def upgrade_config(saved: Mapping[str, Any]) -> dict[str, Any]:
     """A saved config's values with the keys of later versions added as the writing version behaved:
     before ``split_seed``, ``seed`` drew the data split; before ``global_batch`` was recorded, it was
-    ``batch_size`` x the processes ``devices`` named (``auto``: see :func:`amcl.methods.load_config`)."""
+    ``batch_size`` x the processes ``devices`` named (``auto``, which counted the GPUs of the machine
+    that trained: left unset here; see :meth:`amcl.methods.barlow_twins.BarlowTwins.saved_config`)."""
     values = dict(saved)
     values.setdefault("split_seed", values.get("seed", 0))
     if values.get("global_batch") is None and str(values.get("devices", "1")).strip() not in ("auto", "-1"):
-        defaults = PretrainConfig()
         known = {k: v for k, v in values.items() if k in PretrainConfig.__dataclass_fields__}
         try:
-            probe = PretrainConfig(**{**known, "global_batch": None})
-            values["global_batch"] = int(values.get("batch_size", defaults.batch_size)) * probe.world_size
+            values["global_batch"] = PretrainConfig(**{**known, "global_batch": None}).with_global_batch().global_batch
         except (TypeError, ValueError):
             pass  # an unreadable devices value: left to the config's own checks
     return values

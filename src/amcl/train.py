@@ -204,12 +204,12 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
         callbacks=callbacks + ([TrainingProgressBar()] if config.progress else []),
         default_root_dir=out,
     )
-    global_batch = config.batch_size * trainer.world_size
-    if resuming and config.global_batch != global_batch:
+    ran = config.with_global_batch(trainer.world_size)  # what runs, in config.yaml and the checkpoint
+    if resuming and config.global_batch != ran.global_batch:
         raise AmclError(f"cannot resume {out} on {trainer.world_size} process(es): the run trained with a global "
                         f"batch of {config.global_batch} (--batch-size {config.batch_size} x "
                         f"{config.global_batch // config.batch_size} processes); resume it with as many --devices")
-    config = replace(config, global_batch=global_batch)  # what ran, in config.yaml and the checkpoint
+    config = ran
     model = METHOD_CLASSES[config.method](config, splits.num_classes, data.normalization)
     started = time.time()
     # one run per folder at a time (rank 0 holds the lock; the other processes write nothing there)

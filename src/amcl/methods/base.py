@@ -46,7 +46,7 @@ class PretrainMethod(L.LightningModule):
         super().__init__()
         config = PretrainConfig(**config) if isinstance(config, dict) else config
         if config.global_batch is None:  # a config built by hand, not resolved: the processes it names
-            config = dataclasses.replace(config, global_batch=config.batch_size * config.world_size)
+            config = config.with_global_batch()
         self.save_hyperparameters(
             {"config": dataclasses.asdict(config), "num_classes": num_classes, "normalization": normalization}
         )

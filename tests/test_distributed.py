@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +146,33 @@ def test_lightning_ddp_run_monitors_like_one_process(tmp_path, amcl):
     # the bank arrives in another order, so near-tied votes may sum differently: allow one query either way
     # (a bank or query split gone wrong would be off by far more)
     assert abs(single["top1"] - metrics["final_knn_acc"]) <= 1 / single["test_images"] + 1e-6, (single, metrics)
+
+
+def test_sigterm_stops_both_processes_after_the_same_step(tmp_path):
+    """SIGTERM to rank 0 of a real 2-process run: the processes agree to stop after the same step (no
+    process waits in a collective for one that has gone) and rank 0 reports once. (A single-process run
+    resumed after SIGTERM is tested in test_resume.py.)"""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = ["pretrain", *tiny_argv(batch_size=32, epochs=2, knn_k=10), "--accelerator", "cpu", "--devices", "2",
+            "--strategy", "ddp", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "amcl.cli", *args], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 200
+    while not (out / "last.ckpt").is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=200)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr and stderr.count("interrupted by SIGTERM") == 1, stderr[-3000:]
+    # 22 steps per epoch on each process, and the processes agree every 10 steps: epoch 1 ends at step 44
+    assert re.search(r"interrupted by SIGTERM at epoch 1 step (30|40) ", stderr), stderr[-3000:]
+    assert torch.load(out / "last.ckpt", weights_only=True)["epoch"] == 0
+    assert "complete" not in json.loads((out / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,11 @@ same seed gives the same metrics.json, and a non-finite loss stops the run (or i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +114,220 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(reference, t
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not list(out.glob(".*.tmp"))
     assert (out / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
+
+
+# --------------------------------------------------------------------------- signals (SIGTERM, SIGINT)
+
+
+def _start(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "amcl.cli", "pretrain", *RUN, "--method", "moco", "--queue-size",
+                             "256", *extra, "--out", str(out)], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, process: subprocess.Popen) -> None:
+    deadline = time.time() + 120
+    while not path.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+
+
+def _last_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return stderr.strip().splitlines()[-1]
+
+
+def test_sigterm_mid_epoch_stops_at_a_step_then_resume_ends_like_an_uninterrupted_run(reference, tmp_path):
+    out = tmp_path / "run"
+    process = _start(out)
+    _wait_for(out / "last.ckpt", process)  # epoch 0 is done
+    time.sleep(0.2)  # into epoch 1
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    line = _last_line(stderr)
+    assert line.startswith("amcl pretrain: interrupted by SIGTERM at epoch 1 step "), line
+    assert "holds its 1 finished epoch" in line and f"continue with `amcl pretrain --resume {out}`" in line
+    step = int(line.split(" step ")[1].split()[0])
+    assert 44 < step < 88  # in epoch 1: the run stopped at a step boundary, not at the end of the epoch
+    assert torch.load(out / "last.ckpt", weights_only=True)["global_step"] == 44  # epoch 0's, no half epoch
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "complete" not in metrics and len(metrics["epochs"]) == 1
+    assert not (out / "run.json").exists() and not list(out.glob(".*"))  # no lock or temporary file left
+    done = amcl("pretrain", "--resume", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
+
+
+def test_sigint_in_the_first_epoch_writes_nothing_and_the_resume_starts_again(reference, tmp_path):
+    out = tmp_path / "run"
+    process = _start(out)
+    _wait_for(out / "config.yaml", process)
+    time.sleep(0.3)  # in epoch 0 (an epoch takes about a second)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    line = _last_line(stderr)
+    assert "interrupted by SIGINT at epoch 0 step" in line and "no checkpoint was written" in line, line
+    assert not (out / "last.ckpt").exists() and not (out / "metrics.json").exists()
+    done = amcl("pretrain", "--resume", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
+
+
+def test_a_series_interrupted_by_sigterm_is_continued_as_a_whole(tmp_path):
+    out = tmp_path / "series"
+    process = subprocess.Popen([sys.executable, "-m", "amcl.cli", "pretrain", *RUN, "--runs", "2", "--out",
+                                str(out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(out / "run-0" / "last.ckpt", process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and f"continue with `amcl pretrain --resume {out}`" in _last_line(stderr)
+    assert not (out / "summary.json").exists()
+    done = amcl("pretrain", "--resume", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["runs"] == 2
+
+
+def test_a_second_signal_ends_the_process_at_once():
+    script = ("import os, signal, time\nfrom amcl.checkpointing import StopOnSignal\n"
+              "with StopOnSignal() as stop:\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    print(stop.signal_number, flush=True)  # the first is noted: the run stops at its next step\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    time.sleep(30)\n"
+              "print('not stopped')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=60)
+    assert done.stdout.split() == [str(int(signal.SIGTERM))] and done.returncode == -signal.SIGTERM
+
+
+def _catches(pid: int, number: int) -> bool:
+    """Whether process ``pid`` has a handler of its own for signal ``number`` (its SigCgt mask)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (number - 1) & 1)
+    return False
+
+
+def test_sigterm_outside_training_ends_the_command_with_one_line(reference, tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "amcl.cli", "eval", "--checkpoint",
+                                str(reference / "last.ckpt"), "--out", str(tmp_path / "eval.json")], env=ENV,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not _catches(process.pid, signal.SIGTERM) and time.time() < deadline:  # the CLI is up, eval not done
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-2000:]
+    assert _last_line(stderr) == "amcl eval: interrupted by SIGTERM; nothing was completed"
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_lightning_requeue_is_off_under_slurm(monkeypatch):
+    from amcl.train import cluster_plugins
+
+    assert cluster_plugins() == []
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "pretrain")
+    (environment,) = cluster_plugins()
+    assert environment.auto_requeue is False
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs: a real file system that fills up (skipped where mounting is not allowed; the
+    file-size-limit test below makes the writers fail without one)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (it needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _fill(disk: Path, leave: int = 0) -> Path:
+    """Take all but ``leave`` bytes of the disk's free space."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        f.write(b"\0" * max(0, shutil.disk_usage(disk).free - leave))
+    return filler
+
+
+def test_a_full_disk_mid_training_keeps_the_previous_checkpoint_and_the_run_resumes(reference, small_disk):
+    out = small_disk / "run"
+    process = _start(out)
+    _wait_for(out / "last.ckpt", process)  # epoch 0 is done
+    process.send_signal(signal.SIGSTOP)  # the disk fills up while epoch 1 trains
+    filler = _fill(small_disk, leave=64_000)  # room for metrics.json, not for a checkpoint
+    process.send_signal(signal.SIGCONT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr[-2000:]
+    line = _last_line(stderr)
+    assert line.startswith(f"amcl pretrain: error: cannot write {out / 'last.ckpt'}: No space left on device "
+                           "(it needs about "), line
+    assert "the previous last.ckpt is kept" in line and f"continue it with `amcl pretrain --resume {out}`" in line
+    assert torch.load(out / "last.ckpt", weights_only=True)["global_step"] == 44  # epoch 0's, intact
+    assert not list(out.glob(".*")) and "complete" not in json.loads((out / "metrics.json").read_text())
+    filler.unlink()
+    done = amcl("pretrain", "--resume", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
+
+
+def test_a_run_started_on_a_full_disk_writes_nothing_and_cannot_be_resumed(small_disk):
+    out = small_disk / "run"
+    _fill(small_disk)
+    done = amcl("pretrain", *RUN, "--out", str(out))
+    assert done.returncode == 2
+    line = _last_line(done.stderr)
+    assert "No space left on device" in line and "config.yaml" in line and "it needs " in line, line
+    assert not (out / "config.yaml").exists() and not list(out.glob(".*"))
+    again = amcl("pretrain", "--resume", str(out))
+    assert again.returncode == 2 and "has no config.yaml" in _last_line(again.stderr)
+
+
+@pytest.mark.parametrize("command,target", [
+    (["export", "--out", "{disk}/export"], "export/encoder.pt"),
+    (["eval", "--protocol", "knn", "--knn-k", "10", "--out", "{disk}/eval.json"], "eval.json"),
+    (["analyze", "--pairs", "50", "--out", "{disk}/analysis"], "analysis/"),
+])
+def test_evaluation_outputs_on_a_full_disk_fail_with_one_line(reference, small_disk, command, target):
+    _fill(small_disk)
+    args = [a.format(disk=small_disk) for a in command]
+    done = amcl(args[0], "--checkpoint", str(reference / "last.ckpt"), *args[1:])
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = _last_line(done.stderr)
+    assert f"cannot write {small_disk / target}" in line and "No space left on device" in line, line
+    assert not [p for p in small_disk.rglob("*") if p.name.endswith(".tmp")]
+
+
+_WRITE_UNDER_A_SIZE_LIMIT = """
+import resource, signal, sys, torch
+from amcl.errors import WriteError
+from amcl.files import write_torch
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+try:
+    write_torch(sys.argv[1], torch.zeros(100_000))
+except WriteError as exc:
+    print(exc)
+"""
+
+
+def test_a_writer_that_fails_is_one_line_and_keeps_the_previous_file(tmp_path):
+    """Without a small disk: a file-size limit makes torch's zip writer fail as a full disk does."""
+    target = tmp_path / "encoder.pt"
+    target.write_bytes(b"previous")
+    done = subprocess.run([sys.executable, "-c", _WRITE_UNDER_A_SIZE_LIMIT, str(target)], capture_output=True,
+                          text=True, env=ENV, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"cannot write {target}: File too large (it needs at least "), done.stdout
+    assert "the previous encoder.pt is kept" in done.stdout
+    assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["encoder.pt"]
 
 
 @pytest.mark.parametrize(

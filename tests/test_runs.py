@@ -12,7 +12,8 @@ import pytest
 
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError
-from amcl.runs import config_differences, read_config, upgrade_config, write_atomic, write_config, write_json
+from amcl.files import write_atomic, write_json
+from amcl.runs import config_differences, read_config, upgrade_config, write_config
 
 
 @pytest.mark.parametrize("content", ["text\n", b"\x00bytes", lambda path: path.write_text("by a function")],

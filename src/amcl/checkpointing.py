@@ -11,6 +11,8 @@ stops before a non-finite value can reach a checkpoint.
   loss terms and temperature range of each step, and the first bad step, kept on the device.
 * :class:`NonFiniteGuard` reads that record every ``every_n_steps`` steps and before every
   checkpoint, and stops the run with a report.
+* :class:`StopOnSignal` turns SIGINT and SIGTERM into a stop at the next step boundary, which
+  ``amcl pretrain`` reports as :class:`amcl.errors.RunInterrupted`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +32,10 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from amcl.errors import AmclError, warn
-from amcl.runs import write_atomic
+from amcl.files import write_torch
 
 __all__ = ["AtomicCheckpointIO", "NonFiniteError", "NonFiniteGuard", "NonFiniteRecord", "RandomStates",
-           "remove_partial_checkpoints"]
+           "StopOnSignal", "remove_partial_checkpoints"]
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written atomically (temporary file, fsync, rename) and read with ``weights_only=True``."""
@@ -39,20 +43,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(target, lambda partial: _save(checkpoint, partial), durable=True)
+        write_torch(target, checkpoint, durable=True)
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
-def _save(checkpoint: dict[str, Any], path: Path) -> None:
-    with open(path, "wb") as f:  # a file object: torch.save of a path would pick its own writer
-        torch.save(checkpoint, f)
-
-
 def remove_partial_checkpoints(folder: str | os.PathLike[str]) -> None:
     """Delete checkpoint files a killed write left half-written (never the complete checkpoints)."""
-    for partial in Path(folder).glob(".*.ckpt.*tmp"):  # amcl.runs.write_atomic's temporary names
+    for partial in Path(folder).glob(".*.ckpt.*tmp"):  # amcl.files.write_atomic's temporary names
         partial.unlink(missing_ok=True)
 
 
@@ -198,3 +197,64 @@ class NonFiniteGuard(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._check(trainer, pl_module)
+
+
+class StopOnSignal(Callback):
+    """SIGINT (Ctrl+C) and SIGTERM (what SLURM and Kubernetes send before a kill) stop a run at the next
+    step boundary; a second signal ends the process at once, as the signal's default does.
+
+    Enter it (``with``) around a run and pass it as a callback of the run's trainer. A noted signal raises
+    Lightning's own stop flag (its SIGTERM flag): the loop then stops at the end of the running step, or
+    of the kNN pass, without writing a checkpoint of a half epoch. In a multi-process run the processes
+    agree first, every ``every_n_steps`` steps (one collective; any process's signal counts), so that all
+    of them stop after the same step. ``signal_number`` is the first signal.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        self.every_n_steps = every_n_steps
+        self.signal_number: int | None = None
+        self._trainer: L.Trainer | None = None
+        self._outside: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # Python takes signals on the main thread only
+            # a signal ignored by whoever started us (e.g. SIGINT of a background job) stays ignored
+            self._outside = {s: signal.getsignal(s) for s in self.SIGNALS if signal.getsignal(s) != signal.SIG_IGN}
+            for number in self._outside:
+                signal.signal(number, self._note)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for number, handler in self._outside.items():
+            signal.signal(number, handler)
+        self._outside = {}
+
+    def _note(self, number: int, frame: Any) -> None:
+        if self.signal_number is not None:  # asked twice: stop now
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+            return
+        self.signal_number = number
+        if self._trainer is not None and self._trainer.world_size == 1:
+            self._stop(self._trainer)
+
+    @staticmethod
+    def _stop(trainer: L.Trainer) -> None:
+        trainer._signal_connector.received_sigterm = True  # Lightning has no public setter for its stop flag
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning has just put its own SIGTERM handler in place, which stops only the signalled process
+        # (and forwards the signal through collectives from inside the handler): take both signals back
+        self._trainer = trainer
+        for number in self._outside:
+            signal.signal(number, self._note)
+        if self.signal_number is not None and trainer.world_size == 1:
+            self._stop(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.world_size > 1 and trainer.global_step % self.every_n_steps == 0:
+            if trainer.strategy.reduce_boolean_decision(self.signal_number is not None, all=False):
+                self._stop(trainer)  # every process, after the same step

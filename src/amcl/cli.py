@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
+import threading
 import typing
 import warnings
 from typing import Any, Sequence
@@ -16,7 +18,7 @@ from typing import Any, Sequence
 from amcl import __version__
 from amcl.compare_grid import GRID_OPTIONS
 from amcl.config import METHODS, PretrainConfig, coerce, field_types, load_yaml, option_names
-from amcl.errors import AmclError, AmclWarning
+from amcl.errors import AmclError, AmclWarning, RunInterrupted
 from amcl.eval.options import AnalyzeOptions, EvalOptions, ExportOptions
 
 #: The config options ``amcl preview`` takes (the dataset and how its images are read).
@@ -367,16 +369,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
+    terminate = _take_sigterm()
     try:
         return args.func(args)
     except AmclError as exc:
         print(f"amcl {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except RunInterrupted as stopped:  # a run stopped by a signal at a step boundary
+        if stopped.report:
+            print(f"amcl {args.command}: {stopped}", file=sys.stderr)
+        return stopped.exit_status
+    except KeyboardInterrupt as exc:  # a signal outside training (reading data, evaluating)
+        number = exc.signal_number if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"amcl {args.command}: interrupted by {signal.Signals(number).name}; nothing was completed",
+              file=sys.stderr)
+        return 128 + number
     finally:
         warnings.showwarning = shown
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training run: stops the command as Ctrl+C does (files being written are removed)."""
+
+    signal_number = signal.SIGTERM
+
+
+def _raise_terminated(number: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _take_sigterm() -> Any:
+    """Make SIGTERM stop the command like Ctrl+C (a run in training stops at a step boundary instead, see
+    :class:`amcl.checkpointing.StopOnSignal`); returns the handler it replaced, None off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":

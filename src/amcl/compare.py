@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from amcl.compare_grid import MODES, REFERENCE, Grid, Run, finished_run_metrics, parse_variants, plan_grid
 from amcl.compare_tables import metrics_text, write_results
 from amcl.config import PretrainConfig
-from amcl.errors import AmclError
+from amcl.errors import AmclError, RunInterrupted
 from amcl.eval.protocols import evaluate_checkpoint
 from amcl.runs import locked_folder, write_config
 from amcl.train import pretrain_once
@@ -102,7 +102,10 @@ def _run_grid(grid: Grid) -> dict[str, Any]:
         resumed = (run.folder / "last.ckpt").is_file()
         print(f"{prefix}: {'resuming from its last checkpoint' if resumed else 'training'}", flush=True)
         started = time.perf_counter()
-        run.metrics = pretrain_once(run.config, resume=True)  # an unfinished run continues where it stopped
+        try:
+            run.metrics = pretrain_once(run.config, resume=True)  # an unfinished run continues where it stopped
+        except RunInterrupted as stopped:  # the grid continues as a whole: its finished runs are kept
+            raise stopped.continued_by("the same `amcl compare` command (finished runs are reused)") from None
         _add_linear(grid, run)
         print(f"{prefix}: done in {time.perf_counter() - started:.1f} s, {metrics_text(run.metrics, grid.metrics)}",
               flush=True)

@@ -26,7 +26,8 @@ from amcl.compare_grid import (
     Run,
 )
 from amcl.config import PretrainConfig
-from amcl.runs import RESUMABLE_CHANGES, summarize_runs, write_atomic
+from amcl.files import write_atomic
+from amcl.runs import RESUMABLE_CHANGES, summarize_runs
 
 __all__ = ["metrics_text", "write_results"]
 

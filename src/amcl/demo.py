@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from amcl.config import METHODS, PretrainConfig, load_yaml
-from amcl.errors import AmclError
+from amcl.errors import AmclError, RunInterrupted
 from amcl.specs import METHOD_SPECS
 from amcl.train import pretrain
 
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     except AmclError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
+    except RunInterrupted as stopped:
+        print(f"demo: {stopped.continued_by('the demo again (it starts its runs afresh)')}", file=sys.stderr)
+        return stopped.exit_status
     print()
     print(format_table(rows))
     print("\nEach run folder holds config.yaml, metrics.json (per-epoch loss and kNN accuracy) and last.ckpt.")

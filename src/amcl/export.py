@@ -32,8 +32,8 @@ from amcl.errors import AmclError
 from amcl.eval.checkpoint import load_pretrained, resolve_device
 from amcl.eval.features import evaluation_config, evaluation_data
 from amcl.eval.options import ExportOptions
+from amcl.files import write_atomic, write_torch
 from amcl.nn.backbones import build_backbone, is_backbone_name
-from amcl.runs import write_atomic
 
 __all__ = ["export_encoder", "load_encoder", "ENCODER_FORMAT"]
 
@@ -99,7 +99,7 @@ def export_encoder(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise AmclError(f"cannot create the output folder {folder}: {err.strerror}; choose a writable --out") from None
-    write_atomic(files[0], lambda p: torch.save(state, p))
+    write_torch(files[0], state)
     if opts.features:
         info["features"] = {}
         for split in opts.splits:

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from amcl.distributed import is_distributed
-from amcl.runs import write_atomic
+from amcl.files import write_atomic
 
 __all__ = [
     "EpochStatistics", "REDUCTIONS", "bound_shares", "masked_mean_min_max", "plot_curves", "temperature_statistics",

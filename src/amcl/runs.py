@@ -4,8 +4,7 @@ A pre-training run's ``--out`` folder holds ``config.yaml`` (every option, resol
 and ``metrics.csv`` (per epoch), ``run.json`` (clock times and versions), ``last.ckpt`` and
 ``curves.png``; ``amcl eval``, ``analyze`` and ``export`` add their files beside them. Here live:
 
-* :func:`write_atomic` / :func:`write_json`: every file the tool writes goes through a temporary file
-  in the same folder and a rename, so a reader (or a run killed mid-write) never sees half a file;
+* :func:`write_config`: the folder and its ``config.yaml`` (files are written through :mod:`amcl.files`);
 * :func:`read_config`: a saved ``config.yaml`` as option values, with the keys older versions did not
   write filled in as those versions behaved;
 * :func:`config_differences`: whether a saved run has the settings of a config (one rule for
@@ -21,85 +20,23 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from amcl.config import PretrainConfig, load_yaml, option_names
 from amcl.errors import AmclError
+from amcl.files import write_atomic
 from amcl.policies import parse_policy
 
 __all__ = [
     "RESUMABLE_CHANGES", "config_differences", "finished_metrics", "read_checkpoint", "read_config",
-    "held_run", "locked_folder", "run_record", "summarize_runs", "write_atomic", "write_config", "write_json",
+    "held_run", "locked_folder", "run_record", "summarize_runs", "write_config",
 ]
 
 #: Options that may differ between a saved run and the config that continues or reuses it: they change
 #: how the run goes, not what it computes.
 RESUMABLE_CHANGES = ("out", "progress", "workers", "cache_images", "on_nonfinite")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _replace_atomically(target: Path, content: str | bytes | Callable[[Path], None], durable: bool) -> None:
-    """:func:`write_atomic` without the translation of ``OSError``."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        if callable(content):
-            os.close(fd)
-            fd = -1
-            content(tmp)
-            if durable:
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-        else:
-            with os.fdopen(fd, "wb") as f:
-                fd = -1
-                f.write(content.encode("utf-8") if isinstance(content, str) else content)
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-
-
-def write_atomic(path: str | os.PathLike[str], content: str | bytes | Callable[[Path], None],
-                 durable: bool = False) -> None:
-    """Write ``content`` (text, bytes, or a function writing the temporary path it is given) to ``path``
-    through a temporary file beside it and ``os.replace``. ``durable`` flushes the file to disk before
-    the rename (checkpoints). The file gets the umask's permissions like any other; the temporary file
-    is removed on any failure, and an ``OSError`` becomes an :class:`AmclError` naming the file."""
-    try:
-        _replace_atomically(Path(path), content, durable)
-    except OSError as exc:
-        raise AmclError(f"cannot write {path}: {exc.strerror or exc}; free some space or choose a writable "
-                        "folder") from None
-
-
-def _finite_or_null(data: Any) -> Any:
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {k: _finite_or_null(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_finite_or_null(v) for v in data]
-    return data
-
-
-def write_json(path: str | os.PathLike[str], data: Any, indent: int = 2) -> None:
-    """``data`` as JSON, written atomically (see :func:`write_atomic`). NaN and infinities are written as
-    ``null``: JSON has no such numbers (files of older versions that hold bare ``NaN`` still read)."""
-    write_atomic(path, json.dumps(_finite_or_null(data), indent=indent, allow_nan=False) + "\n")
 
 
 def write_config(folder: str | os.PathLike[str], config: PretrainConfig | None = None) -> None:
@@ -108,11 +45,11 @@ def write_config(folder: str | os.PathLike[str], config: PretrainConfig | None =
     target = Path(folder)
     try:
         target.mkdir(parents=True, exist_ok=True)
-        if config is not None:
-            _replace_atomically(target / "config.yaml", config.to_yaml(), durable=False)
     except OSError as exc:
         raise AmclError(f"cannot write outputs to --out {folder}: {exc.strerror or exc}; choose a writable "
                         "folder") from None
+    if config is not None:
+        write_atomic(target / "config.yaml", config.to_yaml())
 
 
 #: The lock file of a folder a run (or a compare grid) is writing to.
@@ -144,14 +81,16 @@ def locked_folder(folder: str | os.PathLike[str]) -> Iterator[None]:
                 from None
         raise AmclError(f"cannot lock {path}: {exc.strerror or exc}; choose an --out on a local disk") from None
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"amcl process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)[:200]})\n")
-        handle.flush()
+        with contextlib.suppress(OSError):  # who holds it, for the refusal's message; a full disk only loses that
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"amcl process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)[:200]})\n")
+            handle.flush()
         yield
     finally:
         path.unlink(missing_ok=True)  # while still held, so no waiting process takes a lock on a removed file
-        handle.close()
+        with contextlib.suppress(OSError):  # an unwritten holder line cannot be flushed on a full disk
+            handle.close()
 
 
 #: The files whose presence means a folder holds a run (or a ``--runs`` series).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import signal
 import time
 import warnings
 from dataclasses import replace
@@ -21,12 +22,20 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from amcl.checkpointing import AtomicCheckpointIO, NonFiniteGuard, RandomStates, remove_partial_checkpoints
+from amcl.checkpointing import (
+    AtomicCheckpointIO,
+    NonFiniteGuard,
+    RandomStates,
+    StopOnSignal,
+    remove_partial_checkpoints,
+)
 from amcl.config import PretrainConfig
 from amcl.data.datasets import load_configured_dataset
 from amcl.data.module import ContrastiveDataModule
-from amcl.errors import AmclError, warn
+from amcl.errors import AmclError, RunInterrupted, WriteError, warn
+from amcl.files import write_json
 from amcl.methods import METHOD_CLASSES
 from amcl.monitoring import plot_curves, write_csv
 from amcl.runs import (
@@ -40,7 +49,6 @@ from amcl.runs import (
     run_record,
     summarize_runs,
     write_config,
-    write_json,
 )
 from amcl.specs import METHOD_SPECS
 
@@ -144,6 +152,15 @@ def _trainer(config: PretrainConfig, **options: Any) -> L.Trainer:
         ) from None
 
 
+def cluster_plugins() -> list[Any]:
+    """Under SLURM, Lightning's own requeue on SIGUSR1 is switched off: it writes ``hpc_ckpt_*.ckpt``
+    checkpoints of half epochs and resumes from them by itself. amcl stops on SIGTERM or SIGINT at a step
+    boundary instead, and the job script requeues (README, "Long runs")."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
 #: With ``--on-nonfinite skip``, a run that skipped more than this share of its steps says so at the end.
 SKIPPED_SHARE_WARNING = 0.05
 
@@ -154,6 +171,11 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
     With ``resume``, a run already in ``config.out`` continues from its ``last.ckpt`` (model,
     optimiser, schedule, MoCo queue, random states, recorded epochs), a finished one is returned as
     it is, and a folder without a checkpoint starts from scratch.
+
+    SIGINT or SIGTERM stop the run at the next step boundary with :class:`RunInterrupted`; its
+    ``last.ckpt`` then holds the finished epochs (written at each epoch's end, so never older than the
+    interrupted epoch's start) and ``metrics.json`` is not marked complete. A file that cannot be
+    written (full disk) stops it with a :class:`WriteError`; the previous checkpoint is kept.
     """
     out = Path(config.out)
     checkpoint = out / "last.ckpt"
@@ -175,8 +197,9 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
                                  workers=config.workers, seed=config.seed, channels_last=config.channels_last)
     monitor = data.can_monitor  # no kNN without labelled train and held-out images (e.g. unlabeled folders)
     recorder = MetricsRecorder(out / "metrics.json")
+    stop = StopOnSignal()
     # order matters: the epoch is recorded and checked before the checkpoint that includes it is written
-    callbacks = [recorder, NonFiniteGuard(), RandomStates(),
+    callbacks = [recorder, NonFiniteGuard(), RandomStates(), stop,
                  # one checkpoint, last.ckpt, rewritten at the end of every epoch
                  ModelCheckpoint(dirpath=out, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                                  save_on_train_epoch_end=True, enable_version_counter=False)]
@@ -189,7 +212,7 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
         sync_batchnorm=config.sync_batchnorm,
         use_distributed_sampler=False,  # the data module shards training and evaluation itself
         precision=config.precision,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
         benchmark=True,  # cuDNN picks the fastest convolutions for the fixed image size (no effect on CPU)
         max_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -217,31 +240,57 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
         write_config(out, config if trainer.is_global_zero else None)
         if trainer.is_global_zero:
             remove_partial_checkpoints(out)
-        trainer.fit(model, datamodule=data, ckpt_path=str(checkpoint) if resuming else None)
-        skipped = model.nonfinite.skipped_steps  # Lightning counts a skipped step in global_step too
-        if trainer.global_step - skipped <= 0:
-            raise AmclError(f"the run made no optimisation step: all {skipped} steps had non-finite values and were "
-                            f"skipped (--on-nonfinite skip), so {out} holds an untrained model and is not marked "
-                            "complete; start again with a larger --tau-min or a smaller --lr")
-        if monitor and recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
-            # the run stopped (max_steps, knn_every) without monitoring its final state: do it now
-            recorder.epochs[-1]["knn_acc"] = trainer.validate(model, datamodule=data, verbose=False)[0]["knn_acc"]
-        summary = recorder.summary()
-        summary["complete"] = True  # the run ended normally (amcl compare and --resume skip such runs)
-        if config.on_nonfinite == "skip":
-            share = skipped / max(1, model.nonfinite.steps)
-            summary.update(skipped_steps=skipped, skipped_share=round(share, 6))
-            if share > SKIPPED_SHARE_WARNING:
-                warn(f"{skipped} of the run's steps ({share:.1%}) had non-finite values and were skipped; its results "
-                     "describe a partly trained model (see skipped_steps in metrics.json)")
-        if trainer.is_global_zero:
-            write_json(out / "metrics.json", summary)
-            write_csv(out / "metrics.csv", recorder.epochs)
-            write_json(out / "run.json", run_record(config, started, recorder.epoch_seconds, resumed=resuming))
-            if recorder.epochs:
-                mode = f"AMCL, {config.heads} heads" if config.amcl else "baseline"
-                plot_curves(out / "curves.png", recorder.epochs, f"{config.method} {mode} on {config.dataset}")
-        return {**summary, "time_s": round(sum(recorder.epoch_seconds), 3)}
+        try:
+            with stop:
+                return _train(config, trainer, model, data, recorder, resuming, started)
+        except SIGTERMException:  # Lightning's stop at a step boundary, raised by StopOnSignal's flag
+            raise _interruption(stop, trainer, out) from None
+        except WriteError as exc:  # a full disk: the previous checkpoint is kept and the run can continue
+            raise WriteError(f"{exc}; the run stopped in epoch {trainer.current_epoch}: once there is room, "
+                             f"continue it with `amcl pretrain --resume {out}`") from None
+
+
+def _train(config: PretrainConfig, trainer: L.Trainer, model: L.LightningModule, data: ContrastiveDataModule,
+           recorder: MetricsRecorder, resuming: bool, started: float) -> dict[str, Any]:
+    """:func:`pretrain_once`'s training and final outputs, in a locked folder."""
+    out = Path(config.out)
+    trainer.fit(model, datamodule=data, ckpt_path=str(out / "last.ckpt") if resuming else None)
+    skipped = model.nonfinite.skipped_steps  # Lightning counts a skipped step in global_step too
+    if trainer.global_step - skipped <= 0:
+        raise AmclError(f"the run made no optimisation step: all {skipped} steps had non-finite values and were "
+                        f"skipped (--on-nonfinite skip), so {out} holds an untrained model and is not marked "
+                        "complete; start again with a larger --tau-min or a smaller --lr")
+    if data.can_monitor and recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
+        # the run stopped (max_steps, knn_every) without monitoring its final state: do it now
+        recorder.epochs[-1]["knn_acc"] = trainer.validate(model, datamodule=data, verbose=False)[0]["knn_acc"]
+    summary = recorder.summary()
+    summary["complete"] = True  # the run ended normally (amcl compare and --resume skip such runs)
+    if config.on_nonfinite == "skip":
+        share = skipped / max(1, model.nonfinite.steps)
+        summary.update(skipped_steps=skipped, skipped_share=round(share, 6))
+        if share > SKIPPED_SHARE_WARNING:
+            warn(f"{skipped} of the run's steps ({share:.1%}) had non-finite values and were skipped; its results "
+                 "describe a partly trained model (see skipped_steps in metrics.json)")
+    if trainer.is_global_zero:
+        write_json(out / "metrics.json", summary)
+        write_csv(out / "metrics.csv", recorder.epochs)
+        write_json(out / "run.json", run_record(config, started, recorder.epoch_seconds, resumed=resuming))
+        if recorder.epochs:
+            mode = f"AMCL, {config.heads} heads" if config.amcl else "baseline"
+            plot_curves(out / "curves.png", recorder.epochs, f"{config.method} {mode} on {config.dataset}")
+    return {**summary, "time_s": round(sum(recorder.epoch_seconds), 3)}
+
+
+def _interruption(stop: StopOnSignal, trainer: L.Trainer, out: Path) -> RunInterrupted:
+    """What a run stopped by a signal says: where it stopped and what its checkpoint holds."""
+    epochs = trainer.current_epoch  # the finished epochs: each one's end wrote last.ckpt
+    kept = (f"{out / 'last.ckpt'} holds its {epochs} finished epoch{'s' if epochs > 1 else ''}, and the "
+            f"resumed run repeats epoch {epochs} from its start" if epochs else
+            "no epoch had finished, so no checkpoint was written and the resumed run starts again")
+    # a process of a multi-process run that was not signalled itself stops on rank 0's broadcast flag
+    number = stop.signal_number if stop.signal_number is not None else signal.SIGTERM
+    return RunInterrupted(number, f"at epoch {epochs} step {trainer.global_step} ({kept})",
+                          f"`amcl pretrain --resume {out}`", report=trainer.is_global_zero)
 
 
 def _finished_run(config: PretrainConfig, out: Path) -> dict[str, Any] | None:
@@ -322,7 +371,10 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
         with locked_folder(out):  # one series per folder at a time
             for seed in range(config.seed, config.seed + config.runs):
                 run = replace(config, seed=seed, runs=1, out=str(out / f"run-{seed}"))
-                results.append(pretrain_once(run, resume))
+                try:
+                    results.append(pretrain_once(run, resume))
+                except RunInterrupted as stopped:  # the series continues as a whole
+                    raise stopped.continued_by(f"`amcl pretrain --resume {out}`") from None
     except AmclError:
         if not results:  # the series could not even start (bad data): leave no trace of it
             for path in reversed(created):

@@ -18,6 +18,7 @@ from amcl.data.augment import AUGMENTATION_CODES, ViewAugmentation, parse_policy
 from amcl.data.folders import FolderSplits
 from amcl.data.splits import ImageSplits
 from amcl.errors import AmclError
+from amcl.files import write_atomic
 
 __all__ = ["augmentation_grid", "sample_images", "save_preview", "policy_title"]
 
@@ -76,10 +77,13 @@ def save_preview(grid: Tensor, policies: Sequence[str], path: str | os.PathLike[
     if title:
         fig.suptitle(title, fontsize=9, y=0.995)
     dpi = max(64, min(size, 160)) / cell_inches
+    target = Path(path)
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi)
+        target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        plt.close(fig)
         raise AmclError(f"cannot write {path}: {err.strerror}; choose a writable --out") from None
+    try:
+        write_atomic(target, lambda tmp: fig.savefig(tmp, format=target.suffix.lstrip(".") or "png", dpi=dpi))
     finally:
         plt.close(fig)

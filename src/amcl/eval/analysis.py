@@ -47,8 +47,8 @@ from amcl.eval.separation import (
     similarity_panel,
     temperature_summary,
 )
+from amcl.files import write_json
 from amcl.methods.base import HeadTemperatures
-from amcl.runs import write_json
 from amcl.specs import METHOD_SPECS
 
 __all__ = [

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from amcl.runs import write_atomic
+from amcl.files import write_atomic
 
 __all__ = ["overlap_figure", "save_figure", "similarity_histograms", "temperature_figure"]
 

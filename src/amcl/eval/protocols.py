@@ -18,8 +18,8 @@ from amcl.eval.checkpoint import load_pretrained, resolve_device
 from amcl.eval.features import evaluation_config, evaluation_data, extract_features
 from amcl.eval.linear import linear_probe, linear_probe_augmented
 from amcl.eval.options import PROTOCOLS, EvalOptions
+from amcl.files import write_json
 from amcl.knn import knn_predict, topk_accuracies
-from amcl.runs import write_json
 
 __all__ = ["PROTOCOLS", "evaluate_checkpoint"]
 
@@ -41,7 +41,7 @@ def _check_labelled(data_module, config) -> None:
 
 
 def _write_result(path: Path, data: dict[str, Any]) -> None:
-    """The result as JSON (atomically, :func:`amcl.runs.write_json`), its folder created if needed."""
+    """The result as JSON (atomically, :func:`amcl.files.write_json`), its folder created if needed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, data)

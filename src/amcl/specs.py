@@ -35,8 +35,9 @@ class MethodSpec:
     the one ``--amcl`` uses. ``paper_literal`` are the options that make ``--amcl`` the paper's
     equation exactly as printed. ``negatives`` is None for methods without negative pairs.
     ``bound_is_expected``: the loss has no interior optimum in tau (Eq. 2.2 / 2.3), so temperatures
-    resting on a bound are no warning sign unless the floor is below 1 (which scales the loss up).
-    ``temperature_note`` says what ``amcl analyze``'s "positive" and "negative" temperatures are."""
+    resting on a bound are no warning sign. ``temperature_note`` says what ``amcl analyze``'s "positive"
+    and "negative" temperatures are; ``pair_names`` what the figures call them (None: the method has no
+    negatives)."""
 
     name: str
     title: str
@@ -49,6 +50,7 @@ class MethodSpec:
     bound_is_expected: bool = False
     temperature_note: str | None = None
     analysis_note: str | None = None
+    pair_names: tuple[str, str | None] = ("positive pairs", "negative pairs")
 
     @property
     def contrastive(self) -> bool:
@@ -100,6 +102,7 @@ METHOD_SPECS: dict[str, MethodSpec] = {
         paper_literal={"tau_min": 1e-5, "tau_max": 2.0, "head_reduction": "sum"},
         temperature_modes=("adaptive", "constant", "positive"),
         bound_is_expected=True,
+        pair_names=("positive pairs", None),
         temperature_note=("SimSiam: tau(p_a, z_b) of view a's prediction and view b's projection; its loss has no "
                           "negative pairs, their temperatures show what the network would give them"),
     ),
@@ -109,6 +112,7 @@ METHOD_SPECS: dict[str, MethodSpec] = {
                   "proj_layers": 3, "tau_min": 1.0, "tau_max": 2.0, "head_reduction": "mean"},
         paper_literal={"tau_min": 1e-5, "tau_max": 2.0, "head_reduction": "sum"},
         bound_is_expected=True,
+        pair_names=("diagonal channel pairs", "off-diagonal channel pairs"),
         temperature_note=("Barlow Twins: temperatures of channel pairs on the first {global_batch} positive pairs; "
                           "positive = diagonal tau_ll, negative = off-diagonal tau_lm"),
     ),
@@ -121,3 +125,20 @@ FORM_DEFAULTS: dict[str, dict[str, Any]] = {
     "hardest": {"head_reduction": "sum"},
     "infonce": {"head_reduction": "sum"},
 }
+
+#: The paper's temperature bounds (Sec. 3), where neither the AMCL form nor the method sets others.
+PAPER_TAU_BOUNDS: dict[str, float] = {"tau_min": 1e-5, "tau_max": 2.0}
+
+
+def amcl_loss_defaults(method: str, amcl_form: str | None = None) -> dict[str, Any]:
+    """The AMCL loss settings of ``method`` with ``amcl_form`` (default: its recommended form), as
+    ``amcl pretrain --amcl`` resolves them: the form's defaults, then the method's, then the paper's
+    bounds and the heads' sum. Keys: ``amcl_form``, ``beta``, ``tau_min``, ``tau_max``, ``head_reduction``,
+    ``temperature`` (the constant of the baseline and the ablations)."""
+    spec = METHOD_SPECS[method]
+    form = amcl_form or spec.recommended_form
+    values: dict[str, Any] = {"amcl_form": form}
+    for source in (FORM_DEFAULTS.get(form or "", {}), spec.defaults, PAPER_TAU_BOUNDS, {"head_reduction": "sum"}):
+        for key, value in source.items():
+            values.setdefault(key, value)
+    return {k: values[k] for k in ("amcl_form", "beta", "tau_min", "tau_max", "head_reduction", "temperature")}

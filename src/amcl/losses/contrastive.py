@@ -10,13 +10,15 @@ autocast, and no ``[B, B, d]`` tensor is ever built.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from amcl.losses.checks import check_count, check_features, check_number, check_temperatures
 from amcl.losses.temperature import (
+    NEGATIVE_REGULARIZERS,
     Temperatures,
     at_least_float32,
     negative_regularization,
@@ -41,6 +43,8 @@ __all__ = [
 
 
 def _as_heads(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
+    check_features("z1", z1)
+    check_features("z2", z2)
     if z1.shape != z2.shape:
         raise ValueError(f"the two views must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     if z1.dim() == 2:
@@ -57,6 +61,21 @@ def view_similarities(z1: Tensor, z2: Tensor) -> Tensor:
     z1, z2 = _as_heads(z1, z2)
     z = F.normalize(at_least_float32(torch.cat([z1, z2], dim=1)), dim=-1)
     return z @ z.transpose(1, 2)
+
+
+def _check_constant(name: str, value: Any) -> None:
+    """A constant temperature given as a Python number must be positive (a tensor is not read)."""
+    if not torch.is_tensor(value):
+        check_number(name, value)
+
+
+def _check_amcl_arguments(beta: Any, omega_dim: Any, negative_regularizer: Any) -> None:
+    check_number("beta", beta, positive=False)
+    if omega_dim is not None:
+        check_count("omega_dim", omega_dim)
+    if negative_regularizer not in NEGATIVE_REGULARIZERS:
+        raise ValueError(f"negative_regularizer must be one of {', '.join(NEGATIVE_REGULARIZERS)}, got "
+                         f"{negative_regularizer!r}")
 
 
 def _positive_index(batch_size: int, device: torch.device) -> Tensor:
@@ -76,6 +95,8 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5, decoupled: bo
         >>> z1, z2 = torch.randn(8, 128), torch.randn(8, 128)
         >>> loss = nt_xent_loss(z1, z2, temperature=0.5)
     """
+    _check_constant("temperature", temperature)
+    z1, z2 = _as_heads(z1, z2)
     with torch.autocast(z1.device.type, enabled=False):
         sim = view_similarities(z1, z2)
         n = sim.shape[-1]
@@ -95,6 +116,7 @@ def hardest_negatives(sim: Tensor, k: int, include_positive: bool = False) -> tu
     Candidates for view i are the other 2B - 2 views (Eq. 2.1), or the other 2B - 1 views
     including the positive with ``include_positive=True`` (the N + 1 candidates of Eq. 2.4).
     """
+    check_count("k", k)
     n = sim.shape[-1]
     candidates = n - 1 if include_positive else n - 2
     if not 1 <= k <= candidates:
@@ -192,8 +214,14 @@ def amcl_nt_xent_terms(
             (beta * sum_k (log tau_k + 1/tau_k), the authors' later code); see
             :data:`amcl.losses.NEGATIVE_REGULARIZERS`.
     """
+    z1, z2 = _as_heads(z1, z2)
+    pairs = (z1.shape[0], 2 * z1.shape[1], 2 * z1.shape[1])
+    check_temperatures("temperatures", temperatures, pairs)
+    if negative_temperatures is not None:
+        check_temperatures("negative_temperatures", negative_temperatures, pairs)
+    check_count("topk", topk)
+    _check_amcl_arguments(beta, omega_dim, negative_regularizer)
     with torch.autocast(z1.device.type, enabled=False):
-        z1, z2 = _as_heads(z1, z2)
         omega_dim = z1.shape[-1] if omega_dim is None else omega_dim
         neg_temps = temperatures if negative_temperatures is None else negative_temperatures
         sim = view_similarities(z1, z2)
@@ -284,8 +312,13 @@ def amcl_softmax_nt_xent_terms(
         >>> terms = amcl_softmax_nt_xent_terms(z1, z2, phi.pair_temperatures(torch.cat([z1, z2], dim=1)))
         >>> loss = terms.loss()
     """
+    z1, z2 = _as_heads(z1, z2)
+    pairs = (z1.shape[0], 2 * z1.shape[1], 2 * z1.shape[1])
+    check_temperatures("temperatures", temperatures, pairs)
+    if negative_temperatures is not None:
+        check_temperatures("negative_temperatures", negative_temperatures, pairs)
+    _check_amcl_arguments(beta, omega_dim, negative_regularizer)
     with torch.autocast(z1.device.type, enabled=False):
-        z1, z2 = _as_heads(z1, z2)
         omega_dim = z1.shape[-1] if omega_dim is None else omega_dim
         sim = view_similarities(z1, z2)
         heads, n = sim.shape[0], sim.shape[-1]
@@ -329,8 +362,15 @@ def amcl_softmax_nt_xent_loss(
     ).loss()
 
 
+def _check_queries(q: Any, k: Any, queue: Any) -> None:
+    check_features("q", q, "[N, d] or [C, N, d]")
+    check_features("k", k, "[N, d] or [C, N, d]")
+    check_features("queue", queue, "[K, d] or [C, K, d] (an empty queue has no negatives)")
+
+
 def _queries_keys_queue(q: Tensor, k: Tensor, queue: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Normalised float32 ``[C, N, d]`` queries and keys and ``[C, K, d]`` queue (2-D inputs are one head)."""
+    _check_queries(q, k, queue)
     if q.shape != k.shape:
         raise ValueError(f"queries and keys must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
     if q.dim() == 2:
@@ -364,11 +404,19 @@ def moco_infonce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 
         >>> q, k, queue = torch.randn(3, 8, 128), torch.randn(3, 8, 128), torch.randn(3, 4096, 128)
         >>> loss = moco_infonce_loss(q, k, queue, temperature=0.1)
     """
+    _check_constant("temperature", temperature)
+    _check_queries(q, k, queue)
     with torch.autocast(q.device.type, enabled=False):
         q, k, queue = _queries_keys_queue(q, k, queue.detach())
         positive = (q * k.detach()).sum(-1) / temperature
         negatives = torch.logsumexp(q @ queue.transpose(1, 2) / temperature, dim=-1)
         return (torch.logaddexp(positive, negatives) - positive).mean(-1).sum()
+
+
+def _check_moco_temperatures(positive: Any, queue_side: Any, q: Tensor, queue: Tensor) -> None:
+    heads, n, k = q.shape[0], q.shape[1], queue.shape[1]
+    check_temperatures("positive_temperatures", positive, (heads, n))
+    check_temperatures("queue_temperatures", queue_side, (heads, n, k))
 
 
 def _per_anchor(temperatures: Temperatures, like: Tensor) -> Tensor:
@@ -420,10 +468,14 @@ def amcl_moco_terms(
         >>> terms = amcl_moco_terms(q, k, queue, phi.paired_temperatures(q, k), phi.pair_temperatures(q, queue))
         >>> loss = terms.loss()
     """
+    _check_queries(q, k, queue)
     with torch.autocast(q.device.type, enabled=False):
         q, k, queue = _queries_keys_queue(q, k, queue.detach())
+        _check_moco_temperatures(positive_temperatures, queue_temperatures, q, queue)
+        _check_amcl_arguments(beta, omega_dim, negative_regularizer)
         omega_dim = q.shape[-1] if omega_dim is None else omega_dim
         candidates = queue.shape[1] + int(include_positive)
+        check_count("topk", topk)
         if not 1 <= topk <= candidates:
             raise ValueError(f"top-k must be between 1 and the number of negatives ({candidates}), got {topk}")
         pos_sim = (q * k.detach()).sum(-1)
@@ -483,8 +535,11 @@ def amcl_softmax_moco_terms(
             embeddings, :func:`amcl.losses.pair_temperatures`), or a constant.
         omega_dim, negative_regularizer: as in :func:`amcl_softmax_nt_xent_terms`.
     """
+    _check_queries(q, k, queue)
     with torch.autocast(q.device.type, enabled=False):
         q, k, queue = _queries_keys_queue(q, k, queue.detach())
+        _check_moco_temperatures(positive_temperatures, queue_temperatures, q, queue)
+        _check_amcl_arguments(beta, omega_dim, negative_regularizer)
         omega_dim = q.shape[-1] if omega_dim is None else omega_dim
         pos_sim = (q * k.detach()).sum(-1)
         pos_tau = _per_anchor(positive_temperatures, pos_sim)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from amcl.losses.checks import check_features, check_number, check_temperatures
 from amcl.losses.temperature import Temperatures, at_least_float32, omega
 
 __all__ = [
@@ -21,7 +22,9 @@ __all__ = [
 ]
 
 
-def _heads(*tensors: Tensor) -> list[Tensor]:
+def _heads(names: str, *tensors: Tensor) -> list[Tensor]:
+    for name, tensor in zip(names.split(), tensors):
+        check_features(name, tensor)
     shape = tensors[0].shape
     if any(t.shape != shape for t in tensors):
         raise ValueError(f"all inputs must have one shape, got {[tuple(t.shape) for t in tensors]}")
@@ -40,8 +43,8 @@ def simsiam_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
     """SimSiam's symmetric negative cosine (Eq. 1.2): ``-(1/2) sim(p1, sg(z2)) - (1/2) sim(p2, sg(z1))``,
     averaged over the batch, summed over heads. ``p`` are predictor outputs, ``z`` projections.
     """
+    p1, p2, z1, z2 = _heads("p1 p2 z1 z2", p1, p2, z1, z2)
     with torch.autocast(p1.device.type, enabled=False):
-        p1, p2, z1, z2 = _heads(p1, p2, z1, z2)
         sim = F.cosine_similarity(p1, z2.detach(), dim=-1) + F.cosine_similarity(p2, z1.detach(), dim=-1)
         return (-0.5 * sim).mean(-1).sum()
 
@@ -57,11 +60,14 @@ def amcl_simsiam_loss(
     with ``tau1 = tau(p1, sg(z2))`` and ``tau2 = tau(p2, sg(z1))`` given as ``[C, B]`` tensors (e.g.
     :meth:`amcl.nn.TemperatureNet.paired_temperatures`) or constants. Mean over the batch, sum over heads.
     """
+    p1, p2, z1, z2 = _heads("p1 p2 z1 z2", p1, p2, z1, z2)
     with torch.autocast(p1.device.type, enabled=False):
-        p1, p2, z1, z2 = _heads(p1, p2, z1, z2)
         omega_dim = p1.shape[-1] if omega_dim is None else omega_dim
         s1 = F.cosine_similarity(p1, z2.detach(), dim=-1)
         s2 = F.cosine_similarity(p2, z1.detach(), dim=-1)
+        for name, tau in (("tau1", tau1), ("tau2", tau2)):
+            check_temperatures(name, tau, tuple(s1.shape))
+        check_number("beta", beta, positive=False)
         t1, t2 = _tau(tau1, s1), _tau(tau2, s2)
         per_image = -s1 / (2 * t1) - s2 / (2 * t2) + beta * (omega(t1, omega_dim) + omega(t2, omega_dim))
         return per_image.mean(-1).sum()
@@ -77,7 +83,7 @@ def batch_standardise(z: Tensor, eps: float = 1e-5) -> Tensor:
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
     """Barlow Twins' cross-correlation ``[C, d, d]`` of the batch-standardised views
     (:func:`batch_standardise`)."""
-    z1, z2 = _heads(z1, z2)
+    z1, z2 = _heads("z1 z2", z1, z2)
     batch = z1.shape[1]
     if batch < 2:
         raise ValueError("Barlow Twins needs at least 2 images per batch")
@@ -86,6 +92,8 @@ def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
 
 def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3) -> Tensor:
     """Barlow Twins (Eq. 1.3): ``sum_l (1 - C_ll)^2 + lambda * sum_{l != m} C_lm^2``, summed over heads."""
+    check_number("lambd", lambd, positive=False)
+    z1, z2 = _heads("z1 z2", z1, z2)
     with torch.autocast(z1.device.type, enabled=False):
         c = cross_correlation(z1, z2)
         diagonal = torch.diagonal(c, dim1=1, dim2=2)
@@ -105,8 +113,12 @@ def amcl_barlow_twins_loss(
     ``temperatures`` is ``[C, d, d]`` (tau_l on the diagonal; from a temperature net over the
     batch-wise channel vectors, so its input size is the batch size) or a constant.
     """
+    z1, z2 = _heads("z1 z2", z1, z2)
     with torch.autocast(z1.device.type, enabled=False):
         c = cross_correlation(z1, z2)
+        check_temperatures("temperatures", temperatures, tuple(c.shape))
+        check_number("lambd", lambd, positive=False)
+        check_number("beta", beta, positive=False)
         omega_dim = c.shape[-1] if omega_dim is None else omega_dim
         tau = _tau(temperatures, c)
         diagonal, tau_diagonal = torch.diagonal(c, dim1=1, dim2=2), torch.diagonal(tau, dim1=1, dim2=2)

@@ -10,6 +10,8 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from amcl.losses.checks import check_count, check_temperature_bounds
+
 #: A temperature source: a constant, or a tensor of per-pair temperatures.
 Temperatures = Union[float, Tensor]
 
@@ -41,6 +43,7 @@ def temperature_from_scores(scores: Tensor, tau_min: float, tau_max: float) -> T
     The bounded form of the paper's sigma(r) (Sec. 3): a large score (phi says "alike")
     gives a low temperature.
     """
+    check_temperature_bounds(tau_min, tau_max)
     return tau_min + (tau_max - tau_min) * torch.sigmoid(-at_least_float32(scores))
 
 
@@ -59,13 +62,26 @@ def pair_temperatures(phi_a: Tensor, phi_b: Tensor, tau_min: float, tau_max: flo
         >>> pair_temperatures(p, p, 0.0, 2.0)[0, 0].item()  # sigmoid(0) = 0.5
         1.0
     """
+    _check_embeddings(phi_a, phi_b, same_rows=False)
     with torch.autocast(phi_a.device.type, enabled=False):
         scores = at_least_float32(phi_a) @ at_least_float32(phi_b).transpose(-1, -2)
         return temperature_from_scores(scores, tau_min, tau_max)
 
 
+def _check_embeddings(phi_a: Tensor, phi_b: Tensor, same_rows: bool) -> None:
+    for name, phi in (("phi_a", phi_a), ("phi_b", phi_b)):
+        if not torch.is_tensor(phi) or not phi.is_floating_point() or phi.dim() < 2:
+            got = f"shape {tuple(phi.shape)}" if torch.is_tensor(phi) else type(phi).__name__
+            raise (ValueError if torch.is_tensor(phi) else TypeError)(
+                f"{name} must be a floating-point tensor [..., N, h] of temperature embeddings, got {got}")
+    if phi_a.shape[-1] != phi_b.shape[-1] or (same_rows and phi_a.shape != phi_b.shape):
+        need = "the same shape" if same_rows else "the same embedding size h (last dimension)"
+        raise ValueError(f"phi_a and phi_b need {need}, got {tuple(phi_a.shape)} and {tuple(phi_b.shape)}")
+
+
 def paired_temperatures(phi_a: Tensor, phi_b: Tensor, tau_min: float, tau_max: float) -> Tensor:
     """Temperatures of the row-wise pairs (a_i, b_i): ``[..., N, h] x [..., N, h] -> [..., N]``."""
+    _check_embeddings(phi_a, phi_b, same_rows=True)
     with torch.autocast(phi_a.device.type, enabled=False):
         return temperature_from_scores((at_least_float32(phi_a) * at_least_float32(phi_b)).sum(-1), tau_min, tau_max)
 
@@ -75,6 +91,7 @@ def omega(tau: Tensor, dim: int) -> Tensor:
 
     ``dim`` is d', the dimension of the projected features. Omega is minimal at tau = 2/d'.
     """
+    check_count("dim", dim)
     tau = at_least_float32(tau)
     return 0.5 * dim * torch.log(tau) + torch.reciprocal(tau)
 

@@ -248,7 +248,8 @@ def test_baseline_analysis_has_no_temperature_figure_and_is_seeded(simclr_baseli
 
 @pytest.mark.slow
 def test_fewer_held_out_images_than_pairs_uses_them_all_and_says_so(simclr_baseline, tmp_path) -> None:
-    result = analyze_checkpoint(simclr_baseline, tmp_path, pairs=500, bins=10, device="cpu")
+    with pytest.warns(Warning, match="359 positive and 359 negative pairs instead of 500"):  # on the console too
+        result = analyze_checkpoint(simclr_baseline, tmp_path, pairs=500, bins=10, device="cpu")
     assert result["pairs"] == result["held_out_images"] == 359 and result["pairs_requested"] == 500
     assert "359 positive and 359 negative pairs instead of 500" in result["notes"][0]
     _check_panel(result["heads"][0], 359, bins=10)

@@ -18,7 +18,7 @@ from amcl.cli import main
         (["--augs", "aa"], ["repeated", "'a'"]),
         (["--heads", "0"], ["--heads must be at least 1"]),
         (["--tau-min", "0.5", "--tau-max", "0.1"], ["0 < --tau-min < --tau-max"]),
-        (["--tau-min", "0"], ["0 < --tau-min < --tau-max"]),
+        (["--tau-min", "0"], ["--tau-min must be a positive number, got 0.0"]),
         (["--amcl", "--amcl-form", "hardest", "--batch-size", "4", "--topk", "7"],
          ["--topk 7", "6 negatives", "--topk <= 6"]),
         (["--batch-size", "5000"], ["--batch-size 5000", "1438 training images", "--batch-size <= 1438"]),
@@ -48,7 +48,7 @@ from amcl.cli import main
         (["--dataset", "folder"], ["--dataset folder needs --data-root"]),
         (["--dataset", "folder", "--data-root", "/no/such/dir"],
          ["image folder /no/such/dir does not exist", "<root>/train/<class>/<images>"]),
-        (["--workers", "-1"], ["--workers must be 0"]),
+        (["--workers", "-1"], ["--workers must be a number >= 0 (0: decode in the main process)"]),
         (["--seed", "-1"], ["--seed must be in 0..4294967295"]),
         (["--cache-images", "maybe"], ["unknown cache_images 'maybe'", "auto, always, never"]),
     ],
@@ -120,13 +120,16 @@ def test_every_preset_loads_and_resolves():
     for preset in presets:
         values = load_yaml(preset, extras=("variants",))  # the compare configs of studies name their variants
         variants = values.pop("variants", None) or {}
-        config = PretrainConfig(**{**values, "data_root": "DIR"}).resolved()  # root given on the CLI
+        from amcl.config import FILE_DATASETS
+
+        root = {"data_root": "DIR"} if values.get("dataset", "digits") in FILE_DATASETS else {}
+        config = PretrainConfig(**{**values, **root}).resolved()  # root given on the CLI
         assert config.heads >= 1 and config.lr > 0
         for options in variants.values():  # every variant resolves too (as amcl compare builds it)
             from amcl.compare import parse_variants
 
             for parsed in parse_variants({"v": options}).values():
-                assert PretrainConfig(**{**values, **parsed, "data_root": "DIR"}).resolved().amcl
+                assert PretrainConfig(**{**values, **parsed, **root}).resolved().amcl
     for method in ("simclr", "moco", "simsiam", "barlow_twins"):  # a baseline and an AMCL preset per method
         name = method.replace("_", "-")
         base = PretrainConfig(**load_yaml(presets[0].parent / f"{name}-cifar10.yaml"), data_root="DIR").resolved()
@@ -203,3 +206,19 @@ def test_dataset_mistakes_give_one_line_and_exit_2(tmp_path, capsys, dataset, bu
     for fragment in fragments:
         assert fragment in errors[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_every_warning_that_reaches_the_user_is_one_line(capsys):
+    import warnings
+
+    from amcl.errors import warn, warnings_on_one_line
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with warnings_on_one_line():
+            warnings.warn("constrained_layout not applied because axes sizes collapsed\nmore detail", UserWarning,
+                          stacklevel=1)
+            warn("ours")
+    assert capsys.readouterr().err.splitlines() == [
+        "amcl: warning (UserWarning): constrained_layout not applied because axes sizes collapsed",
+        "amcl: warning: ours"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -412,7 +413,38 @@ def test_unreadable_files_skipped_with_one_warning(tmp_path: Path, cache: str) -
 def test_unreadable_files_strict(tmp_path: Path, cache: str) -> None:
     _tree_with_bad_files(tmp_path)
     msg = dataset_error(read_image_folder, tmp_path, S, strict=True, cache=cache, workers=0)
-    assert "2 of 5 files" in msg and f"first: {tmp_path / 'train/a/broken.png'}" in msg
+    assert "2 of 5 files" in msg  # each named with its reason
+    assert f"({tmp_path / 'train/a/broken.png'}: " in msg and f"; {tmp_path / 'train/a/notes.txt'}: " in msg
+
+
+def test_strict_data_names_the_first_three_and_counts_the_rest(tmp_path: Path) -> None:
+    write_files(tmp_path, {"train/a": ["1.png"], "val/a": ["2.png"]})
+    for i in range(5):
+        (tmp_path / f"train/a/bad{i}.png").write_bytes(b"not a png")
+    msg = dataset_error(read_image_folder, tmp_path, S, strict=True, cache="always", workers=0)
+    assert "5 of 6 files" in msg and "bad2.png: " in msg and "bad3.png" not in msg and "; and 2 more" in msg
+
+
+def test_a_symbolic_link_loop_in_an_image_folder_is_read_once(tmp_path: Path) -> None:
+    write_files(tmp_path, {"train/a": ["1.png", "2.png"], "val/a": ["3.png"]})
+    (tmp_path / "train/a/loop").symlink_to(tmp_path / "train/a")  # a -> loop -> a -> ...
+    (tmp_path / "train/a/up").symlink_to(tmp_path / "train")
+    splits = read_image_folder(tmp_path, S, cache="always", workers=0)
+    assert len(splits.train_labels) == 2
+
+
+def test_an_unreadable_folder_link_is_one_line(tmp_path: Path) -> None:
+    write_files(tmp_path, {"train/a": ["1.png"], "val/a": ["3.png"]})
+    (tmp_path / "train/b").symlink_to(tmp_path / "missing")  # a dangling link is no folder: skipped
+    (tmp_path / "train/a/sub").mkdir()
+    (tmp_path / "train/a/sub").chmod(0)
+    try:
+        if os.access(tmp_path / "train/a/sub", os.R_OK):
+            pytest.skip("this user reads folders without read permission (root)")
+        msg = dataset_error(read_image_folder, tmp_path, S, cache="always", workers=0)
+        assert "cannot read the image folder" in msg and "sub" in msg
+    finally:
+        (tmp_path / "train/a/sub").chmod(0o755)
 
 
 def test_truncated_jpeg_cached_is_dropped(tmp_path: Path) -> None:

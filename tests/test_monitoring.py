@@ -142,10 +142,10 @@ def test_most_temperatures_on_a_bound_warns_once(tmp_path):
     assert summary["epochs"][-1]["head1/share_at_tau_min"] > 0.5
 
 
-def test_siamese_temperatures_resting_on_their_stable_floor_do_not_warn(tmp_path):
-    """SimSiam's and Barlow Twins' temperatures run to a bound by construction (Eq. 2.2 / 2.3); at the stable
-    bounds [1, 2] that keeps the method's loss scale and is no warning sign, while a floor below 1 is. For
-    SimCLR and MoCo both bounds are."""
+def test_siamese_temperatures_resting_on_a_bound_do_not_warn(tmp_path):
+    """SimSiam's and Barlow Twins' temperatures run to a bound by construction (Eq. 2.2 / 2.3), whatever the
+    bounds, so that is no warning sign for them (their collapse shows in the similarities); for SimCLR and
+    MoCo both bounds are."""
     import warnings
 
     from amcl.train import MetricsRecorder
@@ -158,8 +158,68 @@ def test_siamese_temperatures_resting_on_their_stable_floor_do_not_warn(tmp_path
             MetricsRecorder(tmp_path / "metrics.json")._warn_about_bounds(record, config)
         return [str(w.message) for w in caught if "sit at tau_" in str(w.message)]
 
-    for method in ("simsiam", "barlow_twins"):
-        assert warnings_for(method, "min") == [] and warnings_for(method, "max") == []  # the stable [1, 2]
-        assert "90% of head1's temperatures sit at tau_min = 1e-05 in epoch 3" in warnings_for(
-            method, "min", tau_min=1e-5)[0]
-    assert warnings_for("simclr", "min") and warnings_for("moco", "max")
+    for method in ("simsiam", "barlow_twins"):  # whatever the bounds (--tau-min 0.1 is a documented setting)
+        for options in ({}, {"tau_min": 0.1}, {"tau_min": 1e-5}):
+            assert warnings_for(method, "min", **options) == [] and warnings_for(method, "max", **options) == []
+    assert "90% of head1's temperatures sit at tau_min = 0.05 in epoch 3" in warnings_for("simclr", "min")[0]
+    assert warnings_for("moco", "max")
+
+
+def test_similar_positives_and_negatives_warn_of_collapse_once_for_all_heads(tmp_path):
+    import warnings
+
+    from amcl.train import MetricsRecorder
+
+    recorder = MetricsRecorder(tmp_path / "metrics.json")
+    collapsed = {"epoch": 0, "head1/sim_pos_mean": 0.95, "head1/sim_neg_mean": 0.97,
+                 "head2/sim_pos_mean": 0.99, "head2/sim_neg_mean": 0.93,
+                 "head3/sim_pos_mean": 0.97, "head3/sim_neg_mean": 0.20}  # head3 separates: no collapse
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recorder._warn_about_collapse(collapsed)
+        recorder._warn_about_collapse({**collapsed, "epoch": 1})  # said once
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("projections are collapsing in epoch 0: mean similarity of positive and negative "
+                                  "pairs head1 0.950 and 0.970; head2 0.990 and 0.930, so all images map")
+    assert "head3" not in messages[0]
+
+
+def test_curves_name_the_methods_pairs_use_whole_epochs_and_stay_readable_with_many_heads(tmp_path):
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from amcl.monitoring import MAX_PLOTTED_HEADS, plot_curves
+
+    heads = {f"head{c}/{key}": 0.5 for c in range(1, 201) for key in ("tau_pos_mean", "tau_neg_mean",
+                                                                        "sim_pos_mean", "sim_neg_mean")}
+    epochs = [{"epoch": 0, "loss": 5.0, "knn_acc": 0.9, "lr": 0.1, **heads}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. matplotlib's "constrained_layout not applied"
+        plot_curves(tmp_path / "curves.png", epochs, "barlow_twins AMCL, 200 heads",
+                    ("diagonal channel pairs", "off-diagonal channel pairs"))
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert MAX_PLOTTED_HEADS == 8
+
+
+def test_simsiam_curves_have_no_negative_panel(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from amcl.monitoring import plot_curves
+
+    titles: list[str] = []
+    real_savefig = Figure.savefig
+
+    def record_titles(fig, *args, **kwargs):
+        titles.extend(ax.get_title() for ax in fig.axes if ax.get_visible())
+        ticks = [tick for ax in fig.axes if ax.get_visible() for tick in ax.get_xticks()]
+        assert ticks and all(float(t).is_integer() for t in ticks)  # whole epochs on every x axis
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record_titles)
+    epochs = [{"epoch": 0, "loss": 1.0, "head1/tau_pos_mean": 1.0, "head1/sim_pos_mean": 0.5}]
+    plot_curves(tmp_path / "curves.png", epochs, "simsiam", ("positive pairs", None))
+    assert "temperature of positive pairs" in titles and "similarity of positive pairs" in titles
+    assert not [t for t in titles if "negative" in t]

@@ -153,6 +153,7 @@ def test_preview_command_writes_a_png(tmp_path: Path, capsys) -> None:
     assert f"wrote {out}: 3 images" in capsys.readouterr().out
     with Image.open(out) as im:
         assert im.format == "PNG" and im.width > im.height  # 5 columns, 3 rows
+        assert im.width >= 5 * 1.1 * 100 - 1  # 16 px digits drawn at >= 100 dpi: legible 8 pt titles
 
 
 @pytest.mark.parametrize(

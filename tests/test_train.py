@@ -164,3 +164,44 @@ def test_grad_clip_limits_every_update(tmp_path):
     assert free > 1e-3
     # SGD with momentum 0.9: the second step moves by lr * (0.9 * g1 + g2), each |g| <= clip
     assert clipped <= 0.06 * 1.9 * clip * 1.01 and clipped > 0
+
+
+# --------------------------------------------------------------------------- what a run prints
+
+
+def test_outside_a_terminal_a_run_prints_one_line_per_epoch_and_the_knn_k(tmp_path, capfd):
+    """Under pytest stderr is no terminal, so the default (progress None) is the per-epoch lines: no
+    carriage-return redraws, one line per epoch with the figures the README shows."""
+    from amcl.cli import main
+
+    assert main(["pretrain", "--dataset", "digits", "--backbone", "small_cnn", "--image-size", "16",
+                 "--batch-size", "256", "--epochs", "3", "--out", str(tmp_path / "run")]) == 0
+    out, err = capfd.readouterr()
+    assert "\r" not in out + err
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    for line in lines:
+        assert all(part in line for part in ("loss ", "kNN ", "lr ", " s/epoch", " left")), line
+    assert lines[-1].endswith("0:00 left")
+    # no --knn-k: one neighbour per 70 of the 1438 labelled training images
+    assert "(kNN monitor with k = 20 neighbours)" in out
+    assert read_metrics(tmp_path / "run")["knn_k"] == 20
+
+
+def test_the_bar_is_chosen_by_the_option_or_the_terminal(monkeypatch):
+    import sys
+
+    from amcl.train import shows_bar
+
+    assert shows_bar(PretrainConfig(progress=True)) and not shows_bar(PretrainConfig(progress=False))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert shows_bar(PretrainConfig())
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert not shows_bar(PretrainConfig())
+
+
+@pytest.mark.parametrize("labelled,k", [(1, 1), (69, 1), (140, 2), (1438, 20), (14_000, 200), (50_000, 200)])
+def test_default_knn_k_grows_with_the_bank(labelled, k):
+    from amcl.knn import default_k
+
+    assert default_k(labelled) == k

@@ -12,13 +12,12 @@ import signal
 import sys
 import threading
 import typing
-import warnings
 from typing import Any, Sequence
 
 from amcl import __version__
 from amcl.compare_grid import GRID_OPTIONS
 from amcl.config import METHODS, PretrainConfig, coerce, field_types, load_yaml, option_names
-from amcl.errors import AmclError, AmclWarning, RunInterrupted
+from amcl.errors import AmclError, RunInterrupted, warnings_on_one_line
 from amcl.eval.options import AnalyzeOptions, EvalOptions, ExportOptions
 
 #: The config options ``amcl preview`` takes (the dataset and how its images are read).
@@ -99,7 +98,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         return 0
     best = summary["best_knn_acc"]["mean"] if config.runs > 1 else summary["best_knn_acc"]
     if best is not None:
-        print(f"best kNN accuracy: {best:.4f}")
+        k = summary.get("knn_k")
+        print(f"best kNN accuracy: {best:.4f}" + (f" (kNN monitor with k = {k} neighbours)" if k else ""))
     print(f"outputs in {config.out}")
     return 0
 
@@ -352,26 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """AmclWarnings as one line, ``amcl: warning: ...``; other warnings as Python prints them."""
-    if issubclass(category, AmclWarning):
-        print(f"amcl: warning: {message}", file=file or sys.stderr)
-    else:
-        _default_show_warning(message, category, filename, lineno, file, line)
-
-
-_default_show_warning = warnings.showwarning
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:  # reported by the sub-command, whose --help lists its options
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    shown = warnings.showwarning
-    warnings.showwarning = _show_warning
     terminate = _take_sigterm()
     try:
-        return args.func(args)
+        with warnings_on_one_line():
+            return args.func(args)
     except AmclError as exc:
         print(f"amcl {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -385,7 +373,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 128 + number
     finally:
-        warnings.showwarning = shown
         if terminate is not None:
             signal.signal(signal.SIGTERM, terminate)
 

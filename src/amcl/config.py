@@ -19,7 +19,7 @@ import yaml
 
 from amcl.errors import AmclError
 from amcl.policies import parse_policy
-from amcl.specs import AMCL_FORMS, FORM_DEFAULTS, METHOD_SPECS, METHODS, TEMPERATURE_MODES
+from amcl.specs import AMCL_FORMS, FORM_DEFAULTS, METHOD_SPECS, METHODS, PAPER_TAU_BOUNDS, TEMPERATURE_MODES
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "stl10", "folder")
 #: Datasets read from --data-root, and those with an unlabeled split (--unlabeled).
@@ -41,9 +41,53 @@ DATASET_IMAGE_SIZES = {"digits": 16, "synthetic": 32, "cifar10": 32, "cifar100":
 IMAGENET_STEM_FROM = 128
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, recorded: bool = False) -> Any:
-    """A config field; ``recorded`` marks a value ``amcl pretrain`` fills in and saves, which is not an option."""
-    return field(default=default, metadata={"help": help, "choices": choices, "recorded": recorded})
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric option: finite numbers from ``low`` to ``high`` (either may be open)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_included: bool = True
+    high_included: bool = True
+
+    def __contains__(self, value: float) -> bool:
+        if isinstance(value, bool) or not math.isfinite(value):
+            return False
+        above = self.low is None or (value >= self.low if self.low_included else value > self.low)
+        below = self.high is None or (value <= self.high if self.high_included else value < self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            if self.low == 0:
+                return "a number >= 0" if self.low_included else "a positive number"
+            return f"{'at least' if self.low_included else 'above'} {self.low:g}"
+        whole = float(self.low or 0).is_integer() and float(self.high).is_integer()
+        if self.low_included and self.high_included and whole:
+            return f"in {self.low:g}..{self.high:.0f}"
+        return f"in {'[' if self.low_included else '('}{self.low:g}, {self.high:g}{']' if self.high_included else ')'}"
+
+
+#: Why an option's range is what it is, where the range alone does not say.
+_RANGE_NOTES = {
+    "batch_size": " (every method compares images within a batch)",
+    "workers": " (0: decode in the main process)",
+    "grad_clip": " (the largest gradient norm)",
+    "color_strength": " (SimCLR's s; above 2.5 the hue jitter would exceed half a turn)",
+}
+
+AT_LEAST_1 = Range(1)
+POSITIVE = Range(0, low_included=False)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1, high_included=False)  # momenta
+SEEDS = Range(0, 2**32 - 1)
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, recorded: bool = False,
+         valid: Range | None = None) -> Any:
+    """A config field; ``recorded`` marks a value ``amcl pretrain`` fills in and saves, which is not an option;
+    ``valid`` is a numeric option's range, which :meth:`PretrainConfig.validate` checks."""
+    return field(default=default, metadata={"help": help, "choices": choices, "recorded": recorded, "range": valid})
 
 
 @dataclass
@@ -53,7 +97,7 @@ class PretrainConfig:
     # method
     method: str = _opt("simclr", "self-supervised method", METHODS)
     amcl: bool = _opt(False, "use the AMCL loss (several heads, adaptive temperature) instead of the baseline")
-    heads: int | None = _opt(None, "number of projection heads C (default: 3 with --amcl, else 1)")
+    heads: int | None = _opt(None, "number of projection heads C (default: 3 with --amcl, else 1)", valid=AT_LEAST_1)
     head_reduction: str | None = _opt(
         None,
         "how the C heads' losses combine: sum (as the paper's equations; the backbone then gets C times one head's "
@@ -84,18 +128,23 @@ class PretrainConfig:
     )
     beta: float | None = _opt(
         None, f"weight of the temperature regulariser Omega (default: 0.01 with the softmax form; else "
-        f"{_by_method('beta').removeprefix('default: ')})"
+        f"{_by_method('beta').removeprefix('default: ')})", valid=NON_NEGATIVE,
     )
     tau_min: float | None = _opt(
-        None, "lowest adaptive temperature (default: 0.05 with the softmax form, else the paper's 1e-5)"
+        None, "lowest adaptive temperature (default: 0.05 with the softmax form, else the paper's 1e-5)",
+        valid=POSITIVE,
     )
-    tau_max: float | None = _opt(None, "highest adaptive temperature (default: 2.0, the paper's)")
-    topk: int = _opt(1, "AMCL: average the negative terms over the k hardest negatives (1 = Eq. 2.1 exactly)")
+    tau_max: float | None = _opt(None, "highest adaptive temperature (default: 2.0, the paper's)", valid=POSITIVE)
+    topk: int = _opt(
+        1, "AMCL: average the negative terms over the k hardest negatives (1 = Eq. 2.1 exactly)",
+        valid=AT_LEAST_1
+    )
     temperature: float | None = _opt(
         None,
         f"constant temperature of the baseline loss and of --temperature-mode constant ({_by_method('temperature')})",
+        valid=POSITIVE,
     )
-    temperature_hidden: int = _opt(128, "hidden width of the temperature network phi")
+    temperature_hidden: int = _opt(128, "hidden width of the temperature network phi", valid=AT_LEAST_1)
     temperature_input: str = _opt(
         "projection",
         "what phi reads: projection (the heads' outputs, with gradients flowing back through the temperatures, "
@@ -103,19 +152,31 @@ class PretrainConfig:
         "the encoder and phi cannot reshape the projections to lower its temperatures)",
         ("projection", "detached"),
     )
-    proj_hidden: int | None = _opt(None, f"hidden width of each projection head ({_by_method('proj_hidden')})")
-    proj_dim: int | None = _opt(None, f"output size d' of each projection head ({_by_method('proj_dim')})")
-    proj_layers: int | None = _opt(None, f"linear layers per projection head ({_by_method('proj_layers')})")
-    predictor_hidden: int | None = _opt(None, "SimSiam: hidden width of each head's predictor (default: 512)")
-    queue_size: int = _opt(4096, "MoCo: keys in each head's queue (K)")
-    ema_momentum: float = _opt(0.99, "MoCo: momentum of the key encoder's moving average")
-    barlow_lambda: float = _opt(5e-3, "Barlow Twins: weight lambda of the off-diagonal terms")
+    proj_hidden: int | None = _opt(
+        None, f"hidden width of each projection head ({_by_method('proj_hidden')})",
+        valid=AT_LEAST_1
+    )
+    proj_dim: int | None = _opt(
+        None, f"output size d' of each projection head ({_by_method('proj_dim')})",
+        valid=AT_LEAST_1
+    )
+    proj_layers: int | None = _opt(
+        None, f"linear layers per projection head ({_by_method('proj_layers')})",
+        valid=AT_LEAST_1
+    )
+    predictor_hidden: int | None = _opt(
+        None, "SimSiam: hidden width of each head's predictor (default: 512)",
+        valid=AT_LEAST_1
+    )
+    queue_size: int = _opt(4096, "MoCo: keys in each head's queue (K)", valid=AT_LEAST_1)
+    ema_momentum: float = _opt(0.99, "MoCo: momentum of the key encoder's moving average", valid=FRACTION)
+    barlow_lambda: float = _opt(5e-3, "Barlow Twins: weight lambda of the off-diagonal terms", valid=NON_NEGATIVE)
     # data
     dataset: str = _opt("digits", "dataset to pre-train on", DATASETS)
     data_root: str | None = _opt(None, "folder holding the dataset files (not needed for digits, synthetic)")
     image_size: int | None = _opt(
         None, "side of the training images in pixels (default: the dataset's: digits 16, cifar 32, stl10 96, "
-        "folder 224)"
+        "folder 224)", valid=AT_LEAST_1,
     )
     unlabeled: bool = _opt(
         False, "add the dataset's unlabeled images to pre-training: stl10's unlabeled_X.bin (100,000 images) or a "
@@ -132,46 +193,51 @@ class PretrainConfig:
         "DataLoader workers (never), or cache when they fit in 8 GiB and a quarter of the RAM (auto)",
         CACHE_CHOICES,
     )
-    workers: int | None = _opt(None, "DataLoader processes decoding folder images (default: CPU cores, at most 8)")
+    workers: int | None = _opt(
+        None, "DataLoader processes decoding folder images (default: CPU cores, at most 8)",
+        valid=NON_NEGATIVE
+    )
     augs: str = _opt("default", "augmentation policy: letters from abcde, 'default' (= acde) or 'color'")
-    color_strength: float = _opt(0.5, "colour distortion strength s (policy letter d and 'color')")
+    color_strength: float = _opt(0.5, "colour distortion strength s (policy letter d and 'color')", valid=Range(0, 2.5))
     # model and optimisation
     backbone: str | None = _opt(
         None, f"encoder: resnet18/34/50 (CIFAR stem), resnet*_imagenet, small_cnn, vit_tiny/small/base (class "
         f"token; patch 4 up to 64 px, 16 from 128 px), vit_*_mean (mean pooling), or timm:NAME (any timm model, "
         f"needs the timm package) (default: resnet18, or resnet18_imagenet from --image-size {IMAGENET_STEM_FROM})"
     )
-    epochs: int = _opt(800, "training epochs")
-    batch_size: int = _opt(512, "images per batch (each gives two views)")
+    epochs: int = _opt(800, "training epochs", valid=AT_LEAST_1)
+    batch_size: int = _opt(512, "images per batch (each gives two views)", valid=Range(2))
     optimizer: str = _opt(
         "sgd", "sgd (every parameter decayed, the authors' recipe), lars (trust ratio; biases, normalisation "
         "parameters, position embeddings and class tokens excluded from it and from weight decay) or adamw "
         "(betas 0.9, 0.999; the same parameters not decayed; --momentum unused)", ("sgd", "lars", "adamw"),
     )
-    lr: float | None = _opt(None, f"base learning rate ({_by_method('lr')})")
+    lr: float | None = _opt(None, f"base learning rate ({_by_method('lr')})", valid=POSITIVE)
     lr_scaling: str = _opt(
         "none", "none: --lr is the learning rate; linear: --lr x global batch / 256 (global batch = "
         "--batch-size x devices x nodes)", ("none", "linear"),
     )
     warmup_epochs: float = _opt(
-        0.0, "epochs of linear learning-rate warm-up before the per-step cosine decay (may be fractional; 0: none)"
+        0.0, "epochs of linear learning-rate warm-up before the per-step cosine decay (may be fractional; 0: none)",
+        valid=NON_NEGATIVE,
     )
-    momentum: float = _opt(0.9, "SGD and LARS momentum")
-    weight_decay: float = _opt(5e-4, "weight decay (L2 for sgd and lars, decoupled for adamw)")
+    momentum: float = _opt(0.9, "SGD and LARS momentum", valid=FRACTION)
+    weight_decay: float = _opt(5e-4, "weight decay (L2 for sgd and lars, decoupled for adamw)", valid=NON_NEGATIVE)
     max_steps: int = _opt(-1, "stop after this many optimisation steps (-1: run all epochs)")
     grad_clip: float | None = _opt(
         None, "clip the global gradient norm to this value before each optimiser step (the authors' later code: "
-        "1.0; default: no clipping)"
+        "1.0; default: no clipping)", valid=POSITIVE,
     )
     # monitoring and runs
-    knn_k: int = _opt(200, "neighbours of the kNN monitor")
-    knn_t: float = _opt(0.1, "temperature of the kNN monitor's weights")
-    knn_every: int = _opt(1, "run the kNN monitor every N epochs")
-    runs: int = _opt(1, "repeat the run with seeds seed, seed+1, ... and summarise mean and std")
-    seed: int = _opt(0, "random seed of the initialisation, the augmentations and the batch order")
+    knn_k: int | None = _opt(None, "neighbours of the kNN monitor (default: one per 70 labelled training images, "
+                                   "1 to 200; 20 on digits, 200 on CIFAR)", valid=AT_LEAST_1,)
+    knn_t: float = _opt(0.1, "temperature of the kNN monitor's weights", valid=POSITIVE)
+    knn_every: int = _opt(1, "run the kNN monitor every N epochs", valid=AT_LEAST_1)
+    runs: int = _opt(1, "repeat the run with seeds seed, seed+1, ... and summarise mean and std", valid=AT_LEAST_1)
+    seed: int = _opt(0, "random seed of the initialisation, the augmentations and the batch order", valid=SEEDS)
     split_seed: int = _opt(
         0, "digits and synthetic: seed of the train/test split, kept apart from --seed so that runs with "
-        "several seeds share one split and can be compared pair by pair"
+        "several seeds share one split and can be compared pair by pair", valid=SEEDS,
     )
     out: str = _opt("runs/pretrain", "output folder (config.yaml, metrics.json, last.ckpt)")
     accelerator: str = _opt("auto", "Lightning accelerator: auto, cpu, gpu")
@@ -180,7 +246,10 @@ class PretrainConfig:
         "else 32-true; losses and temperatures always run in float32)"
     )
     devices: str = _opt("1", "devices per node: a number, a list such as 0,1, or auto (all visible GPUs)")
-    num_nodes: int = _opt(1, "machines (nodes) taking part; the global batch is batch-size x devices x nodes")
+    num_nodes: int = _opt(
+        1, "machines (nodes) taking part; the global batch is batch-size x devices x nodes",
+        valid=AT_LEAST_1
+    )
     global_batch: int | None = _opt(
         None, "recorded, not an option: the images of one optimisation step over all processes (batch-size x the "
         "processes the run had), so that a checkpoint rebuilds on any machine", recorded=True,
@@ -193,7 +262,10 @@ class PretrainConfig:
         "stop", "a NaN or Inf loss or gradient: stop (keep the last good checkpoint, report the loss terms and "
         "temperatures) or skip the step (counted in metrics.json)", ("stop", "skip"),
     )
-    progress: bool = _opt(True, "show a progress bar")
+    progress: bool | None = _opt(
+        None, "a progress bar; --no-progress prints one line per epoch instead (default: the bar on a terminal, "
+        "the lines when the output goes to a file, a pipe or a scheduler's log)",
+    )
 
     @property
     def world_size(self) -> int:
@@ -230,7 +302,7 @@ class PretrainConfig:
                 values[key] = value
         if values["heads"] is None:
             values["heads"] = 3 if self.amcl else 1
-        for key, value in (("tau_min", 1e-5), ("tau_max", 2.0)):  # the paper's bounds
+        for key, value in PAPER_TAU_BOUNDS.items():
             if values[key] is None:
                 values[key] = value
         if values["head_reduction"] is None:
@@ -269,26 +341,13 @@ class PretrainConfig:
         problem = self.backbone and self.image_size and image_size_problem(self.backbone, self.image_size)
         if problem:  # a ViT whose patch size does not divide the image size
             raise AmclError(problem)
-        positive = ["heads", "epochs", "batch_size", "topk", "knn_k", "knn_every", "runs", "image_size",
-                    "proj_hidden", "proj_dim", "proj_layers", "temperature_hidden", "predictor_hidden", "queue_size"]
-        if self.workers is not None and self.workers < 0:
-            raise AmclError(f"--workers must be 0 (decode in the main process) or more, got {self.workers}")
-        for name in positive:
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise AmclError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            raise AmclError(f"--batch-size must be at least 2 (every method compares images within a batch), "
-                            f"got {self.batch_size}")
+        self._validate_ranges()
         if self.sync_batchnorm and (self.accelerator == "cpu" or (self.accelerator == "auto" and not _has_cuda())):
             raise AmclError("--sync-batchnorm works with CUDA GPUs only; drop it on --accelerator cpu")
         if not (self.tau_min > 0 and self.tau_min < self.tau_max):
             raise AmclError(
                 f"need 0 < --tau-min < --tau-max, got tau_min={self.tau_min}, tau_max={self.tau_max}"
             )
-        for name in ("temperature", "lr", "knn_t"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise AmclError(f"--{_flag(name)} must be a positive number, got {value}")
         try:
             if self.world_size < 1:
                 raise ValueError
@@ -303,17 +362,6 @@ class PretrainConfig:
                                               or self.global_batch % self.batch_size):
             raise AmclError(f"global_batch {self.global_batch} is not a multiple of --batch-size {self.batch_size}; "
                             "it is recorded by amcl pretrain: remove it from the config file")
-        for name in ("seed", "split_seed"):
-            if not 0 <= getattr(self, name) < 2**32:
-                raise AmclError(f"--{_flag(name)} must be in 0..{2**32 - 1}, got {getattr(self, name)}")
-        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
-            raise AmclError(f"--grad-clip must be a positive number (the largest gradient norm), got {self.grad_clip}")
-        if not 0 <= self.ema_momentum < 1:
-            raise AmclError(f"--ema-momentum must be in [0, 1), got {self.ema_momentum}")
-        for name in ("beta", "color_strength", "momentum", "weight_decay", "barlow_lambda"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise AmclError(f"--{_flag(name)} must be a number >= 0, got {value}")
         if not (math.isfinite(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs):
             raise AmclError(f"--warmup-epochs must be >= 0 and less than --epochs {self.epochs} (the cosine decay "
                             f"follows the warm-up), got {self.warmup_epochs}")
@@ -321,9 +369,23 @@ class PretrainConfig:
             self._validate_amcl()
         self._validate_data()
 
+    def _validate_ranges(self) -> None:
+        """Every numeric option against its field's :class:`Range` (``valid``); booleans are not numbers."""
+        for f in dataclasses.fields(self):
+            valid, value = f.metadata.get("range"), getattr(self, f.name)
+            if valid is None or value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise AmclError(f"--{_flag(f.name)} must be a number, got {value!r}")
+            if value not in valid:
+                raise AmclError(f"--{_flag(f.name)} must be {valid}{_RANGE_NOTES.get(f.name, '')}, got {value}")
+
     def _validate_data(self) -> None:
         if self.dataset in FILE_DATASETS and not self.data_root:
             raise AmclError(f"--dataset {self.dataset} needs --data-root DIR (the folder holding its files)")
+        if self.data_root and self.dataset not in FILE_DATASETS:
+            raise AmclError(f"--data-root is for the datasets read from files ({', '.join(FILE_DATASETS)}); "
+                            f"--dataset {self.dataset} takes none: give --dataset too, or drop --data-root")
         if self.unlabeled and self.dataset not in UNLABELED_DATASETS:
             raise AmclError(
                 f"--unlabeled applies to {' and '.join(UNLABELED_DATASETS)}; {self.dataset} has no unlabeled split"
@@ -411,6 +473,8 @@ def coerce(name: str, value: Any) -> Any:
                 return True
             if str(value).lower() in ("false", "no", "0", "off"):
                 return False
+            raise ValueError
+        if kind in (int, float) and isinstance(value, bool):  # YAML's yes/no/true/false are not numbers
             raise ValueError
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from amcl.config import METHODS, PretrainConfig, load_yaml
-from amcl.errors import AmclError, RunInterrupted
+from amcl.errors import AmclError, RunInterrupted, warnings_on_one_line
 from amcl.specs import METHOD_SPECS
 from amcl.train import pretrain
 
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="methods to run (default: the config's)")
     args = parser.parse_args(argv)
     try:
-        rows = run_demo(args.config, args.out, args.epochs, args.methods)
+        with warnings_on_one_line():
+            rows = run_demo(args.config, args.out, args.epochs, args.methods)
     except AmclError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2

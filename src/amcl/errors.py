@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
+from typing import Any, Iterator
 
 
 class AmclError(ValueError):
@@ -47,3 +50,23 @@ class AmclWarning(UserWarning):
 def warn(message: str) -> None:
     """Issue an :class:`AmclWarning` (the CLI shows it as ``amcl: warning: <message>``)."""
     warnings.warn(message, AmclWarning, stacklevel=2)
+
+
+def _show_on_one_line(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                      line: str | None = None) -> None:
+    """A warning as one line: ``amcl: warning: <message>`` for ours; a library's (e.g. matplotlib's) with its
+    category, and without the file path and source line Python would add."""
+    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+    kind = "" if issubclass(category, AmclWarning) else f" ({category.__name__})"
+    print(f"amcl: warning{kind}: {text}", file=file or sys.stderr)
+
+
+@contextlib.contextmanager
+def warnings_on_one_line() -> Iterator[None]:
+    """Within the block, every warning that reaches the user is printed on one line (see the CLI)."""
+    shown = warnings.showwarning
+    warnings.showwarning = _show_on_one_line
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown

@@ -197,60 +197,84 @@ PER_HEAD_LINES = {
 }
 
 
-def plot_curves(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]], title: str = "") -> None:
+#: At most this many heads get their own lines in ``curves.png`` (more would be unreadable).
+MAX_PLOTTED_HEADS = 8
+
+
+def plot_curves(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]], title: str = "",
+                pairs: tuple[str, str | None] = ("positive pairs", "negative pairs")) -> None:
     """``curves.png``: loss, kNN accuracy, learning rate and, per head, the temperatures (mean with the
     min-max range shaded), the share at the bounds, the spread of the temperatures over pairs and their
-    correlation with similarity, and the mean positive and negative similarities, over epochs."""
+    correlation with similarity, and the mean similarities, over epochs. ``pairs`` names the method's
+    positive and negative pairs (Barlow Twins: diagonal and off-diagonal channel pairs; None: no
+    negatives, as SimSiam). With more than :data:`MAX_PLOTTED_HEADS` heads, the first ones are drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     def series(key: str) -> tuple[list[float], list[float]]:
         points = [(e["epoch"], e[key]) for e in epochs if key in e]
         return [p[0] for p in points], [p[1] for p in points]
 
-    heads = sorted({k.split("/")[0] for e in epochs for k in e if k.startswith("head")},
-                   key=lambda h: int(h[4:]))
-    panels = [("loss", ["loss"]), ("kNN accuracy", ["knn_acc"]), ("learning rate", ["lr"])]
+    def marker(points: int) -> str | None:
+        return "o" if points <= 3 else "." if points < 30 else None  # a line of one epoch is a dot
+
+    all_heads = sorted({k.split("/")[0] for e in epochs for k in e if k.startswith("head")},
+                       key=lambda h: int(h[4:]))
+    heads = all_heads[:MAX_PLOTTED_HEADS]
+    positive, negative = pairs
+    panels: list[tuple[str, Any]] = [("loss", ["loss"]), ("kNN accuracy", ["knn_acc"]), ("learning rate", ["lr"])]
     if heads:
-        panels += [("positive-pair temperature", "pos"), ("negative-pair temperature", "neg"),
-                   ("share of temperatures at a bound", "bound"),
+        panels.append((f"temperature of {positive}", "pos"))
+        if negative:
+            panels.append((f"temperature of {negative}", "neg"))
+        panels += [("share of temperatures at a bound", "bound"),
                    ("temperature spread over pairs (std / mean)", "tau_spread"),
                    ("correlation of temperature with similarity", "tau_sim_corr"),
-                   ("similarity (positive solid, negative dashed)", "sim")]
+                   (f"similarity ({positive} solid, {negative} dashed)" if negative else
+                    f"similarity of {positive}", "sim")]
     fig = Figure(figsize=(4.2 * min(3, len(panels)), 3.2 * ((len(panels) + 2) // 3)), layout="constrained")
     axes = fig.subplots((len(panels) + 2) // 3, min(3, len(panels)), squeeze=False).flatten()
     for ax, (name, what) in zip(axes, panels):
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if isinstance(what, list):
             for key in what:
                 x, y = series(key)
-                ax.plot(x, y, marker="." if len(x) < 30 else None)
+                ax.plot(x, y, marker=marker(len(x)))
             continue
         for head in heads:
             if what in PER_HEAD_LINES:
                 for key, style, label in PER_HEAD_LINES[what]:
                     x, y = series(f"{head}/{key}")
                     if x:
-                        ax.plot(x, y, style, label=f"{head}{label}")
+                        ax.plot(x, y, style, marker=marker(len(x)), label=f"{head}{label}")
                 if what == "bound":
                     ax.set_ylim(-0.02, 1.02)
                 continue
             x, mean = series(f"{head}/tau_{what}_mean")
             if not x:
                 continue
-            line, = ax.plot(x, mean, label=head)
+            line, = ax.plot(x, mean, marker=marker(len(x)), label=head)
             _, low = series(f"{head}/tau_{what}_min")
             _, high = series(f"{head}/tau_{what}_max")
             if len(low) == len(x) == len(high):
                 ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
             ax.set_yscale("log")
-        if ax.lines:
+        if ax.lines and len(ax.lines) <= 2 * MAX_PLOTTED_HEADS:
             ax.legend(fontsize=7)
+    seen = sorted({e["epoch"] for e in epochs})
+    for ax in axes[:len(panels)]:
+        if len(seen) == 1:  # one epoch: its dots in the middle, at a whole-epoch tick
+            ax.set_xlim(seen[0] - 0.5, seen[0] + 0.5)
+            ax.set_xticks(seen)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
+    if len(all_heads) > len(heads):
+        title = f"{title} ({len(heads)} of {len(all_heads)} heads shown)".strip()
     if title:
         fig.suptitle(title, fontsize=10)
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

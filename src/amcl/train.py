@@ -11,6 +11,7 @@ import contextlib
 import logging
 import shutil
 import signal
+import sys
 import time
 import warnings
 from dataclasses import replace
@@ -33,9 +34,11 @@ from amcl.checkpointing import (
 )
 from amcl.config import PretrainConfig
 from amcl.data.datasets import load_configured_dataset
+from amcl.data.folders import machine_memory
 from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError, RunInterrupted, WriteError, warn
 from amcl.files import write_json
+from amcl.knn import default_k
 from amcl.methods import METHOD_CLASSES
 from amcl.monitoring import plot_curves, write_csv
 from amcl.runs import (
@@ -52,6 +55,11 @@ from amcl.runs import (
 )
 from amcl.specs import METHOD_SPECS
 
+#: Images per batch of the kNN monitor (the data module's evaluation batch).
+EVAL_BATCH = 1024
+#: A head whose mean positive and mean negative similarity both exceed this has collapsed.
+COLLAPSE_SIMILARITY = 0.9
+
 
 class MetricsRecorder(Callback):
     """Collects the epoch-level logged values into ``metrics.json`` after every epoch.
@@ -67,6 +75,7 @@ class MetricsRecorder(Callback):
         self.epoch_seconds: list[float] = []
         self._warned: set[str] = set()
         self._clock = time.perf_counter()
+        self.knn_k: int | None = None  # the kNN monitor's k (chosen from the bank when not given)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._clock = time.perf_counter()
@@ -83,6 +92,8 @@ class MetricsRecorder(Callback):
         self.epochs.append(record)
         self.epoch_seconds.append(round(time.perf_counter() - self._clock, 3))
         self._warn_about_bounds(record, pl_module.config)
+        self._warn_about_collapse(record)
+        self.knn_k = pl_module.knn_k
         if trainer.is_global_zero:
             write_json(self.path, self.summary())
             write_csv(self.path.with_suffix(".csv"), self.epochs)
@@ -92,26 +103,45 @@ class MetricsRecorder(Callback):
     def _warn_about_bounds(self, record: dict[str, float], config: PretrainConfig) -> None:
         """Warn (once per head and bound) when most of a head's temperatures sit on tau_min or tau_max.
 
-        SimSiam's and Barlow Twins' temperatures rest on a bound by construction (Eq. 2.2 / 2.3 have no
-        interior optimum): there only a floor below 1, which scales their loss up by 1/tau, is a warning
-        sign; a floor or ceiling at or above 1 keeps the method's own loss scale."""
+        Not for SimSiam and Barlow Twins: their temperatures rest on a bound by construction (Eq. 2.2 / 2.3
+        have no interior optimum), whatever the bounds; their collapse shows in the similarities
+        (:meth:`_warn_about_collapse`) or as a non-finite loss."""
+        if METHOD_SPECS[config.method].bound_is_expected:
+            return
         for key, share in record.items():
             if not key.endswith(("/share_at_tau_min", "/share_at_tau_max")) or share <= 0.5 or key in self._warned:
                 continue
             self._warned.add(key)
             head, bound = key.split("/")[0], key.rsplit("_", 1)[-1]
             value = config.tau_min if bound == "min" else config.tau_max
-            if METHOD_SPECS[config.method].bound_is_expected and not (bound == "min" and value < 1.0):
-                continue
             warn(f"{share:.0%} of {head}'s temperatures sit at tau_{bound} = {value:g} in epoch {record['epoch']}: "
                  "AMCL may be collapsing (see 'Reading the curves' in the README); watch curves.png, or try "
                  f"another --tau-{bound}, --beta or --lr")
 
+    def _warn_about_collapse(self, record: dict[str, float]) -> None:
+        """Warn (once per head) when a head's mean positive and negative similarities both pass
+        :data:`COLLAPSE_SIMILARITY`: every image then maps to nearly one point, whatever the loss says."""
+        collapsing = []
+        for key, positive in record.items():
+            head = key.split("/")[0]
+            negative = record.get(f"{head}/sim_neg_mean")
+            if not key.endswith("/sim_pos_mean") or negative is None or f"{head}/collapse" in self._warned:
+                continue
+            if min(positive, negative) > COLLAPSE_SIMILARITY:
+                self._warned.add(f"{head}/collapse")
+                collapsing.append(f"{head} {positive:.3f} and {negative:.3f}")
+        if collapsing:  # one line for all heads of the epoch
+            warn(f"projections are collapsing in epoch {record['epoch']}: mean similarity of positive and negative "
+                 f"pairs {'; '.join(collapsing)}, so all images map close to one point (see 'Reading the curves' "
+                 "in the README and the similarity panel of curves.png); try a larger --tau-min or --beta, "
+                 "--temperature-input detached, or a smaller --lr")
+
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "epoch_seconds": self.epoch_seconds}
+        return {"epochs": self.epochs, "epoch_seconds": self.epoch_seconds, "knn_k": self.knn_k}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epochs, self.epoch_seconds = list(state["epochs"]), list(state["epoch_seconds"])
+        self.knn_k = state.get("knn_k")  # checkpoints of versions before the recorded k have none
 
     def summary(self) -> dict[str, Any]:
         knn = [e["knn_acc"] for e in self.epochs if "knn_acc" in e]
@@ -120,7 +150,40 @@ class MetricsRecorder(Callback):
             "final_loss": self.epochs[-1].get("loss") if self.epochs else None,
             "final_knn_acc": knn[-1] if knn else None,
             "best_knn_acc": max(knn) if knn else None,
+            "knn_k": self.knn_k if knn else None,
         }
+
+
+class EpochLog(Callback):
+    """One line per epoch on standard output, where a progress bar would fill a log with redraws:
+    ``epoch 3/40: loss 4.1234, kNN 91.2%, lr 0.3, 1.2 s/epoch, 0:45 left``. Placed after the
+    :class:`MetricsRecorder` whose record it prints; written by the global-rank-0 process."""
+
+    def __init__(self, recorder: MetricsRecorder) -> None:
+        self.recorder = recorder
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or not self.recorder.epochs:
+            return
+        record, seconds = self.recorder.epochs[-1], self.recorder.epoch_seconds
+        done, total = int(record["epoch"]) + 1, trainer.max_epochs or 0
+        parts = [f"loss {record.get('loss', float('nan')):.4g}"]
+        if "knn_acc" in record:
+            parts.append(f"kNN {100 * record['knn_acc']:.1f}%")
+        if "lr" in record:
+            parts.append(f"lr {record['lr']:.2g}")
+        recent = seconds[-5:]  # the first epoch pays for start-up
+        left = round(sum(recent) / len(recent) * max(0, total - done))
+        hours, minutes = divmod(left // 60, 60)
+        clock = f"{hours}:{minutes:02d}" if hours else f"{minutes}"
+        parts += [f"{seconds[-1]:.1f} s/epoch", f"{clock}:{left % 60:02d} left"]
+        print(f"epoch {done}/{total}: {', '.join(parts)}", flush=True)
+
+
+def shows_bar(config: PretrainConfig) -> bool:
+    """Whether a run shows Lightning's progress bar (``--progress``, or by default on a terminal) rather than
+    :class:`EpochLog`'s lines."""
+    return config.progress if config.progress is not None else sys.stderr.isatty()
 
 
 class TrainingProgressBar(TQDMProgressBar):
@@ -191,10 +254,17 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
             f"--batch-size {config.batch_size} is larger than the {n_train} training images of "
             f"{config.dataset}; use --batch-size <= {n_train}"
         )
+    _check_batch_memory(config)
+    labelled = int((splits.train_labels >= 0).sum())
+    if config.knn_k is not None and labelled and config.knn_k > labelled:
+        raise AmclError(f"--knn-k {config.knn_k} is larger than the kNN monitor's bank, the {labelled} labelled "
+                        f"training images of {config.dataset}; use --knn-k <= {labelled}, or leave it out to get "
+                        f"{default_k(labelled)}")
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = ContrastiveDataModule(splits, config.batch_size, config.augs, config.image_size, config.color_strength,
-                                 workers=config.workers, seed=config.seed, channels_last=config.channels_last)
+                                 eval_batch_size=EVAL_BATCH, workers=config.workers, seed=config.seed,
+                                 channels_last=config.channels_last)
     monitor = data.can_monitor  # no kNN without labelled train and held-out images (e.g. unlabeled folders)
     recorder = MetricsRecorder(out / "metrics.json")
     stop = StopOnSignal()
@@ -222,9 +292,9 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
         limit_val_batches=None if monitor else 0,
         num_sanity_val_steps=0,
         logger=_tensorboard(out),
-        enable_progress_bar=config.progress,
+        enable_progress_bar=shows_bar(config),
         enable_model_summary=False,
-        callbacks=callbacks + ([TrainingProgressBar()] if config.progress else []),
+        callbacks=callbacks + ([TrainingProgressBar()] if shows_bar(config) else [EpochLog(recorder)]),
         default_root_dir=out,
     )
     ran = config.with_global_batch(trainer.world_size)  # what runs, in config.yaml and the checkpoint
@@ -263,6 +333,7 @@ def _train(config: PretrainConfig, trainer: L.Trainer, model: L.LightningModule,
     if data.can_monitor and recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
         # the run stopped (max_steps, knn_every) without monitoring its final state: do it now
         recorder.epochs[-1]["knn_acc"] = trainer.validate(model, datamodule=data, verbose=False)[0]["knn_acc"]
+        recorder.knn_k = model.knn_k
     summary = recorder.summary()
     summary["complete"] = True  # the run ended normally (amcl compare and --resume skip such runs)
     if config.on_nonfinite == "skip":
@@ -277,7 +348,8 @@ def _train(config: PretrainConfig, trainer: L.Trainer, model: L.LightningModule,
         write_json(out / "run.json", run_record(config, started, recorder.epoch_seconds, resumed=resuming))
         if recorder.epochs:
             mode = f"AMCL, {config.heads} heads" if config.amcl else "baseline"
-            plot_curves(out / "curves.png", recorder.epochs, f"{config.method} {mode} on {config.dataset}")
+            plot_curves(out / "curves.png", recorder.epochs, f"{config.method} {mode} on {config.dataset}",
+                        METHOD_SPECS[config.method].pair_names)
     return {**summary, "time_s": round(sum(recorder.epoch_seconds), 3)}
 
 
@@ -291,6 +363,21 @@ def _interruption(stop: StopOnSignal, trainer: L.Trainer, out: Path) -> RunInter
     number = stop.signal_number if stop.signal_number is not None else signal.SIGTERM
     return RunInterrupted(number, f"at epoch {epochs} step {trainer.global_step} ({kept})",
                           f"`amcl pretrain --resume {out}`", report=trainer.is_global_zero)
+
+
+def _check_batch_memory(config: PretrainConfig) -> None:
+    """On the CPU, refuse an image size whose batches (two float32 views per image, and the kNN monitor's
+    1024 images) would not fit in half of this machine's memory: the allocator would kill the run."""
+    import torch
+
+    if config.accelerator not in ("cpu", "auto") or (config.accelerator == "auto" and torch.cuda.is_available()):
+        return
+    images = max(2 * config.batch_size, EVAL_BATCH)
+    needed, memory = images * 3 * config.image_size ** 2 * 4, machine_memory()
+    if needed > memory // 2:
+        raise AmclError(f"--image-size {config.image_size}: a batch of {images} images at {config.image_size} px "
+                        f"takes {needed / 1e9:.1f} GB as float32, more than half of this machine's "
+                        f"{memory / 1e9:.1f} GB of memory; use a smaller --image-size (or --batch-size)")
 
 
 def _finished_run(config: PretrainConfig, out: Path) -> dict[str, Any] | None:

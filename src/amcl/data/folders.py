@@ -68,13 +68,22 @@ def _visible(entries: Iterator[os.DirEntry]) -> list[os.DirEntry]:
 
 
 def _files_under(folder: Path) -> list[str]:
-    """Every non-hidden file below ``folder`` (recursively, sorted); hidden files and folders skipped."""
+    """Every non-hidden file below ``folder`` (recursively, sorted); hidden files and folders skipped.
+    A folder reached again through a symbolic link (a loop, or a second link to it) is read once."""
     out: list[str] = []
     stack = [folder]
+    seen: set[tuple[int, int]] = set()
     while stack:
         current = stack.pop()
-        with os.scandir(current) as it:
-            entries = _visible(it)
+        try:
+            info = current.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(current) as it:
+                entries = _visible(it)
+        except OSError as err:  # e.g. a link to a missing folder, or no permission
+            raise DatasetError(f"cannot read the image folder {current} ({_brief(err)}); fix or remove it") from None
         out += [e.path for e in entries if e.is_file()]
         stack += [Path(e.path) for e in reversed(entries) if e.is_dir()]
     return sorted(out)
@@ -227,7 +236,7 @@ class FolderSplits:
         return self.test.labels
 
 
-def _memory_bytes() -> int:
+def machine_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -294,7 +303,12 @@ def read_image_folder(
     name = Path(root).name or str(root)
     decoded_bytes = (len(train) + len(test)) * 3 * image_size * image_size
     if cache == "auto":
-        cache = "always" if decoded_bytes <= min(CACHE_LIMIT_BYTES, _memory_bytes() // 4) else "never"
+        cache = "always" if decoded_bytes <= min(CACHE_LIMIT_BYTES, machine_memory() // 4) else "never"
+    elif cache == "always" and decoded_bytes > machine_memory() // 2:
+        raise DatasetError(f"--cache-images always: the {len(train) + len(test)} images of {root} at {image_size} px "
+                           f"take {decoded_bytes / 1e9:.1f} GB decoded, more than half of this machine's "
+                           f"{machine_memory() / 1e9:.1f} GB; use --cache-images never (decode every epoch) or a "
+                           "smaller --image-size")
     where = Path(root)
     if cache == "never":
         return FolderSplits(

@@ -169,6 +169,10 @@ def decode_failure(path: str, size: int) -> str:
     return "it decoded on a second try (flaky storage?)"
 
 
+#: How many unreadable files ``--strict-data`` names (with their reasons) before counting the rest.
+STRICT_LISTED = 3
+
+
 def report_unreadable(paths: Sequence[str], total: int, where: str, size: int, strict: bool, layout: str = "") -> None:
     """Warn about (or with ``strict`` refuse) the unreadable image files ``paths`` out of ``total``;
     ``layout`` (the expected folder layout) ends the message when none is readable."""
@@ -179,8 +183,10 @@ def report_unreadable(paths: Sequence[str], total: int, where: str, size: int, s
         raise DatasetError(f"none of the {total} files under {where} is a readable image (e.g. {example})"
                            + (f"; {layout}" if layout else ""))
     if strict:
+        first = "; ".join(f"{p}: {decode_failure(p, size)}" for p in paths[:STRICT_LISTED])
+        more = f"; and {len(paths) - STRICT_LISTED} more" if len(paths) > STRICT_LISTED else ""
         raise DatasetError(
-            f"{len(paths)} of {total} files under {where} are not readable images (first: {example}); "
+            f"{len(paths)} of {total} files under {where} are not readable images ({first}{more}); "
             "remove or replace them, or drop --strict-data to skip them"
         )
     warn(

@@ -76,7 +76,8 @@ def save_preview(grid: Tensor, policies: Sequence[str], path: str | os.PathLike[
         ax.text((1 + 2 * p) * step + size + gap / 2, -gap, policy_title(policy), ha="center", va="bottom", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9, y=0.995)
-    dpi = max(64, min(size, 160)) / cell_inches
+    # at least 100 dots per inch, so that the 8 pt column titles are 11 px tall however small the images
+    dpi = max(110, min(size, 160)) / cell_inches
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

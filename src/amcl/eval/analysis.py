@@ -34,7 +34,7 @@ from torch import Tensor
 
 from amcl.data.augment import TwoViews
 from amcl.data.module import ContrastiveDataModule
-from amcl.errors import AmclError
+from amcl.errors import AmclError, warn
 from amcl.eval.checkpoint import load_pretrained, resolve_device
 from amcl.eval.features import evaluation_config, evaluation_data
 from amcl.eval.figures import overlap_figure, save_figure, similarity_histograms, temperature_figure
@@ -199,10 +199,11 @@ def analyze_checkpoint(
     used = min(pairs, len(images))
     if used < 2:
         raise AmclError(f"analyze needs held-out images: fewer than 2 of the drawn {name} held-out images are readable")
-    if used < pairs:
+    if used < pairs:  # in the result and on the console
         notes.append(f"the held-out split of {name} has {held_out} images"
                      + (f" ({len(images)} readable of those drawn)" if len(images) < min(held_out, pairs) else "")
                      + f": {used} positive and {used} negative pairs instead of {pairs}")
+        warn(notes[-1])
     partner = derangement(used, generator).to(target)
     features = embed_views(model, images, data.two_views, seed, data.eval_batch_size)
 

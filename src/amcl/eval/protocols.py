@@ -19,7 +19,7 @@ from amcl.eval.features import evaluation_config, evaluation_data, extract_featu
 from amcl.eval.linear import linear_probe, linear_probe_augmented
 from amcl.eval.options import PROTOCOLS, EvalOptions
 from amcl.files import write_json
-from amcl.knn import knn_predict, topk_accuracies
+from amcl.knn import default_k, knn_predict, topk_accuracies
 
 __all__ = ["PROTOCOLS", "evaluate_checkpoint"]
 
@@ -79,7 +79,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], protocol: str = "knn
     num_classes = used.num_classes
     result: dict[str, Any] = {"protocol": protocol}
     if protocol == "knn":
-        k = config.knn_k if opts.knn_k is None else opts.knn_k
+        labelled = int((train_labels >= 0).sum())
+        k = opts.knn_k or config.knn_k or default_k(labelled)
+        if k > labelled:
+            raise AmclError(f"--knn-k {k} is larger than the bank, the {labelled} labelled training images of "
+                            f"{used.name}; use --knn-k <= {labelled}")
         t = config.knn_t if opts.knn_t is None else opts.knn_t
         scores = knn_predict(test_features.to(device), train_features.to(device), train_labels.to(device),
                              num_classes, k, t)

@@ -19,7 +19,7 @@ from torch import Tensor
 from amcl.checkpointing import NonFiniteError, NonFiniteRecord  # noqa: F401 (NonFiniteError re-exported)
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_rows, sum_across
-from amcl.knn import knn_predict
+from amcl.knn import default_k, knn_predict
 from amcl.losses import ContrastiveTerms
 from amcl.monitoring import EpochStatistics, masked_mean_min_max, temperature_statistics
 from amcl.nn import MultiHeadProjector, TemperatureNet, build_backbone
@@ -55,6 +55,7 @@ class PretrainMethod(L.LightningModule):
         self.backbone = build_backbone(config.backbone, image_size=config.image_size)
         self._bank: tuple[Tensor, Tensor] | None = None
         self._knn_correct = self._knn_total = None
+        self.knn_k = config.knn_k  # the monitor's k (default_k of the bank when not given)
         # AMCL's ablations (config.temperature_mode): which pairs get learned temperatures; the
         # others use the constant config.temperature. A baseline learns none.
         mode = config.temperature_mode if config.amcl else "constant"
@@ -190,13 +191,14 @@ class PretrainMethod(L.LightningModule):
             bank = torch.zeros(0, self.backbone.out_dim, device=self.device)
             bank_labels = torch.zeros(0, dtype=torch.long, device=self.device)
         self._bank = (gather_rows(bank.float()), gather_rows(bank_labels))
+        if self.config.knn_k is None:  # one host synchronisation per monitoring pass
+            self.knn_k = default_k(int((self._bank[1] >= 0).sum()))
         self._knn_correct = torch.zeros((), device=self.device)
         self._knn_total = torch.zeros((), device=self.device)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
-        scores = knn_predict(self.backbone(images), *self._bank, self.num_classes, self.config.knn_k,
-                             self.config.knn_t)
+        scores = knn_predict(self.backbone(images), *self._bank, self.num_classes, self.knn_k, self.config.knn_t)
         self._knn_correct += (scores.argmax(1) == labels).sum()
         self._knn_total += labels.numel()
 

@@ -3,7 +3,11 @@ against the method's plain loss on the same tensors.
 
     .venv/bin/python benchmarks/loss_speed.py [--methods simclr simclr_softmax moco moco_softmax simsiam barlow_twins]
         [--batch-sizes B ...] [--heads 3] [--dim 128] [--siamese-dim 2048] [--queue-size 4096]
-        [--topk 1] [--repeats 10] [--threads N]
+        [--topk 1] [--repeats 10] [--threads N] [--device cpu|cuda] [--quick]
+
+--device cuda builds every tensor on the GPU (``torch.set_default_device``) and measures the peak of
+CUDA memory each step allocates instead of the process's RSS; --quick is a smoke test (simclr,
+simclr_softmax and moco at B = 64, 2 repeats).
 
 The pairs timed, on random features of C heads:
 
@@ -58,7 +62,7 @@ from amcl.losses import (
     simsiam_loss,
 )
 from amcl.nn import TemperatureNet
-from timing import device_name, medians_in_turns, memory_child_output, peak_rss_mib
+from timing import cuda_peak_mib, device_name, medians_in_turns, memory_child_output, peak_rss_mib
 
 TARGET_RATIO = 3.0
 Step = Callable[[], None]
@@ -220,6 +224,19 @@ def memory_child(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def cuda_memory(args: argparse.Namespace) -> dict:
+    """Peak CUDA memory each step allocates beyond what was allocated before it, in MiB."""
+    result: dict[str, dict[str, tuple[float, float]]] = {}
+    for name in args.methods:
+        result[name] = {}
+        for b in batch_sizes(name, args):
+            baseline, amcl = METHODS[name].steps(b, args)
+            baseline(), amcl()  # warm-up
+            result[name][str(b)] = (cuda_peak_mib(baseline, args.torch_device)[0],
+                                    cuda_peak_mib(amcl, args.torch_device)[0])
+    return result
+
+
 def measure_memory() -> dict:
     # In a child process with a fixed mmap threshold: glibc then returns every large tensor to the OS
     # when it is freed, so the RSS high-water mark is each step's own peak.
@@ -235,7 +252,7 @@ def table(name: str, args: argparse.Namespace, memory: dict) -> None:
     ratios = []
     for b in batch_sizes(name, args):
         baseline, amcl = method.steps(b, args)
-        t_base, t_amcl = (t * 1000 for t in medians_in_turns((baseline, amcl), args.repeats))
+        t_base, t_amcl = (t * 1000 for t in medians_in_turns((baseline, amcl), args.repeats, args.torch_device))
         m_base, m_amcl = memory[name][str(b)]
         with LargestTensor() as largest:
             amcl()
@@ -258,14 +275,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="smoke test: simclr, simclr_softmax, moco at B = 64")
     args = parser.parse_args()
+    if args.quick:
+        args.methods = [m for m in args.methods if m in ("simclr", "simclr_softmax", "moco")] or ["simclr"]
+        args.batch_sizes, args.repeats, args.queue_size = args.batch_sizes or [64], min(args.repeats, 2), 1024
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+    args.torch_device = torch.device(args.device)
+    if args.device == "cuda":
+        torch.set_default_device(args.torch_device)  # every tensor and temperature net of the steps
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.memory_child:
         return memory_child(args)
-    print(f"# {device_name(torch.device('cpu'))}, {args.threads} threads, torch {torch.__version__}; "
+    print(f"# {device_name(args.torch_device)}, {args.threads} threads, torch {torch.__version__}; "
           f"median of {args.repeats} forward + backward steps after a warm-up", flush=True)
-    memory = measure_memory()
+    memory = measure_memory() if args.device == "cpu" else cuda_memory(args)
     for name in args.methods:
         table(name, args, memory)
 

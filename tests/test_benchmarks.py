@@ -94,3 +94,27 @@ def test_timers_run_each_step_as_often_as_asked():
     assert median_seconds(step("a"), device, warmup=2, repeats=3) >= 0 and calls["a"] == 9
     assert len(medians_in_turns((step("a"), step("b")), repeats=5, device=device)) == 2
     assert calls == {"a": 15, "b": 6}
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_every_step_on_the_cpu_with_quick(tmp_path):
+    """`bash benchmarks/gpu.sh --quick`: the device line, then each benchmark's table, and the JSON figures
+    (the epoch benchmark's through amcl pretrain's own training path)."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh"), "--quick"], capture_output=True, text=True,
+                          env=env, timeout=900)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+    for section in ("## device", "## train_speed.py", "## input_pipeline.py", "## loss_speed.py", "## epoch_speed.py"):
+        assert section in done.stdout, section
+    assert "no CUDA device: CPU only" in done.stdout or "GPU 0:" in done.stdout
+    rows = json.loads((tmp_path / "epoch_speed.json").read_text())["rows"]
+    assert [(r["mode"], r["compile"]) for r in rows] == [("baseline", False), ("amcl", False)]
+    assert all(r["images_per_s"] > 0 and r["epoch_s"] > 0 for r in rows) and rows[1]["ratio"] > 0
+    assert {"train_speed.json", "input_pipeline.json"} <= {p.name for p in tmp_path.iterdir()}
+    wrong = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh"), "--fast"], capture_output=True, text=True,
+                           env=env, timeout=60)
+    assert wrong.returncode == 2 and "usage: bash benchmarks/gpu.sh [--quick]" in wrong.stderr

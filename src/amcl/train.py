@@ -36,6 +36,7 @@ from amcl.config import PretrainConfig
 from amcl.data.datasets import load_configured_dataset
 from amcl.data.folders import machine_memory
 from amcl.data.module import ContrastiveDataModule
+from amcl.data.splits import ImageSplits
 from amcl.errors import AmclError, RunInterrupted, WriteError, warn
 from amcl.files import write_json
 from amcl.knn import default_k
@@ -228,8 +229,9 @@ def cluster_plugins() -> list[Any]:
 SKIPPED_SHARE_WARNING = 0.05
 
 
-def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSplits | None = None) -> dict[str, Any]:
     """One run of a resolved config; returns the metrics summary (plus ``time_s``, the wall-clock time).
+    ``splits`` trains on images already in memory instead of ``config.dataset`` (e.g. benchmarks/epoch_speed.py).
 
     With ``resume``, a run already in ``config.out`` continues from its ``last.ckpt`` (model,
     optimiser, schedule, MoCo queue, random states, recorded epochs), a finished one is returned as
@@ -247,7 +249,7 @@ def pretrain_once(config: PretrainConfig, resume: bool = False) -> dict[str, Any
         if finished is not None:
             return finished
     resuming = resume and checkpoint.is_file()
-    splits = load_configured_dataset(config)
+    splits = load_configured_dataset(config) if splits is None else splits
     n_train = len(splits.train_labels)
     if config.batch_size > n_train:
         raise AmclError(

@@ -94,7 +94,7 @@ class MetricsRecorder(Callback):
         self.epoch_seconds.append(round(time.perf_counter() - self._clock, 3))
         self._warn_about_bounds(record, pl_module.config)
         self._warn_about_collapse(record)
-        self.knn_k = pl_module.knn_k
+        self.knn_k = pl_module.knn_k or self.knn_k  # set by the monitor, which may not run every epoch
         if trainer.is_global_zero:
             write_json(self.path, self.summary())
             write_csv(self.path.with_suffix(".csv"), self.epochs)
@@ -157,7 +157,7 @@ class MetricsRecorder(Callback):
 
 class EpochLog(Callback):
     """One line per epoch on standard output, where a progress bar would fill a log with redraws:
-    ``epoch 3/40: loss 4.1234, kNN 91.2%, lr 0.3, 1.2 s/epoch, 0:45 left``. Placed after the
+    ``epoch 3/40: loss 4.123, kNN 91.2%, lr 0.3, 1.2 s/epoch, 0:45 left``. Placed after the
     :class:`MetricsRecorder` whose record it prints; written by the global-rank-0 process."""
 
     def __init__(self, recorder: MetricsRecorder) -> None:

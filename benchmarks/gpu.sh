@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One script for a GPU machine (under 8 minutes on an H200): the device, then train_speed.py,
+# One script for a GPU machine (meant to fit in 8 minutes on an H200; not yet run on one): the device, then train_speed.py,
 # input_pipeline.py and loss_speed.py on CUDA, and whole epochs of SimCLR-ResNet-18 on 50,000
 # synthetic 32 px images at batch 512 (bf16, channels-last, with and without --compile), baseline
 # and AMCL (epoch_speed.py). Each benchmark prints its own markdown tables; the JSON figures go to
 # $OUT (default: benchmarks/gpu-results, not committed).
 #
 #   bash benchmarks/gpu.sh            # on the GPU machine
-#   bash benchmarks/gpu.sh --quick    # the same steps on the CPU at toy sizes (a few minutes), to check
+#   bash benchmarks/gpu.sh --quick    # the same steps on the CPU at toy sizes (about a minute), to check
 #                                     # the script before spending GPU time
 set -euo pipefail
 cd "$(dirname "$0")/.."

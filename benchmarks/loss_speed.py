@@ -213,28 +213,25 @@ def batch_sizes(name: str, args: argparse.Namespace) -> tuple[int, ...]:
     return tuple(args.batch_sizes) if args.batch_sizes else METHODS[name].batch_sizes
 
 
-def memory_child(args: argparse.Namespace) -> None:
-    result: dict[str, dict[int, tuple[float, float]]] = {}
-    for name in args.methods:
-        result[name] = {}
-        for b in batch_sizes(name, args):
-            baseline, amcl = METHODS[name].steps(b, args)
-            baseline(), amcl()  # warm-up
-            result[name][b] = (peak_rss_mib(baseline)[0], peak_rss_mib(amcl)[0])
-    print(json.dumps(result))
-
-
-def cuda_memory(args: argparse.Namespace) -> dict:
-    """Peak CUDA memory each step allocates beyond what was allocated before it, in MiB."""
+def step_peaks(args: argparse.Namespace, peak: Callable[[Step], float]) -> dict[str, dict[str, tuple[float, float]]]:
+    """``peak(step)`` in MiB of each method's baseline and AMCL step, per batch size (keys as JSON has them)."""
     result: dict[str, dict[str, tuple[float, float]]] = {}
     for name in args.methods:
         result[name] = {}
         for b in batch_sizes(name, args):
             baseline, amcl = METHODS[name].steps(b, args)
             baseline(), amcl()  # warm-up
-            result[name][str(b)] = (cuda_peak_mib(baseline, args.torch_device)[0],
-                                    cuda_peak_mib(amcl, args.torch_device)[0])
+            result[name][str(b)] = (peak(baseline), peak(amcl))
     return result
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    print(json.dumps(step_peaks(args, lambda step: peak_rss_mib(step)[0])))
+
+
+def cuda_memory(args: argparse.Namespace) -> dict:
+    """Peak CUDA memory each step allocates beyond what was allocated before it, in MiB."""
+    return step_peaks(args, lambda step: cuda_peak_mib(step, args.torch_device)[0])
 
 
 def measure_memory() -> dict:

@@ -163,12 +163,13 @@ def test_preview_command_writes_a_png(tmp_path: Path, capsys) -> None:
         (["--augs", " , "], ["give at least one policy"]),
         (["--num-images", "0"], ["--num-images must be at least 1"]),
         (["--dataset", "folder"], ["needs --data-root"]),
+        (["--num-images", "2", "--out", "{tmp}/grid.txt"], [".txt is not an image format", "use --out with .png"]),
     ],
 )
 def test_preview_mistakes_exit_2_with_one_line(tmp_path: Path, capsys, args: list[str], fragments) -> None:
     out = tmp_path / "p.png"
     with pytest.raises(SystemExit) as info:
-        raise SystemExit(main(["preview", "--out", str(out), *args]))
+        raise SystemExit(main(["preview", "--out", str(out), *[a.format(tmp=tmp_path) for a in args]]))
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("amcl"), err

@@ -79,12 +79,17 @@ def save_preview(grid: Tensor, policies: Sequence[str], path: str | os.PathLike[
     # at least 100 dots per inch, so that the 8 pt column titles are 11 px tall however small the images
     dpi = max(110, min(size, 160)) / cell_inches
     target = Path(path)
+    kind = target.suffix.lstrip(".").lower() or "png"
+    if kind not in fig.canvas.get_supported_filetypes():  # e.g. --out grid.txt: one line, not matplotlib's error
+        plt.close(fig)
+        raise AmclError(f"cannot write {path}: .{kind} is not an image format; use --out with .png, .pdf, .svg "
+                        "or .jpg")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         plt.close(fig)
         raise AmclError(f"cannot write {path}: {err.strerror}; choose a writable --out") from None
     try:
-        write_atomic(target, lambda tmp: fig.savefig(tmp, format=target.suffix.lstrip(".") or "png", dpi=dpi))
+        write_atomic(target, lambda tmp: fig.savefig(tmp, format=kind, dpi=dpi))
     finally:
         plt.close(fig)

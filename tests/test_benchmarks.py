@@ -1,7 +1,12 @@
-"""The training-step benchmark drives the method's own step: its optimiser steps, non-finite skips,
-gradient clipping and schedule are the ones training has (behaviour only, no timings)."""
+"""The benchmarks run and measure what they say: the training-step benchmark drives the method's own step
+(its optimiser steps, non-finite skips, gradient clipping and schedule are the ones training has), the GPU
+script runs every step on the CPU with --quick, and the scaling benchmark runs every sweep (behaviour
+only, no timings)."""
 
 import json
+import os
+import re
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -100,9 +105,6 @@ def test_timers_run_each_step_as_often_as_asked():
 def test_the_gpu_script_runs_every_step_on_the_cpu_with_quick(tmp_path):
     """`bash benchmarks/gpu.sh --quick`: the device line, then each benchmark's table, and the JSON figures
     (the epoch benchmark's through amcl pretrain's own training path)."""
-    import os
-    import subprocess
-
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"}
     done = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh"), "--quick"], capture_output=True, text=True,
@@ -118,3 +120,30 @@ def test_the_gpu_script_runs_every_step_on_the_cpu_with_quick(tmp_path):
     wrong = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh"), "--fast"], capture_output=True, text=True,
                            env=env, timeout=60)
     assert wrong.returncode == 2 and "usage: bash benchmarks/gpu.sh [--quick]" in wrong.stderr
+
+
+def test_growth_exponents_read_linear_and_quadratic_costs():
+    import scaling
+
+    sizes = [1, 2, 4, 8, 16]
+    assert abs(scaling.growth_exponent(sizes, [3.0 * s for s in sizes]) - 1) < 1e-12
+    assert abs(scaling.growth_exponent(sizes, [0.5 * s * s for s in sizes]) - 2) < 1e-12
+    # size 1 is left out of the fit: a fixed cost there does not bend the slope
+    assert abs(scaling.growth_exponent(sizes, [100.0, *[s * 1.0 for s in sizes[1:]]]) - 1) < 1e-12
+
+
+@pytest.mark.slow
+def test_the_scaling_benchmark_runs_every_sweep_and_the_real_two_process_run():
+    """`scaling.py --quick`: the simulated world sizes (local anchors and the global loss), the queue sweep,
+    their growth exponents, the memory verdict and a real 2-process gloo run."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "scaling.py"), "--quick", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for heading in ("### local:", "### global:", "### queue:", "### real: 2 gloo processes"):
+        assert heading in out, out
+    assert out.count("Growth exponent in") == 3 and "local / global per-process peak memory" in out
+    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| (\d+) \|$", out, flags=re.M)
+    assert [int(size) for size, _, _ in rows] == [1, 2, 1, 2, 256, 1024]
+    assert all(float(ms) > 0 for _, ms, _ in rows)

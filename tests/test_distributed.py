@@ -1,5 +1,6 @@
 """Multi-process training on CPU (gloo, 2 real processes): the losses and gradients equal those of one
-process on the same global batch, and a Lightning DDP run monitors exactly what one process would."""
+process on the same global batch (SimCLR's processes each compute only their own anchors' rows of the
+global loss), and a Lightning DDP run monitors exactly what one process would."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from amcl.config import PretrainConfig
-from amcl.distributed import gather_rows, gather_with_grad
+from amcl.distributed import gather_rows, gather_views, gather_with_grad, sum_with_grad
+from amcl.losses import amcl_nt_xent_terms, amcl_softmax_nt_xent_terms, nt_xent_loss, process_anchors
 from amcl.methods import METHOD_CLASSES
+from amcl.nn import TemperatureNet
 from builders import tiny_argv
 
 pytestmark = pytest.mark.slow  # every test runs two processes
@@ -29,6 +32,12 @@ CASES = {
     "simclr": dict(method="simclr"),
     "simclr-amcl": dict(method="simclr", amcl=True, heads=2, topk=2, amcl_form="hardest"),
     "simclr-amcl-softmax": dict(method="simclr", amcl=True, heads=2),
+    "simclr-amcl-infonce": dict(method="simclr", amcl=True, heads=2, topk=1, amcl_form="infonce"),
+    "simclr-amcl-negative-only": dict(method="simclr", amcl=True, heads=2, topk=3, amcl_form="hardest",
+                                      temperature_mode="negative"),
+    # proj_dim 8 > temperature_hidden 4 + 1: phi's last layer folded into the factors (r W^T W, r)
+    "simclr-amcl-folded-phi": dict(method="simclr", amcl=True, heads=2, topk=2, amcl_form="hardest",
+                                   temperature_hidden=4),
     "moco": dict(method="moco"),
     "moco-amcl": dict(method="moco", amcl=True, heads=2),
     "barlow_twins": dict(method="barlow_twins", proj_layers=3),
@@ -74,16 +83,71 @@ def _step(case: str, world: int, rank: int, state: dict) -> dict:
     return out
 
 
+PURE_LOSSES = ("nt_xent", "nt_xent_decoupled", "hardest", "infonce", "softmax")
+
+
+def _pure_losses(z: torch.Tensor, phi: TemperatureNet, anchors: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The SimCLR losses of the library, called as a user's own loop would: ``z`` is [C, 2B, d] as
+    [view 1; view 2] of this process, gathered into the global batch, with this process's anchors."""
+    batch = z.shape[1] // 2
+    z1, z2 = gather_views(z, batch).chunk(2, dim=1)
+    factors = phi.pair_factors(z)
+    taus = factors._replace(right=gather_views(factors.right, batch))
+    hardest = amcl_nt_xent_terms(z1, z2, taus, beta=0.1, topk=3, anchors=anchors)
+    rows = 2 * batch  # each process computes its own anchors' rows [C, 2B, 2BW], not the global matrix
+    assert hardest.positive_temperatures.shape == (z.shape[0], rows) and hardest.negative_similarities.shape[1] == rows
+    return {"nt_xent": nt_xent_loss(z1, z2, 0.3, anchors=anchors),
+            "nt_xent_decoupled": nt_xent_loss(z1, z2, 0.3, decoupled=True, anchors=anchors),
+            "hardest": hardest.loss(),
+            "infonce": amcl_nt_xent_terms(z1, z2, taus, beta=0.1, include_positive=True, anchors=anchors).loss(),
+            "softmax": amcl_softmax_nt_xent_terms(z1, z2, taus, beta=0.1, anchors=anchors).loss()}
+
+
+def _pure_step(world: int, rank: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Per loss: this process's loss (averaged over processes, as logged) and the gradient of its own
+    features, divided by W (the gather's backward sums the W processes' gradients, which DDP then
+    averages), and phi's gradient averaged as DDP would. Must equal the single-process values."""
+    torch.manual_seed(3)
+    phi = TemperatureNet(8, hidden=8, tau_min=0.05, tau_max=1.5).double()
+    features = torch.randn(2, 2 * WORLD * LOCAL_BATCH, 8, dtype=torch.float64)  # [C, 2N, d], [view 1; view 2]
+    n, local = WORLD * LOCAL_BATCH, LOCAL_BATCH * (WORLD // world)
+    rows = process_anchors(local, rank, world) if world > 1 else torch.arange(2 * n)
+    results = {}
+    for name in PURE_LOSSES:
+        z = features[:, rows].clone().requires_grad_(True)
+        phi.zero_grad()
+        loss = _pure_losses(z, phi, process_anchors(local, rank, world) if world > 1 else None)[name]
+        loss.backward()
+        grads = {"z": z.grad / world, **{n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                                         for n, p in phi.named_parameters()}}  # NT-Xent leaves phi unused
+        loss = loss.detach().clone()
+        if world > 1:
+            for key, grad in grads.items():
+                if key != "z":
+                    dist.all_reduce(grad)
+                    grad /= world
+            dist.all_reduce(loss)
+            loss /= world
+            grads["z"] = gather_views(grads["z"], local)  # every process's rows, in the order of ``features``
+        results[name] = {"loss": loss, **grads}
+    return results
+
+
 def _worker(rank: int, init_file: str, result_file: str, states: dict) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         results = {case: _step(case, WORLD, rank, states[case]) for case in CASES}
+        results["pure"] = _pure_step(WORLD, rank)
         x = torch.arange(3.0 * (rank + 1)).reshape(rank + 1, 3)  # uneven rows
         results["rows"] = gather_rows(x)
         y = torch.full((2, 3), float(rank + 1), requires_grad=True)
         (gather_with_grad(y, 0) * torch.arange(1.0, 5.0)[:, None]).sum().backward()
         results["gather_grad"] = y.grad
+        x = torch.full((2,), float(rank + 1), requires_grad=True)
+        total = sum_with_grad(x)
+        (total * (rank + 1) * torch.tensor([1.0, 10.0])).sum().backward()
+        results["sum"], results["sum_grad"] = total.detach(), x.grad
         if rank == 0:
             torch.save(results, result_file)
         dist.barrier()
@@ -98,6 +162,7 @@ def two_process_results(tmp_path_factory):
     states = {case: METHOD_CLASSES[CASES[case]["method"]](_config(case, 1), 10).state_dict() for case in CASES}
     mp.spawn(_worker, args=(str(tmp / "init"), str(tmp / "results.pt"), states), nprocs=WORLD, join=True)
     single = {case: _step(case, 1, 0, states[case]) for case in CASES}
+    single["pure"] = _pure_step(1, 0)
     return torch.load(tmp / "results.pt", weights_only=False), single
 
 
@@ -116,11 +181,26 @@ def test_two_processes_match_one_process_on_the_global_batch(two_process_results
         torch.testing.assert_close(distributed["queue"], single["queue"])
 
 
+@pytest.mark.parametrize("loss", PURE_LOSSES)
+def test_local_anchor_losses_give_the_single_process_gradients(two_process_results, loss):
+    """The pure SimCLR losses with ``anchors=process_anchors(...)`` on gathered views and factored temperatures:
+    each process's rows [C, 2B, 2BW] only, yet the loss (averaged over processes) and the gradients of every
+    feature and of phi are those of one process computing the whole [C, 2N, 2N] loss."""
+    distributed, single = two_process_results[0]["pure"][loss], two_process_results[1]["pure"][loss]
+    assert distributed.keys() == single.keys() and len(single) == 6  # loss, z and phi's 4 tensors
+    for key in single:
+        torch.testing.assert_close(distributed[key], single[key], rtol=1e-10, atol=1e-12, msg=f"{loss}: {key}")
+    assert float(single["z"].abs().max()) > 0
+    assert (float(single["phi.0.weight"].abs().max()) > 0) == (not loss.startswith("nt_xent"))
+
+
 def test_gather_helpers(two_process_results):
     results = two_process_results[0]
     assert results["rows"].tolist() == [[0.0, 1.0, 2.0], [0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     # every process computed sum(w * gathered); rank 0's rows carry weights 1, 2: summed over 2 processes
     assert results["gather_grad"].tolist() == [[2.0] * 3, [4.0] * 3]
+    # 1 + 2 on both processes; each process's loss weighs the total by rank + 1: the gradient sums 1 + 2
+    assert results["sum"].tolist() == [3.0, 3.0] and results["sum_grad"].tolist() == [3.0, 30.0]
 
 
 @pytest.mark.parametrize("amcl", [False, True])

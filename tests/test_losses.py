@@ -5,14 +5,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from amcl.losses import (
+    PairTemperatures,
     amcl_nt_xent_loss,
     amcl_nt_xent_terms,
+    amcl_softmax_nt_xent_loss,
     hardest_negatives,
     nt_xent_loss,
     omega,
     pair_temperatures,
+    process_anchors,
+    view_similarities,
 )
 from amcl.nn import TemperatureNet
 from builders import LargestTensor, cos, reference_omega
@@ -288,3 +293,164 @@ def test_temperature_net_methods_equal_explicit_embedding_products(dim, hidden):
         list(phi.parameters()),
     )
     assert all(torch.allclose(g, e, atol=1e-10) for g, e in zip(grads, explicit_grads))
+
+
+# ---------------------------------------------------------------- anchors (local rows) and factored temperatures
+
+
+def _five_losses(z1, z2, taus, anchors=None):
+    """Every SimCLR loss of the library on the views of one (possibly gathered) batch."""
+    return {
+        "nt_xent": nt_xent_loss(z1, z2, 0.3, anchors=anchors),
+        "nt_xent_decoupled": nt_xent_loss(z1, z2, 0.3, decoupled=True, anchors=anchors),
+        "hardest": amcl_nt_xent_loss(z1, z2, taus, beta=0.1, topk=3, anchors=anchors),
+        "infonce": amcl_nt_xent_loss(z1, z2, taus, beta=0.1, include_positive=True, anchors=anchors),
+        "softmax": amcl_softmax_nt_xent_loss(z1, z2, taus, beta=0.1, anchors=anchors),
+    }
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_the_rows_of_every_simulated_process_add_up_to_the_whole_loss(world):
+    """What W processes compute with ``anchors=process_anchors(B, r, W)``: the mean over r of their losses is
+    the loss of the whole global batch, and so are the gradients of the features and of phi (float64)."""
+    torch.manual_seed(11)
+    local = 3
+    z = torch.randn(2, 2 * local * world, 6, dtype=torch.float64, requires_grad=True)  # [view 1; view 2]
+    phi = TemperatureNet(6, hidden=5, tau_min=0.05, tau_max=1.5).double()
+
+    def losses(anchors):
+        e = phi(z)  # the right factor; the left one is the anchors' rows of it
+        taus = PairTemperatures(e if anchors is None else e[:, anchors], e, phi.tau_min, phi.tau_max)
+        return _five_losses(*z.chunk(2, dim=1), taus, anchors)
+
+    def grads(loss):
+        inputs = [z, *phi.parameters()]
+        return [torch.zeros_like(x) if g is None else g
+                for x, g in zip(inputs, torch.autograd.grad(loss, inputs, allow_unused=True))]  # NT-Xent: no phi
+
+    for name in losses(None):
+        loss = losses(None)[name]  # each loss on its own graph: they share phi(z)
+        expected = grads(loss)
+        shares = [losses(process_anchors(local, r, world))[name] for r in range(world)]
+        total = sum(shares) / world
+        torch.testing.assert_close(total, loss, rtol=1e-12, atol=1e-12, msg=name)
+        for got, want in zip(grads(total), expected):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=name)
+        assert float(expected[0].abs().max()) > 0
+
+
+def test_process_anchors_name_the_processes_views_in_the_global_stack():
+    assert process_anchors(2, 0, 3).tolist() == [0, 1, 6, 7]
+    assert process_anchors(2, 2, 3).tolist() == [4, 5, 10, 11]
+    every = torch.cat([process_anchors(2, r, 3) for r in range(3)]).sort().values
+    assert every.tolist() == list(range(12))
+    with pytest.raises(ValueError, match="rank must be below world_size"):
+        process_anchors(2, 3, 3)
+
+
+def test_hardest_negatives_of_some_anchors_are_the_rows_of_the_whole_matrix():
+    torch.manual_seed(12)
+    z1, z2 = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    anchors = torch.tensor([7, 1, 4])
+    full_values, full_index = hardest_negatives(view_similarities(z1, z2), 3)
+    rows = view_similarities(z1, z2, anchors)
+    assert rows.shape == (2, 3, 10)
+    values, index = hardest_negatives(rows, 3, anchors=anchors)
+    torch.testing.assert_close(values, full_values[:, anchors])
+    assert torch.equal(index, full_index[:, anchors])
+    with pytest.raises(ValueError, match="pass the anchors"):
+        hardest_negatives(rows, 3)
+
+
+@pytest.mark.parametrize("k", [1, 2, 9])  # 9 * h > 10 candidates: the scores' matrix product instead of a gather
+@pytest.mark.parametrize("folded", [False, True])
+def test_factored_temperatures_equal_the_matrix_at_every_index(k, folded):
+    torch.manual_seed(13)
+    phi = TemperatureNet(8, hidden=3 if folded else 8, tau_min=0.05, tau_max=1.5).double()
+    assert phi._folds_last_layer() == folded
+    z = torch.randn(2, 10, 8, dtype=torch.float64, requires_grad=True)
+    factors = phi.pair_factors(z)
+    matrix = phi.pair_temperatures(z)
+    torch.testing.assert_close(factors.matrix(), matrix)
+    index = torch.randint(0, 10, (2, 10, k))
+    got = factors.at(index)
+    torch.testing.assert_close(got, matrix.gather(-1, index))
+    weights = torch.randn_like(got)
+    torch.testing.assert_close(torch.autograd.grad((got * weights).sum(), z),
+                               torch.autograd.grad((matrix.gather(-1, index) * weights).sum(), z))
+
+
+def test_factored_and_full_temperatures_give_the_same_amcl_losses_and_gradients():
+    torch.manual_seed(14)
+    z1, z2 = (torch.randn(3, 6, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    phi = TemperatureNet(8, hidden=6, tau_min=0.05, tau_max=1.5).double()
+    views = torch.cat([z1, z2], dim=1)
+    for name in _five_losses(z1, z2, 0.5):
+        if name.startswith("nt_xent"):
+            continue
+        factored = _five_losses(z1, z2, phi.pair_factors(views))[name]
+        full = _five_losses(z1, z2, phi.pair_temperatures(views))[name]
+        torch.testing.assert_close(factored, full, msg=name)
+        grads = [torch.autograd.grad(loss, [z1, z2, *phi.parameters()]) for loss in (factored, full)]
+        for got, want in zip(*grads):
+            torch.testing.assert_close(got, want, msg=name)
+
+
+def test_gradcheck_local_anchor_losses_with_factored_temperatures():
+    torch.manual_seed(15)
+    z = torch.randn(1, 8, 4, dtype=torch.float64, requires_grad=True)
+    phi = TemperatureNet(4, hidden=5, tau_min=0.05, tau_max=2.0).double()
+    anchors = process_anchors(2, 1, 2)
+
+    def losses(views):
+        e = phi(views)
+        return sum(_five_losses(*views.chunk(2, dim=1), PairTemperatures(e[:, anchors], e, 0.05, 2.0),
+                                anchors).values())
+
+    assert torch.autograd.gradcheck(losses, (z,))
+
+
+def _anchor_factors(z1, z2, anchors):
+    phi = TemperatureNet(z1.shape[-1], hidden=6)  # no weight or activation of the matrix's size
+    e = phi(torch.cat([z1, z2], dim=1))
+    return PairTemperatures(e[:, anchors], e, phi.tau_min, phi.tau_max)
+
+
+class MatricesMade(TorchDispatchMode):
+    """Counts the float tensors of ``numel`` elements that ops allocate: outputs that share no storage with
+    an input (in-place ops and views do)."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.count = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if (isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() == self.numel
+                    and t.untyped_storage().data_ptr() not in inputs):
+                self.count += 1
+        return out
+
+
+@pytest.mark.parametrize("loss, forward, backward", [
+    (lambda z1, z2, anchors: nt_xent_loss(z1, z2, 0.5, anchors=anchors), 2, 1),
+    (lambda z1, z2, anchors: amcl_nt_xent_loss(z1, z2, 0.5, topk=2, anchors=anchors), 1, 3),
+    (lambda z1, z2, rows: amcl_nt_xent_loss(z1, z2, _anchor_factors(z1, z2, rows), topk=2, anchors=rows), 1, 3),
+], ids=["nt_xent", "hardest-constant", "hardest-factored"])
+@pytest.mark.parametrize("local", [False, True], ids=["all-anchors", "local-anchors"])
+def test_few_similarity_sized_matrices_are_made(loss, forward, backward, local):
+    """The [C, R, 2B] float matrices the forward and the backward pass make. NT-Xent: the logits from one
+    product and the exponentials its log-sum-exp keeps, then one gradient. Eq. 2.1: one similarity matrix,
+    masked in place, and factored temperatures make none. (Before, with all anchors: 3 and 8 for NT-Xent,
+    2 and 6 for Eq. 2.1 with a constant, 7 and 14 with the full temperature matrix.)"""
+    z1, z2 = torch.randn(2, 16, 8, requires_grad=True), torch.randn(2, 16, 8, requires_grad=True)
+    anchors = process_anchors(8, 1, 2) if local else torch.arange(32)
+    with MatricesMade(2 * anchors.shape[0] * 32) as made:
+        value = loss(z1, z2, anchors)
+    assert made.count == forward
+    with MatricesMade(2 * anchors.shape[0] * 32) as made:
+        value.backward()
+    assert made.count == backward

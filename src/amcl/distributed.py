@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["gather_no_grad", "gather_rows", "gather_with_grad", "is_distributed", "rank", "sum_across", "world_size"]
+__all__ = ["gather_no_grad", "gather_rows", "gather_views", "gather_with_grad", "is_distributed", "rank", "sum_across",
+           "sum_with_grad", "world_size"]
 
 
 def is_distributed() -> bool:
@@ -63,6 +64,39 @@ def gather_with_grad(x: Tensor, dim: int = 0) -> Tensor:
     Every process must pass the same shape. Identity in a single process.
     """
     return _GatherWithGrad.apply(x, dim) if is_distributed() else x
+
+
+class _SumWithGrad(torch.autograd.Function):
+    """All-reduce (sum); the backward sums every process's gradient of the total as well: each process
+    computes the same loss from the total, so process r's share receives W times the loss's gradient,
+    which DDP's average brings back to the single-process gradient (as with :class:`_GatherWithGrad`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        total = x.contiguous().clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def sum_with_grad(x: Tensor) -> Tensor:
+    """The sum of ``x`` over all processes, differentiable (Barlow Twins' batch statistics and
+    cross-correlation from each process's own rows). Identity in a single process."""
+    return _SumWithGrad.apply(x) if is_distributed() else x
+
+
+def gather_views(x: Tensor, batch_size: int) -> Tensor:
+    """This process's two views ``[C, 2B, ...]`` (``[view 1; view 2]``) as the global batch's ``[C, 2BW, ...]``:
+    view 1 of every process, then view 2 of every process, in rank order (the rows
+    :func:`amcl.losses.process_anchors` names). Differentiable; identity in a single process."""
+    if not is_distributed():
+        return x
+    return torch.cat([gather_with_grad(x[:, :batch_size], 1), gather_with_grad(x[:, batch_size:], 1)], dim=1)
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from amcl.losses.contrastive import (
     hardest_negatives,
     moco_infonce_loss,
     nt_xent_loss,
+    process_anchors,
     view_similarities,
 )
 from amcl.losses.siamese import (
@@ -28,6 +29,7 @@ from amcl.losses.siamese import (
 )
 from amcl.losses.temperature import (
     NEGATIVE_REGULARIZERS,
+    PairTemperatures,
     Temperatures,
     negative_regularization,
     omega,
@@ -39,6 +41,7 @@ from amcl.losses.temperature import (
 __all__ = [
     "ContrastiveTerms",
     "NEGATIVE_REGULARIZERS",
+    "PairTemperatures",
     "Temperatures",
     "amcl_barlow_twins_loss",
     "amcl_moco_loss",
@@ -60,6 +63,7 @@ __all__ = [
     "omega",
     "pair_temperatures",
     "paired_temperatures",
+    "process_anchors",
     "simsiam_loss",
     "temperature_from_scores",
     "view_similarities",

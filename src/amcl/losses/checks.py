@@ -62,17 +62,19 @@ def check_temperature_bounds(tau_min: Any, tau_max: Any) -> None:
 
 def check_temperatures(name: str, value: Any, shape: tuple[int, ...]) -> None:
     """A temperature source for pairs laid out as ``shape`` (``[C, ...]``): a positive number, a 0-d tensor,
-    or a tensor whose shape is ``shape`` with C (or C and more) left out, or C = 1. A tensor of another
-    shape would broadcast silently onto the wrong pairs, so it is refused."""
-    if not torch.is_tensor(value):
+    or a tensor (or :class:`amcl.losses.PairTemperatures`, by its matrix's shape) whose shape is ``shape`` with
+    C (or C and more) left out, or C = 1. A tensor of another shape would broadcast silently onto the wrong
+    pairs, so it is refused."""
+    factored = hasattr(value, "pair_shape")  # a PairTemperatures: its matrix's shape, nothing computed
+    if not torch.is_tensor(value) and not factored:
         check_number(name, value)
         return
-    if value.dim() == 0:
+    got = tuple(value.pair_shape if factored else value.shape)
+    if len(got) == 0:
         return
     heads, pairs = shape[0], tuple(shape[1:])
-    fits = (tuple(value.shape) == pairs or
-            (value.dim() == len(shape) and tuple(value.shape[1:]) == pairs and value.shape[0] in (1, heads)))
+    fits = got == pairs or (len(got) == len(shape) and got[1:] == pairs and got[0] in (1, heads))
     if not fits:
         layout = ", ".join(map(str, shape))
         raise ValueError(f"{name} must be [{layout}] (one temperature per pair; C = {heads} may be left out or 1) "
-                         f"or a number, got shape {tuple(value.shape)}")
+                         f"or a number, got shape {got}")

@@ -4,8 +4,11 @@ over all candidates that the max of Eq. 2.4 approximates, with a temperature per
 
 Features come per head as ``[C, B, d]`` (a plain ``[B, d]`` is one head). The 2B views of a
 batch are stacked as ``[z1; z2]``, so view i's positive is view (i + B) mod 2B. Everything is
-computed in matrix form over the ``[C, 2B, 2B]`` similarity matrix, in float32 even under
-autocast, and no ``[B, B, d]`` tensor is ever built.
+computed in matrix form over the ``[C, R, 2B]`` similarity matrix of R anchor views against all
+2B views (R = 2B by default; one process's rows of a gathered global batch with ``anchors``, see
+:func:`process_anchors`), in float32 even under autocast, and no ``[B, B, d]`` tensor is ever built.
+The matrix is made once: masks are applied in place where autograd keeps no copy of the masked
+tensor, and the log-sum-exp keeps only its exponentials for the backward.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import Tensor
 from amcl.losses.checks import check_count, check_features, check_number, check_temperatures
 from amcl.losses.temperature import (
     NEGATIVE_REGULARIZERS,
+    PairTemperatures,
     Temperatures,
     at_least_float32,
     negative_regularization,
@@ -38,6 +42,7 @@ __all__ = [
     "hardest_negatives",
     "moco_infonce_loss",
     "nt_xent_loss",
+    "process_anchors",
     "view_similarities",
 ]
 
@@ -56,11 +61,71 @@ def _as_heads(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
     return z1, z2
 
 
-def view_similarities(z1: Tensor, z2: Tensor) -> Tensor:
-    """Cosine similarities of all 2B views of each head: ``[C, 2B, 2B]`` for ``[C, B, d]`` inputs."""
+def _stacked_views(z1: Tensor, z2: Tensor) -> Tensor:
+    """``[z1; z2]`` L2-normalised in float32: ``[C, 2B, d]``."""
+    return F.normalize(at_least_float32(torch.cat([z1, z2], dim=1)), dim=-1)
+
+
+def _anchor_rows(anchors: Any, views: int, device: torch.device) -> Tensor:
+    """The anchors as an index ``[R]`` into the 2B stacked views: all of them by default. Their values are
+    not read (no host sync); an index out of range fails in the indexing itself."""
+    if anchors is None:
+        return torch.arange(views, device=device)
+    if not torch.is_tensor(anchors) or anchors.dtype != torch.long or anchors.dim() != 1 or anchors.numel() == 0:
+        got = f"{anchors.dtype} of shape {tuple(anchors.shape)}" if torch.is_tensor(anchors) else type(anchors).__name__
+        raise (ValueError if torch.is_tensor(anchors) else TypeError)(
+            f"anchors must be a non-empty 1-D int64 tensor of view indices (see process_anchors), got {got}")
+    return anchors.to(device)
+
+
+def _anchor_similarities(z: Tensor, anchors: Tensor | None, rows: Tensor) -> Tensor:
+    """``[C, R, 2B]``: the anchors' rows of the similarity matrix of the stacked views ``z``."""
+    return (z if anchors is None else z[:, rows]) @ z.transpose(1, 2)
+
+
+def _positive_similarities(z: Tensor, rows: Tensor, positive: Tensor) -> Tensor:
+    """``[C, R]``: each anchor's similarity with its positive, as row-wise dot products. Taken from the
+    matrix with gather it would make autograd keep the whole matrix, which is then masked in place."""
+    return (z[:, rows] * z[:, positive]).sum(-1)
+
+
+def _itself_and_positive(rows: Tensor, views: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Each anchor's positive ``[R]`` (view i's is i + B mod 2B), and ``[R, 2B]`` masks of the anchor's own
+    entry and of its positive's (no one_hot, no host sync)."""
+    positive = (rows + views // 2) % views
+    columns = torch.arange(views, device=rows.device)
+    return positive, columns == rows[:, None], columns == positive[:, None]
+
+
+def process_anchors(batch_size: int, rank: int, world_size: int, device: torch.device | str | None = None) -> Tensor:
+    """The rows of one process's 2B views in the stacked global batch ``[z1 of every process; z2 of every
+    process]`` of 2BW views (gathered in rank order): ``[rank*B + i for i < B] + [BW + rank*B + i for i < B]``,
+    the order of the process's own ``[z1; z2]``.
+
+    Pass them as ``anchors`` with the gathered views: each process then computes only its own anchors'
+    rows ``[C, 2B, 2BW]`` of the global loss. The mean over its anchors is its loss; the W means average to
+    the global loss, and with the gradients summed by the gather's backward and averaged by DDP every
+    parameter receives exactly the single-process gradient of the global batch.
+
+    Example:
+        >>> process_anchors(2, rank=1, world_size=2).tolist()
+        [2, 3, 6, 7]
+    """
+    check_count("batch_size", batch_size)
+    check_count("world_size", world_size)
+    check_count("rank", rank, low=0)
+    if rank >= world_size:
+        raise ValueError(f"rank must be below world_size ({world_size}), got {rank}")
+    local = torch.arange(batch_size, device=device) + rank * batch_size
+    return torch.cat([local, local + batch_size * world_size])
+
+
+def view_similarities(z1: Tensor, z2: Tensor, anchors: Tensor | None = None) -> Tensor:
+    """Cosine similarities of the anchor views with all 2B views of each head: ``[C, R, 2B]`` for
+    ``[C, B, d]`` inputs; the anchors (an index ``[R]`` into ``[z1; z2]``) default to all 2B views."""
     z1, z2 = _as_heads(z1, z2)
-    z = F.normalize(at_least_float32(torch.cat([z1, z2], dim=1)), dim=-1)
-    return z @ z.transpose(1, 2)
+    z = _stacked_views(z1, z2)
+    return _anchor_similarities(z, anchors, _anchor_rows(anchors, z.shape[1], z.device))
 
 
 def _check_constant(name: str, value: Any) -> None:
@@ -78,18 +143,51 @@ def _check_amcl_arguments(beta: Any, omega_dim: Any, negative_regularizer: Any) 
                          f"{negative_regularizer!r}")
 
 
-def _positive_index(batch_size: int, device: torch.device) -> Tensor:
-    return torch.arange(2 * batch_size, device=device).roll(batch_size)
+class _MaskedLogSumExp(torch.autograd.Function):
+    """Row-wise ``log sum_j exp(x_ij)`` over the entries ``mask`` leaves in (``None``: all), keeping one matrix.
+
+    It saves ``exp(x - max)`` (which the forward computes anyway) instead of ``x``, and its backward is
+    that matrix times ``grad / sum``: one new matrix, where autograd's logsumexp and masked_fill keep
+    the masked copy and make three more (the shifted logits, their exp, the product) and one for the mask.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, mask: Tensor | None) -> Tensor:
+        shifted = logits.clone() if mask is None else logits.masked_fill(mask, float("-inf"))
+        peak = shifted.amax(-1, keepdim=True)
+        exp = shifted.sub_(peak).exp_()  # in place: masked entries become exp(-inf) = 0
+        total = exp.sum(-1, keepdim=True)
+        ctx.save_for_backward(exp, total)
+        return (peak + total.log()).squeeze(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        exp, total = ctx.saved_tensors
+        return exp * (grad.unsqueeze(-1) / total), None  # the softmax times the incoming gradient
 
 
-def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5, decoupled: bool = False) -> Tensor:
+def _log_sum_exp(logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """:class:`_MaskedLogSumExp` where a gradient is wanted, else torch's logsumexp (no copy kept)."""
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return _MaskedLogSumExp.apply(logits, mask)
+    return torch.logsumexp(logits if mask is None else logits.masked_fill(mask, float("-inf")), dim=-1)
+
+
+def nt_xent_loss(
+    z1: Tensor, z2: Tensor, temperature: float = 0.5, decoupled: bool = False, anchors: Tensor | None = None
+) -> Tensor:
     """NT-Xent, SimCLR's normalised temperature-scaled cross entropy (Eq. 1.1).
 
     For each of the 2B views i with positive i+:
     ``-log exp(s(i, i+)/tau) / sum_{j != i} exp(s(i, j)/tau)``, averaged over the 2B views
     (both view directions) and summed over heads. SimCLR's denominator includes the
     positive; ``decoupled=True`` drops it, which is Eq. 1.1 exactly as printed (sum over
-    the negatives only).
+    the negatives only). With ``anchors`` (see :func:`process_anchors`) the mean runs over those views
+    only, against all 2B candidates.
+
+    Two ``[C, R, 2B]`` matrices at most: the logits come straight from the product of the scaled
+    anchors with the views, and the log-sum-exp keeps one matrix for its backward.
 
     Example:
         >>> z1, z2 = torch.randn(8, 128), torch.randn(8, 128)
@@ -98,33 +196,45 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5, decoupled: bo
     _check_constant("temperature", temperature)
     z1, z2 = _as_heads(z1, z2)
     with torch.autocast(z1.device.type, enabled=False):
-        sim = view_similarities(z1, z2)
-        n = sim.shape[-1]
-        pos = _positive_index(n // 2, sim.device)
-        logits = sim / temperature
-        masked = torch.eye(n, dtype=torch.bool, device=sim.device)
-        if decoupled:
-            masked = masked | masked.roll(n // 2, dims=1)  # the positives: no one_hot, no host sync
-        positive_logits = logits.gather(-1, pos.expand(logits.shape[0], n).unsqueeze(-1)).squeeze(-1)
-        per_view = torch.logsumexp(logits.masked_fill(masked, float("-inf")), dim=-1) - positive_logits
+        z = _stacked_views(z1, z2)
+        n = z.shape[1]
+        rows = _anchor_rows(anchors, n, z.device)
+        anchor_views = z if anchors is None else z[:, rows]
+        if torch.is_tensor(temperature) and temperature.dim() > 0:
+            logits = (anchor_views @ z.transpose(1, 2)) / temperature
+        else:
+            logits = (anchor_views / temperature) @ z.transpose(1, 2)
+        positive, itself, positives = _itself_and_positive(rows, n)
+        positive_logits = _positive_similarities(z, rows, positive) / temperature
+        per_view = _log_sum_exp(logits, itself | positives if decoupled else itself) - positive_logits
         return per_view.mean(dim=-1).sum()
 
 
-def hardest_negatives(sim: Tensor, k: int, include_positive: bool = False) -> tuple[Tensor, Tensor]:
-    """The k most similar negatives of every view: ``(similarities, indices)``, each ``[C, 2B, k]``.
+def _check_topk(k: int, views: int, include_positive: bool, name: str = "top-k") -> None:
+    candidates = views - 1 if include_positive else views - 2
+    if not 1 <= k <= candidates:
+        raise ValueError(f"{name} must be between 1 and the number of negatives ({candidates}), got {k}")
 
+
+def hardest_negatives(
+    sim: Tensor, k: int, include_positive: bool = False, anchors: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The k most similar negatives of every anchor view: ``(similarities, indices)``, each ``[C, R, k]``.
+
+    ``sim`` is ``[C, R, 2B]`` (:func:`view_similarities`; R = 2B unless ``anchors`` names the rows).
     Candidates for view i are the other 2B - 2 views (Eq. 2.1), or the other 2B - 1 views
     including the positive with ``include_positive=True`` (the N + 1 candidates of Eq. 2.4).
+    ``sim`` itself is not changed.
     """
     check_count("k", k)
     n = sim.shape[-1]
-    candidates = n - 1 if include_positive else n - 2
-    if not 1 <= k <= candidates:
-        raise ValueError(f"top-k must be between 1 and the number of negatives ({candidates}), got {k}")
-    excluded = torch.eye(n, dtype=torch.bool, device=sim.device)
-    if not include_positive:  # view i's positive is view i + B (mod 2B): the identity rolled by B
-        excluded = excluded | excluded.roll(n // 2, dims=1)
-    return sim.masked_fill(excluded, float("-inf")).topk(k, dim=-1)
+    _check_topk(k, n, include_positive)
+    rows = _anchor_rows(anchors, n, sim.device)
+    if sim.shape[-2] != rows.shape[0]:
+        raise ValueError(f"sim has {sim.shape[-2]} rows but there are {rows.shape[0]} anchors; pass the anchors "
+                         f"of a [C, R, 2B] block of rows")
+    _, itself, positives = _itself_and_positive(rows, n)
+    return sim.masked_fill(itself if include_positive else itself | positives, float("-inf")).topk(k, dim=-1)
 
 
 class ContrastiveTerms(NamedTuple):
@@ -152,7 +262,9 @@ class ContrastiveTerms(NamedTuple):
 
 
 def _select(temperatures: Temperatures, index: Tensor, like: Tensor) -> Tensor:
-    """Entries of a pair-temperature matrix (or a constant) at ``index`` along the last axis."""
+    """Entries of a pair-temperature matrix (or its factors, or a constant) at ``index`` along the last axis."""
+    if isinstance(temperatures, PairTemperatures):
+        return temperatures.at(index)
     if not torch.is_tensor(temperatures) or temperatures.dim() == 0:
         return torch.as_tensor(temperatures, dtype=like.dtype, device=like.device).expand_as(like)
     full = at_least_float32(temperatures).expand(*like.shape[:-1], temperatures.shape[-1])
@@ -187,6 +299,7 @@ def amcl_nt_xent_terms(
     include_positive: bool = False,
     omega_dim: int | None = None,
     negative_regularizer: str = "mean_omega",
+    anchors: Tensor | None = None,
 ) -> ContrastiveTerms:
     """The terms of the AMCL SimCLR loss (Eq. 2.1), or its InfoNCE form (Eq. 2.4).
 
@@ -200,9 +313,11 @@ def amcl_nt_xent_terms(
 
     Args:
         z1, z2: projections of the two views, ``[C, B, d]`` or ``[B, d]``.
-        temperatures: tau for every pair of the 2B stacked views ``[z1; z2]``: a tensor
-            broadcastable to ``[C, 2B, 2B]`` (e.g. from
-            :meth:`amcl.nn.TemperatureNet.pair_temperatures`) or a constant float.
+        temperatures: tau for every pair of the 2B stacked views ``[z1; z2]``: the factors of that
+            matrix (:meth:`amcl.nn.TemperatureNet.pair_factors`, the cheapest: only the positive and the
+            k selected pairs of each anchor are computed), a tensor broadcastable to ``[C, 2B, 2B]``
+            (:meth:`amcl.nn.TemperatureNet.pair_temperatures`) or a constant float. With ``anchors``
+            the rows are the R anchors: ``[C, R, 2B]``.
         beta: weight of the regulariser Omega.
         topk: number of hardest negatives averaged.
         negative_temperatures: if given, used for the negatives while ``temperatures`` serves
@@ -213,23 +328,32 @@ def amcl_nt_xent_terms(
             ``mean_omega`` (beta * mean_k Omega(tau_k), Eq. 2.1 for k = 1) or ``sum_log_inverse``
             (beta * sum_k (log tau_k + 1/tau_k), the authors' later code); see
             :data:`amcl.losses.NEGATIVE_REGULARIZERS`.
+        anchors: the anchor views, an index ``[R]`` into ``[z1; z2]`` (default: all 2B). With the
+            gathered views of every process and :func:`process_anchors`, each process computes its own
+            rows ``[C, 2B, 2BW]`` of the global loss (the mean over its anchors).
     """
     z1, z2 = _as_heads(z1, z2)
-    pairs = (z1.shape[0], 2 * z1.shape[1], 2 * z1.shape[1])
+    n = 2 * z1.shape[1]
+    rows = _anchor_rows(anchors, n, z1.device)
+    pairs = (z1.shape[0], rows.shape[0], n)
     check_temperatures("temperatures", temperatures, pairs)
     if negative_temperatures is not None:
         check_temperatures("negative_temperatures", negative_temperatures, pairs)
     check_count("topk", topk)
+    _check_topk(topk, n, include_positive)
     _check_amcl_arguments(beta, omega_dim, negative_regularizer)
     with torch.autocast(z1.device.type, enabled=False):
         omega_dim = z1.shape[-1] if omega_dim is None else omega_dim
         neg_temps = temperatures if negative_temperatures is None else negative_temperatures
-        sim = view_similarities(z1, z2)
-        heads, n = sim.shape[0], sim.shape[-1]
-        pos_index = _positive_index(n // 2, sim.device).expand(heads, n).unsqueeze(-1)
-        pos_sim = sim.gather(-1, pos_index).squeeze(-1)
+        z = _stacked_views(z1, z2)
+        sim = _anchor_similarities(z, anchors, rows)
+        positive, itself, positives = _itself_and_positive(rows, n)
+        pos_index = positive.expand(sim.shape[0], -1).unsqueeze(-1)
+        pos_sim = _positive_similarities(z, rows, positive)
         pos_tau = _select(temperatures, pos_index, pos_sim.unsqueeze(-1)).squeeze(-1)
-        neg_sim, neg_index = hardest_negatives(sim, topk, include_positive)
+        # in place, the one copy of the matrix: the product keeps its inputs, topk its indices
+        sim.masked_fill_(itself if include_positive else itself | positives, float("-inf"))
+        neg_sim, neg_index = sim.topk(topk, dim=-1)
         neg_tau = _select(neg_temps, neg_index, neg_sim)
         return _terms(pos_sim, pos_tau, neg_sim, neg_tau, beta, omega_dim, negative_regularizer)
 
@@ -244,6 +368,7 @@ def amcl_nt_xent_loss(
     include_positive: bool = False,
     omega_dim: int | None = None,
     negative_regularizer: str = "mean_omega",
+    anchors: Tensor | None = None,
 ) -> Tensor:
     """The AMCL SimCLR loss (Eq. 2.1; Eq. 2.4 with ``include_positive``): a scalar.
 
@@ -253,17 +378,20 @@ def amcl_nt_xent_loss(
         >>> from amcl.nn import TemperatureNet
         >>> z1, z2 = torch.randn(3, 8, 128), torch.randn(3, 8, 128)  # C=3 heads, B=8
         >>> phi = TemperatureNet(128)
-        >>> taus = phi.pair_temperatures(torch.cat([z1, z2], dim=1))  # [3, 16, 16]
+        >>> taus = phi.pair_factors(torch.cat([z1, z2], dim=1))  # the [3, 16, 16] matrix, as factors
         >>> loss = amcl_nt_xent_loss(z1, z2, taus, beta=1e-4)
     """
     return amcl_nt_xent_terms(
-        z1, z2, temperatures, beta, topk, negative_temperatures, include_positive, omega_dim, negative_regularizer
+        z1, z2, temperatures, beta, topk, negative_temperatures, include_positive, omega_dim, negative_regularizer,
+        anchors,
     ).loss()
 
 
 def _pair_matrix(temperatures: Temperatures, like: Tensor) -> Tensor:
-    """A pair-temperature source (a tensor broadcastable to ``like``, or a constant) as a ``like``-shaped
-    tensor; a constant is only expanded, never copied."""
+    """A pair-temperature source (a tensor broadcastable to ``like``, its factors, or a constant) as a
+    ``like``-shaped tensor; a constant is only expanded, never copied."""
+    if isinstance(temperatures, PairTemperatures):
+        return temperatures.matrix().expand_as(like)
     if torch.is_tensor(temperatures):
         return at_least_float32(temperatures).expand_as(like)
     return torch.as_tensor(temperatures, dtype=like.dtype, device=like.device).expand_as(like)
@@ -277,6 +405,7 @@ def amcl_softmax_nt_xent_terms(
     negative_temperatures: Temperatures | None = None,
     omega_dim: int | None = None,
     negative_regularizer: str = "mean_omega",
+    anchors: Tensor | None = None,
 ) -> ContrastiveTerms:
     """The terms of the AMCL SimCLR loss in softmax form: our extension, not an equation of the paper.
 
@@ -291,8 +420,9 @@ def amcl_softmax_nt_xent_terms(
     with its own temperature. With one head, a constant temperature and beta = 0 it is NT-Xent
     (Eq. 1.1 in SimCLR's form) exactly.
 
-    Everything is one ``[C, 2B, 2B]`` similarity matrix divided by one ``[C, 2B, 2B]`` temperature
-    matrix; the returned negative tensors are those full matrices with ``negative_mask``.
+    Everything is one ``[C, R, 2B]`` similarity matrix divided by one ``[C, R, 2B]`` temperature
+    matrix (R = 2B, or the ``anchors``' rows); the returned negative tensors are those full matrices
+    with ``negative_mask``.
 
     Args:
         z1, z2: projections of the two views, ``[C, B, d]`` or ``[B, d]``.
@@ -304,6 +434,7 @@ def amcl_softmax_nt_xent_terms(
         omega_dim: d' in Omega; defaults to the feature dimension d.
         negative_regularizer: ``mean_omega`` (mean over the 2B - 2 negatives, as printed above) or
             ``sum_log_inverse`` (their sum of log tau + 1/tau); see :func:`amcl_nt_xent_terms`.
+        anchors: the anchor views (default: all 2B), as in :func:`amcl_nt_xent_terms`.
 
     Example:
         >>> from amcl.nn import TemperatureNet
@@ -313,27 +444,29 @@ def amcl_softmax_nt_xent_terms(
         >>> loss = terms.loss()
     """
     z1, z2 = _as_heads(z1, z2)
-    pairs = (z1.shape[0], 2 * z1.shape[1], 2 * z1.shape[1])
+    n = 2 * z1.shape[1]
+    rows = _anchor_rows(anchors, n, z1.device)
+    pairs = (z1.shape[0], rows.shape[0], n)
     check_temperatures("temperatures", temperatures, pairs)
     if negative_temperatures is not None:
         check_temperatures("negative_temperatures", negative_temperatures, pairs)
     _check_amcl_arguments(beta, omega_dim, negative_regularizer)
     with torch.autocast(z1.device.type, enabled=False):
         omega_dim = z1.shape[-1] if omega_dim is None else omega_dim
-        sim = view_similarities(z1, z2)
-        heads, n = sim.shape[0], sim.shape[-1]
-        itself = torch.eye(n, dtype=torch.bool, device=sim.device)
-        positives = itself.roll(n // 2, dims=1)  # view i's positive is view i + B (mod 2B): no one_hot, no sync
+        z = _stacked_views(z1, z2)
+        sim = _anchor_similarities(z, anchors, rows)
+        heads, anchor_count = sim.shape[0], sim.shape[1]
+        positive, itself, positives = _itself_and_positive(rows, n)
         tau = _pair_matrix(temperatures, sim)
         if negative_temperatures is not None:
             tau = torch.where(positives, tau, _pair_matrix(negative_temperatures, sim))
         logits = sim / tau
-        pos_index = _positive_index(n // 2, sim.device).expand(heads, n).unsqueeze(-1)
-        pos_sim = sim.gather(-1, pos_index).squeeze(-1)
+        pos_index = positive.expand(heads, -1).unsqueeze(-1)
+        pos_sim = _positive_similarities(z, rows, positive)
         pos_tau = tau.gather(-1, pos_index).squeeze(-1)
-        pos_logit = logits.gather(-1, pos_index).squeeze(-1)
-        log_partition = torch.logsumexp(logits.masked_fill(itself, float("-inf")), dim=-1)
-        not_negative = torch.cat([torch.arange(n, device=sim.device).expand(heads, n).unsqueeze(-1), pos_index], -1)
+        pos_logit = pos_sim / pos_tau
+        log_partition = _log_sum_exp(logits, itself)
+        not_negative = torch.cat([rows.expand(heads, anchor_count).unsqueeze(-1), pos_index], -1)
         negative_side = negative_regularization(tau, omega_dim, negative_regularizer, exclude=not_negative)
         return ContrastiveTerms(
             positive=(-pos_logit).mean(-1),
@@ -355,10 +488,11 @@ def amcl_softmax_nt_xent_loss(
     negative_temperatures: Temperatures | None = None,
     omega_dim: int | None = None,
     negative_regularizer: str = "mean_omega",
+    anchors: Tensor | None = None,
 ) -> Tensor:
     """The AMCL SimCLR loss in softmax form as a scalar; see :func:`amcl_softmax_nt_xent_terms`."""
     return amcl_softmax_nt_xent_terms(
-        z1, z2, temperatures, beta, negative_temperatures, omega_dim, negative_regularizer
+        z1, z2, temperatures, beta, negative_temperatures, omega_dim, negative_regularizer, anchors
     ).loss()
 
 
@@ -409,7 +543,7 @@ def moco_infonce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 
     with torch.autocast(q.device.type, enabled=False):
         q, k, queue = _queries_keys_queue(q, k, queue.detach())
         positive = (q * k.detach()).sum(-1) / temperature
-        negatives = torch.logsumexp(q @ queue.transpose(1, 2) / temperature, dim=-1)
+        negatives = _log_sum_exp(q @ queue.transpose(1, 2) / temperature)
         return (torch.logaddexp(positive, negatives) - positive).mean(-1).sum()
 
 
@@ -452,8 +586,9 @@ def amcl_moco_terms(
         q, k, queue: as in :func:`moco_infonce_loss`.
         positive_temperatures: tau(q_i, k_i), ``[C, N]`` (e.g.
             :meth:`amcl.nn.TemperatureNet.paired_temperatures`) or a constant.
-        queue_temperatures: tau(q_i, queue_j), ``[C, N, K]`` (e.g.
-            :meth:`amcl.nn.TemperatureNet.pair_temperatures` of queries and queue) or a constant.
+        queue_temperatures: tau(q_i, queue_j), ``[C, N, K]``: its factors (:class:`PairTemperatures` of
+            phi's embeddings of queries and queue, the cheapest: only the k selected entries are computed),
+            the matrix (:meth:`amcl.nn.TemperatureNet.pair_temperatures` of queries and queue) or a constant.
             Passing one adaptive and one constant source gives the positive-only /
             negative-only ablations.
         include_positive: the hardest of the K + 1 candidates ``[k_i | queue]`` (Eq. 2.4); the
@@ -546,7 +681,7 @@ def amcl_softmax_moco_terms(
         neg_sim = q @ queue.transpose(1, 2)
         neg_tau = _pair_matrix(queue_temperatures, neg_sim)
         pos_logit = pos_sim / pos_tau
-        log_partition = torch.logaddexp(pos_logit, torch.logsumexp(neg_sim / neg_tau, dim=-1))
+        log_partition = torch.logaddexp(pos_logit, _log_sum_exp(neg_sim / neg_tau))
         negative_side = negative_regularization(neg_tau, omega_dim, negative_regularizer)
         return ContrastiveTerms(
             positive=(-pos_logit).mean(-1),

@@ -5,18 +5,16 @@ All of it runs in float32, also under autocast: tau_min is 1e-5, so 1/tau reache
 
 from __future__ import annotations
 
-from typing import Union
+from typing import NamedTuple, Union
 
 import torch
 from torch import Tensor
 
 from amcl.losses.checks import check_count, check_temperature_bounds
 
-#: A temperature source: a constant, or a tensor of per-pair temperatures.
-Temperatures = Union[float, Tensor]
-
 __all__ = [
     "NEGATIVE_REGULARIZERS",
+    "PairTemperatures",
     "Temperatures",
     "at_least_float32",
     "negative_regularization",
@@ -66,6 +64,69 @@ def pair_temperatures(phi_a: Tensor, phi_b: Tensor, tau_min: float, tau_max: flo
     with torch.autocast(phi_a.device.type, enabled=False):
         scores = at_least_float32(phi_a) @ at_least_float32(phi_b).transpose(-1, -2)
         return temperature_from_scores(scores, tau_min, tau_max)
+
+
+class PairTemperatures(NamedTuple):
+    """A pair-temperature matrix kept as its two factors, ``tau(a_i, b_j) = tau_min + (tau_max - tau_min) *
+    sigmoid(-<left_i, right_j>)`` (the bounded sigma of Sec. 3), so that a loss computes only the entries
+    it uses: the positive and the k hardest negatives of every anchor (Eq. 2.1 / 2.4) are ``O(N k h)``
+    work instead of the ``O(N M)`` matrix. :meth:`matrix` gives the whole ``[C, N, M]`` matrix (the
+    softmax form reads every entry).
+
+    ``left`` is ``[C, N, h]`` (the anchors' side), ``right`` is ``[C, M, h]`` (the candidates'); 2-D
+    factors are one head. :meth:`amcl.nn.TemperatureNet.pair_factors` makes them; with several
+    processes ``left`` holds this process's anchors and ``right`` the gathered candidates.
+
+    Example:
+        >>> e = torch.zeros(1, 4, 8)
+        >>> taus = PairTemperatures(e, e, 0.0, 2.0)
+        >>> taus.at(torch.tensor([[[1], [0], [3], [2]]])).flatten().tolist()  # sigmoid(0) = 0.5
+        [1.0, 1.0, 1.0, 1.0]
+    """
+
+    left: Tensor
+    right: Tensor
+    tau_min: float
+    tau_max: float
+
+    @property
+    def pair_shape(self) -> tuple[int, ...]:
+        """The shape of the matrix: ``(C, N, M)``, or ``(N, M)`` for 2-D factors."""
+        heads = torch.broadcast_shapes(self.left.shape[:-2], self.right.shape[:-2])
+        return (*heads, self.left.shape[-2], self.right.shape[-2])
+
+    def matrix(self) -> Tensor:
+        """Every entry: ``[C, N, M]`` from one matrix product."""
+        return pair_temperatures(self.left, self.right, self.tau_min, self.tau_max)
+
+    def at(self, index: Tensor) -> Tensor:
+        """The entries ``tau(a_i, b_index[c, i, j])``: ``[C, N, k]`` for an index ``[C, N, k]`` into the M
+        candidates. For small k the candidates' factors are gathered (``[C, N, k, h]``, no ``[C, N, M]``
+        tensor at all); when k*h exceeds M one matrix product of scores is cheaper, and only the k gathered
+        scores pass through the sigmoid."""
+        _check_embeddings(self.left, self.right, same_rows=False)
+        with torch.autocast(self.left.device.type, enabled=False):
+            left, right = at_least_float32(self.left), at_least_float32(self.right)
+            squeeze = left.dim() == 2 and right.dim() == 2
+            if squeeze:
+                left, right, index = left.unsqueeze(0), right.unsqueeze(0), index.unsqueeze(0)
+            if left.dim() != 3 or right.dim() != 3:
+                raise ValueError(f"PairTemperatures.at needs [C, N, h] and [C, M, h] factors, got "
+                                 f"{tuple(self.left.shape)} and {tuple(self.right.shape)}")
+            heads = max(left.shape[0], right.shape[0], index.shape[0])
+            left, index = left.expand(heads, *left.shape[1:]), index.expand(heads, *index.shape[1:])
+            if index.shape[-1] * left.shape[-1] <= right.shape[-2]:
+                chosen = right.expand(heads, *right.shape[1:])[torch.arange(heads, device=index.device)[:, None, None],
+                                                               index]  # [C, N, k, h]
+                scores = (chosen @ left.unsqueeze(-1)).squeeze(-1)
+            else:
+                scores = (left @ right.transpose(-1, -2)).gather(-1, index)
+            taus = temperature_from_scores(scores, self.tau_min, self.tau_max)
+            return taus.squeeze(0) if squeeze else taus
+
+
+#: A temperature source: a constant, a tensor of per-pair temperatures, or their factors.
+Temperatures = Union[float, Tensor, PairTemperatures]
 
 
 def _check_embeddings(phi_a: Tensor, phi_b: Tensor, same_rows: bool) -> None:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from amcl.losses import (
+    PairTemperatures,
     amcl_barlow_twins_loss,
     amcl_moco_terms,
     amcl_nt_xent_terms,
@@ -28,7 +29,6 @@ from amcl.losses import (
     batch_standardise,
     moco_infonce_loss,
     nt_xent_loss,
-    pair_temperatures,
     paired_temperatures,
     simsiam_loss,
 )
@@ -126,7 +126,7 @@ class AMCLNTXentLoss(_AMCLLoss):
 
     def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
         z0, z1 = _heads(z0), _heads(z1)
-        taus = self.temperature_net.pair_temperatures(self._phi_input(torch.cat([z0, z1], dim=1)))
+        taus = self.temperature_net.pair_factors(self._phi_input(torch.cat([z0, z1], dim=1)))
         if self.form == "softmax":
             terms = amcl_softmax_nt_xent_terms(z0, z1, taus, self.beta)
         else:
@@ -174,7 +174,7 @@ class AMCLMoCoLoss(_AMCLLoss):
         net = self.temperature_net
         phi_q = net(self._phi_input(q))
         positive = paired_temperatures(phi_q, net(k.detach()), net.tau_min, net.tau_max)  # [C, N]
-        negative = pair_temperatures(phi_q, net(queue), net.tau_min, net.tau_max)  # [C, N, K]
+        negative = PairTemperatures(phi_q, net(queue), net.tau_min, net.tau_max)  # [C, N, K], as its factors
         if self.form == "softmax":
             terms = amcl_softmax_moco_terms(q, k, queue, positive, negative, self.beta)
         else:

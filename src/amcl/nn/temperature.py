@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amcl.losses.temperature import at_least_float32, pair_temperatures, paired_temperatures, temperature_from_scores
+from amcl.losses.temperature import (
+    PairTemperatures,
+    at_least_float32,
+    pair_temperatures,
+    paired_temperatures,
+    temperature_from_scores,
+)
 
 __all__ = ["TemperatureNet"]
 
@@ -74,6 +80,29 @@ class TemperatureNet(nn.Module):
             r_b = r_a if b is None else self._hidden(b)
             scores = (r_a @ self._gram()) @ r_b.transpose(-1, -2)
             return temperature_from_scores(scores, self.tau_min, self.tau_max)
+
+    def pair_factors(self, a: Tensor, b: Tensor | None = None) -> PairTemperatures:
+        """The matrix of :meth:`pair_temperatures` as its two factors (phi(a), phi(b), or with the folded last
+        layer (r_a W^T W, r_b)): a loss then computes only the entries it uses (the positive and the k
+        hardest negatives of Eq. 2.1 / 2.4), and several processes gather the ``[..., M, h]`` right
+        factor instead of features. b defaults to a.
+
+        Example:
+            >>> phi = TemperatureNet(dim=128)
+            >>> z = torch.randn(3, 16, 128)
+            >>> factors = phi.pair_factors(z)
+            >>> factors.pair_shape
+            (3, 16, 16)
+            >>> torch.allclose(factors.matrix(), phi.pair_temperatures(z))
+            True
+        """
+        if not self._folds_last_layer():
+            phi_a = self(a)
+            return PairTemperatures(phi_a, phi_a if b is None else self(b), self.tau_min, self.tau_max)
+        with torch.autocast(a.device.type, enabled=False):
+            r_a = self._hidden(a)
+            r_b = r_a if b is None else self._hidden(b)
+            return PairTemperatures(r_a @ self._gram(), r_b, self.tau_min, self.tau_max)
 
     def paired_temperatures(self, a: Tensor, b: Tensor) -> Tensor:
         """tau(a_i, b_i) for row-wise pairs: ``[..., N, d] x [..., N, d] -> [..., N]``."""

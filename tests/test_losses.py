@@ -437,15 +437,20 @@ class MatricesMade(TorchDispatchMode):
 
 @pytest.mark.parametrize("loss, forward, backward", [
     (lambda z1, z2, anchors: nt_xent_loss(z1, z2, 0.5, anchors=anchors), 2, 1),
-    (lambda z1, z2, anchors: amcl_nt_xent_loss(z1, z2, 0.5, topk=2, anchors=anchors), 1, 3),
-    (lambda z1, z2, rows: amcl_nt_xent_loss(z1, z2, _anchor_factors(z1, z2, rows), topk=2, anchors=rows), 1, 3),
-], ids=["nt_xent", "hardest-constant", "hardest-factored"])
+    (lambda z1, z2, anchors: amcl_nt_xent_loss(z1, z2, 0.5, topk=2, anchors=anchors), 1, 0),
+    (lambda z1, z2, rows: amcl_nt_xent_loss(z1, z2, _anchor_factors(z1, z2, rows), topk=2, anchors=rows), 1, 0),
+    # k * d = 64 > 2B = 32: the selected entries are read from the matrices, which then take gradients
+    (lambda z1, z2, rows: amcl_nt_xent_loss(z1, z2, _anchor_factors(z1, z2, rows), topk=8, anchors=rows), 2, 4),
+], ids=["nt_xent", "hardest-constant", "hardest-factored", "hardest-factored-large-k"])
 @pytest.mark.parametrize("local", [False, True], ids=["all-anchors", "local-anchors"])
 def test_few_similarity_sized_matrices_are_made(loss, forward, backward, local):
     """The [C, R, 2B] float matrices the forward and the backward pass make. NT-Xent: the logits from one
-    product and the exponentials its log-sum-exp keeps, then one gradient. Eq. 2.1: one similarity matrix,
-    masked in place, and factored temperatures make none. (Before, with all anchors: 3 and 8 for NT-Xent,
-    2 and 6 for Eq. 2.1 with a constant, 7 and 14 with the full temperature matrix.)"""
+    product and the exponentials its log-sum-exp keeps, then one gradient. Eq. 2.1 with a small k: one
+    similarity matrix without a gradient, which only chooses the negatives (their similarities and
+    temperatures are gathered products), and nothing of that size in the backward; with a large k the
+    similarities and temperature scores of the chosen entries come from two matrices. (Before, with all
+    anchors: 3 and 8 for NT-Xent, 2 and 6 for Eq. 2.1 with a constant, 7 and 14 with the full temperature
+    matrix.)"""
     z1, z2 = torch.randn(2, 16, 8, requires_grad=True), torch.randn(2, 16, 8, requires_grad=True)
     anchors = process_anchors(8, 1, 2) if local else torch.arange(32)
     with MatricesMade(2 * anchors.shape[0] * 32) as made:

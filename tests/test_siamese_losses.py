@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from amcl.losses import amcl_barlow_twins_loss, amcl_simsiam_loss, barlow_twins_loss, simsiam_loss
+from amcl.losses import (
+    PairTemperatures,
+    amcl_barlow_twins_loss,
+    amcl_simsiam_loss,
+    barlow_twins_loss,
+    siamese,
+    simsiam_loss,
+    temperature_from_scores,
+)
 from builders import cos, reference_omega
 
 
@@ -104,3 +112,141 @@ def test_gradcheck_siamese_losses():
     tau = torch.rand(2, 4, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b, t: amcl_barlow_twins_loss(a, b, t + 0.3, lambd=0.2, beta=0.01),
                                     (z1, z2, tau))
+
+
+# --- the fused AMCL Barlow Twins pass (_BarlowTerms): scores or temperatures in, analytic gradients ---
+
+def reference_barlow_terms(c, tau, lambd, beta, dim):
+    """Eq. 2.3 from a given cross-correlation, entry by entry in float64."""
+    total = 0.0
+    for h in range(c.shape[0]):
+        for l in range(c.shape[1]):
+            for m in range(c.shape[2]):
+                corr, t = float(c[h, l, m]), float(tau[h, l, m])
+                if l == m:
+                    total += (1 - corr / t) ** 2 + beta * reference_omega(t, dim)
+                else:
+                    total += lambd * corr ** 2 / t - beta * reference_omega(t, dim)
+    return total
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Row blocks of 2 rows of a 5-wide matrix: several blocks per head and a short last one."""
+    monkeypatch.setattr(siamese, "BLOCK_ELEMENTS", 10)
+
+
+def scores_to_tau(s, tau_min, tau_max):
+    return torch.tensor([[[tau_min + (tau_max - tau_min) / (1 + math.exp(float(v))) for v in row] for row in head]
+                         for head in s], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_fused_barlow_terms_match_formula(blocked, request):
+    if blocked:
+        request.getfixturevalue("small_blocks")
+    torch.manual_seed(3)
+    c, s = torch.randn(2, 5, 5, dtype=torch.float64), 2 * torch.randn(2, 5, 5, dtype=torch.float64)
+    tau = scores_to_tau(s, 0.05, 2.0)
+    expected = reference_barlow_terms(c, tau, 0.1, 1e-2, 7)
+    from_scores = siamese._BarlowTerms.apply(c, s, 0.1, 1e-2, 3.5, (0.05, 2.0))
+    from_tau = siamese._BarlowTerms.apply(c, tau, 0.1, 1e-2, 3.5, None)
+    assert from_scores.item() == pytest.approx(expected, rel=1e-12)
+    assert from_tau.item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_fused_barlow_terms_gradcheck(blocked, request):
+    """Analytic gradients against finite differences in float64, w.r.t. c and the scores or the temperatures,
+    diagonal entries included (full [C, d, d] inputs)."""
+    if blocked:
+        request.getfixturevalue("small_blocks")
+    torch.manual_seed(4)
+    c = (0.5 * torch.randn(2, 5, 5, dtype=torch.float64)).requires_grad_()
+    s = torch.randn(2, 5, 5, dtype=torch.float64, requires_grad=True)
+    tau = (torch.rand(2, 5, 5, dtype=torch.float64) + 0.3).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: siamese._BarlowTerms.apply(a, b, 0.2, 0.05, 2.5, (0.1, 1.5)), (c, s))
+    assert torch.autograd.gradcheck(lambda a, b: siamese._BarlowTerms.apply(a, b, 0.2, 0.05, 2.5, None), (c, tau))
+    # one gradient only: the other is not computed
+    assert torch.autograd.gradcheck(lambda a: siamese._BarlowTerms.apply(a, s.detach(), 0.2, 0.05, 2.5, (0.1, 1.5)),
+                                    (c,))
+    assert torch.autograd.gradcheck(lambda b: siamese._BarlowTerms.apply(c.detach(), b, 0.2, 0.05, 2.5, None), (tau,))
+
+
+def test_amcl_barlow_twins_scores_match_temperatures_and_formula(small_blocks):
+    torch.manual_seed(5)
+    z1, z2 = torch.randn(2, 6, 5, dtype=torch.float64), torch.randn(2, 6, 5, dtype=torch.float64)
+    left, right = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
+    s = left @ right.transpose(1, 2)
+    tau = scores_to_tau(s, 1e-2, 2.0)
+    expected = reference_amcl_barlow(z1, z2, tau, 0.1, 1e-3, 5)
+    for temperatures in (siamese.TemperatureScores(s, 1e-2, 2.0), PairTemperatures(left, right, 1e-2, 2.0), tau):
+        got = amcl_barlow_twins_loss(z1, z2, temperatures, lambd=0.1, beta=1e-3)
+        assert got.item() == pytest.approx(expected, rel=1e-12)
+    assert torch.allclose(siamese.TemperatureScores(s, 1e-2, 2.0).matrix(), tau, rtol=1e-12)
+    # the loss's gradients through the scores match those through the materialised matrix
+    z = z1.clone().requires_grad_()
+    sl, st = s.clone().requires_grad_(), s.clone().requires_grad_()
+    g_fused = torch.autograd.grad(amcl_barlow_twins_loss(z, z2, siamese.TemperatureScores(sl, 1e-2, 2.0), 0.1, 1e-3),
+                                  (z, sl))
+    g_plain = torch.autograd.grad(amcl_barlow_twins_loss(z, z2, temperature_from_scores(st, 1e-2, 2.0), 0.1, 1e-3),
+                                  (z, st))
+    for a, b in zip(g_fused, g_plain):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="temperature scores must be"):
+        amcl_barlow_twins_loss(z1, z2, siamese.TemperatureScores(s[:, :4], 1e-2, 2.0))
+
+
+def test_amcl_barlow_twins_constant_and_broadcast_temperatures(small_blocks):
+    torch.manual_seed(6)
+    z1 = torch.randn(2, 6, 5, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(2, 6, 5, dtype=torch.float64)
+    full = torch.full((2, 5, 5), 0.7, dtype=torch.float64)
+    expected = reference_amcl_barlow(z1.detach(), z2, full, 0.1, 1e-3, 5)
+    assert amcl_barlow_twins_loss(z1, z2, 0.7, 0.1, 1e-3).item() == pytest.approx(expected, rel=1e-12)
+    # a 0-d tensor and one [d, d] matrix for every head: broadcast views, gradients summed back
+    for shared in (torch.tensor(0.7, dtype=torch.float64), torch.full((5, 5), 0.7, dtype=torch.float64)):
+        shared.requires_grad_()
+        assert amcl_barlow_twins_loss(z1, z2, shared, 0.1, 1e-3).item() == pytest.approx(expected, rel=1e-12)
+        assert torch.autograd.gradcheck(lambda a, t: amcl_barlow_twins_loss(a, z2, t, 0.1, 1e-3), (z1, shared))
+    assert torch.autograd.gradcheck(lambda a: amcl_barlow_twins_loss(a, z2, 0.7, 0.1, 1e-3), (z1,))
+
+
+def test_amcl_barlow_twins_beta_zero_tau_one_is_the_baseline_with_its_gradients(small_blocks):
+    torch.manual_seed(7)
+    z1 = torch.randn(3, 8, 5, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(3, 8, 5, dtype=torch.float64, requires_grad=True)
+    base = barlow_twins_loss(z1, z2, 0.02)
+    for tau in (1.0, torch.ones(3, 5, 5, dtype=torch.float64)):
+        amcl = amcl_barlow_twins_loss(z1, z2, tau, lambd=0.02, beta=0.0)
+        assert amcl.item() == pytest.approx(base.item(), rel=1e-12)
+        for a, b in zip(torch.autograd.grad(amcl, (z1, z2)), torch.autograd.grad(base, (z1, z2), retain_graph=True)):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_channel_summary_of_scores_matches_the_matrix(small_blocks):
+    from amcl.methods.barlow_twins import channel_statistics, channel_summary
+
+    torch.manual_seed(8)
+    s = 3 * torch.randn(2, 5, 5)
+    s[0, 1, 1], s[1, 2, 3] = 40.0, -40.0  # one entry at tau_min, one at tau_max
+    taus = temperature_from_scores(s, 0.1, 2.0)
+    from_scores = channel_summary(s, 0.1, 2.0, scores=True)
+    eye = torch.eye(5, dtype=torch.bool)
+    assert torch.equal(from_scores.diagonal, torch.diagonal(taus, dim1=1, dim2=2))
+    assert torch.equal(from_scores.off_min, taus[:, ~eye].amin(1))
+    assert torch.equal(from_scores.off_max, taus[:, ~eye].amax(1))
+    assert torch.allclose(from_scores.off_sum, taus[:, ~eye].sum(1))
+    assert from_scores.at_min.tolist() == [1.0, 0.0] and from_scores.at_max.tolist() == [0.0, 1.0]
+    stats = from_scores.statistics(0.1, 2.0)
+    for key, value in channel_statistics(taus, 0.1, 2.0).items():
+        assert torch.allclose(stats[key], value), key
+
+
+def test_barlow_twins_with_a_one_process_total_is_the_plain_loss():
+    """``total`` (the sum over processes, identity here) gives the same statistics and cross-correlation; the
+    2-process equality with the global batch is pinned in test_distributed.py."""
+    torch.manual_seed(21)
+    z1, z2 = torch.randn(2, 6, 5, dtype=torch.float64), torch.randn(2, 6, 5, dtype=torch.float64)
+    torch.testing.assert_close(barlow_twins_loss(z1, z2, 0.01, total=lambda x: x), barlow_twins_loss(z1, z2, 0.01),
+                               rtol=1e-12, atol=1e-12)

@@ -25,8 +25,10 @@ from amcl.losses.temperature import (
     PairTemperatures,
     Temperatures,
     at_least_float32,
+    gathers_rows,
     negative_regularization,
     omega,
+    selected_products,
 )
 
 __all__ = [
@@ -346,14 +348,22 @@ def amcl_nt_xent_terms(
         omega_dim = z1.shape[-1] if omega_dim is None else omega_dim
         neg_temps = temperatures if negative_temperatures is None else negative_temperatures
         z = _stacked_views(z1, z2)
-        sim = _anchor_similarities(z, anchors, rows)
+        # For small k the matrix only chooses the negatives, without a gradient: their similarities are then
+        # k gathered dot products per anchor, whose backward is k rows, not two [C, R, 2B] matrix products.
+        gathered = gathers_rows(topk, z.shape[-1], n)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not gathered):
+            sim = _anchor_similarities(z, anchors, rows)
         positive, itself, positives = _itself_and_positive(rows, n)
         pos_index = positive.expand(sim.shape[0], -1).unsqueeze(-1)
         pos_sim = _positive_similarities(z, rows, positive)
         pos_tau = _select(temperatures, pos_index, pos_sim.unsqueeze(-1)).squeeze(-1)
-        # in place, the one copy of the matrix: the product keeps its inputs, topk its indices
-        sim.masked_fill_(itself if include_positive else itself | positives, float("-inf"))
-        neg_sim, neg_index = sim.topk(topk, dim=-1)
+        # In place on the one copy of the matrix, and outside autograd: topk never picks a masked entry, so
+        # their gradient is zero anyway (no masked_fill backward pass). Nothing saved the matrix for backward
+        # (the product keeps its inputs, topk its indices), so changing its values is safe.
+        sim.detach().masked_fill_(itself if include_positive else itself | positives, float("-inf"))
+        neg_sim, neg_index = sim.topk(topk, dim=-1, sorted=False)  # their order plays no part: cheaper
+        if gathered:
+            neg_sim = selected_products(z if anchors is None else z[:, rows], z, neg_index)
         neg_tau = _select(neg_temps, neg_index, neg_sim)
         return _terms(pos_sim, pos_tau, neg_sim, neg_tau, beta, omega_dim, negative_regularizer)
 

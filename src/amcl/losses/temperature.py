@@ -30,6 +30,25 @@ __all__ = [
 NEGATIVE_REGULARIZERS = ("mean_omega", "sum_log_inverse")
 
 
+def gathers_rows(k: int, width: int, candidates: int) -> bool:
+    """Whether k selected entries per row are cheaper as products of gathered rows (``k * width`` values per
+    row) than read from the whole ``[..., N, M]`` product (M per row, and its gradient is dense)."""
+    return k * width <= candidates
+
+
+def selected_products(left: Tensor, right: Tensor, index: Tensor) -> Tensor:
+    """``<left_i, right_index[c, i, j]>``: ``[C, N, k]`` for ``[C, N, h]``, ``[C, M, h]`` and an index
+    ``[C, N, k]`` into the M rows of ``right`` (C may be 1 in either factor). For small k the chosen rows are
+    gathered (``[C, N, k, h]``, no ``[C, N, M]`` tensor), else taken from the one matrix product."""
+    heads = max(left.shape[0], right.shape[0], index.shape[0])
+    index = index.expand(heads, *index.shape[1:])
+    if not gathers_rows(index.shape[-1], left.shape[-1], right.shape[-2]):
+        return (left @ right.transpose(-1, -2)).expand(heads, -1, -1).gather(-1, index)
+    chosen = right.expand(heads, *right.shape[1:])[torch.arange(heads, device=index.device)[:, None, None], index]
+    # a sum of products, not a batch of C*N tiny matrix products
+    return (chosen * left.expand(heads, *left.shape[1:]).unsqueeze(-2)).sum(-1)
+
+
 def at_least_float32(x: Tensor) -> Tensor:
     """Half and bfloat16 tensors as float32; float32 and float64 unchanged (gradcheck runs in float64)."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
@@ -113,15 +132,7 @@ class PairTemperatures(NamedTuple):
             if left.dim() != 3 or right.dim() != 3:
                 raise ValueError(f"PairTemperatures.at needs [C, N, h] and [C, M, h] factors, got "
                                  f"{tuple(self.left.shape)} and {tuple(self.right.shape)}")
-            heads = max(left.shape[0], right.shape[0], index.shape[0])
-            left, index = left.expand(heads, *left.shape[1:]), index.expand(heads, *index.shape[1:])
-            if index.shape[-1] * left.shape[-1] <= right.shape[-2]:
-                chosen = right.expand(heads, *right.shape[1:])[torch.arange(heads, device=index.device)[:, None, None],
-                                                               index]  # [C, N, k, h]
-                scores = (chosen @ left.unsqueeze(-1)).squeeze(-1)
-            else:
-                scores = (left @ right.transpose(-1, -2)).gather(-1, index)
-            taus = temperature_from_scores(scores, self.tau_min, self.tau_max)
+            taus = temperature_from_scores(selected_products(left, right, index), self.tau_min, self.tau_max)
             return taus.squeeze(0) if squeeze else taus
 
 

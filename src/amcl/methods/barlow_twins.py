@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from amcl.config import PretrainConfig
-from amcl.distributed import gather_with_grad
+from amcl.distributed import gather_with_grad, is_distributed, sum_with_grad
 from amcl.errors import AmclError
 from amcl.losses import amcl_barlow_twins_loss, barlow_twins_loss, batch_standardise
+from amcl.losses.siamese import TemperatureScores, row_blocks
 from amcl.losses.temperature import at_least_float32
-from amcl.methods.base import HeadTemperatures, PretrainMethod, temperature_range
-from amcl.monitoring import bound_shares, temperature_statistics
+from amcl.methods.base import HeadTemperatures, PretrainMethod
+from amcl.monitoring import BOUND_TOLERANCE, temperature_statistics
 
 
 class BarlowTwins(PretrainMethod):
@@ -22,8 +25,9 @@ class BarlowTwins(PretrainMethod):
     x processes, recorded when the run starts), so every batch must have ``config.batch_size``
     images on every process.
 
-    With several processes the projections are gathered (with gradients): the cross-correlation
-    and its temperatures are those of the global batch.
+    With several processes the cross-correlation and its temperatures are those of the global batch:
+    the baseline totals each process's batch statistics and d x d products over the processes (its own
+    B rows only); AMCL gathers the projections (with gradients), since phi reads whole channel vectors.
 
     The ablations read the diagonal (channel l with itself) as the positive pairs and the
     off-diagonal as the negative ones.
@@ -46,20 +50,32 @@ class BarlowTwins(PretrainMethod):
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         batch, cfg = view1.shape[0], self.config
         z = self.projector(self.backbone(torch.cat([view1, view2])))  # [C, 2B, d]
-        z1, z2 = gather_with_grad(z[:, :batch], 1), gather_with_grad(z[:, batch:], 1)  # the global batch
-        if not cfg.amcl:
-            return barlow_twins_loss(z1, z2, cfg.barlow_lambda), {}
-        taus = self.channel_temperatures(z1, z2)
-        loss = amcl_barlow_twins_loss(z1, z2, taus, cfg.barlow_lambda, cfg.beta)
-        self.diagnose(**temperature_range(taus))
-        with torch.no_grad():
-            dim = z.shape[-1]
-            taus = torch.as_tensor(taus, device=loss.device).detach().float().expand(z.shape[0], dim, dim)
-            diagonal = torch.diagonal(taus, dim1=1, dim2=2)
-            off_diagonal_mean = (taus.sum() - diagonal.sum()) / max(1, taus.numel() - diagonal.numel())
-            if self.temperature_net is not None:
-                self.record_statistics(channel_statistics(taus, cfg.tau_min, cfg.tau_max))
-        return loss, {"tau_pos_mean": diagonal.mean(), "tau_neg_mean": off_diagonal_mean}
+        if not cfg.amcl:  # this process's rows; the statistics and the d x d products totalled over processes
+            total = sum_with_grad if is_distributed() else None
+            return barlow_twins_loss(z[:, :batch], z[:, batch:], cfg.barlow_lambda, total=total), {}
+        # phi reads channel vectors of the global batch's length: the projections are gathered
+        z1, z2 = gather_with_grad(z[:, :batch], 1), gather_with_grad(z[:, batch:], 1)
+        scores = self.channel_scores(z1, z2)
+        if scores is None:  # one constant temperature for every pair
+            loss = amcl_barlow_twins_loss(z1, z2, cfg.temperature, cfg.barlow_lambda, cfg.beta)
+            tau = torch.full((), float(cfg.temperature), device=loss.device)
+            self.diagnose(tau_low=tau, tau_high=tau)
+            return loss, {"tau_pos_mean": tau, "tau_neg_mean": tau}
+        if self.adaptive_positive and self.adaptive_negative:
+            # the scores go in and the sigmoid is fused into the loss: no [C, d, d] temperatures in the graph
+            loss = amcl_barlow_twins_loss(z1, z2, scores, cfg.barlow_lambda, cfg.beta)
+            summary = channel_summary(scores.scores, cfg.tau_min, cfg.tau_max, scores=True)
+        else:
+            taus = self._ablation_temperatures(scores)
+            loss = amcl_barlow_twins_loss(z1, z2, taus, cfg.barlow_lambda, cfg.beta)
+            summary = channel_summary(taus.detach(), cfg.tau_min, cfg.tau_max, scores=False)
+        dim = z.shape[-1]
+        self.diagnose(tau_low=torch.minimum(summary.diagonal.amin(), summary.off_min.amin()),
+                      tau_high=torch.maximum(summary.diagonal.amax(), summary.off_max.amax()))
+        if self.training:
+            self.record_statistics(summary.statistics(cfg.tau_min, cfg.tau_max))
+        off_diagonal_mean = summary.off_sum.sum() / max(1, summary.off_sum.numel() * (dim * dim - dim))
+        return loss, {"tau_pos_mean": summary.diagonal.mean(), "tau_neg_mean": off_diagonal_mean}
 
     def analysis_images(self) -> int:
         return self.config.global_batch if self.temperature_net is not None else 0
@@ -87,9 +103,20 @@ class BarlowTwins(PretrainMethod):
 
     def channel_temperatures(self, z1: Tensor, z2: Tensor) -> Tensor | float:
         """tau_lm for every pair of channels (l of view 1, m of view 2): ``[C, d, d]``, or the constant."""
+        scores = self.channel_scores(z1, z2)
+        if scores is None:
+            return self.config.temperature
+        if self.adaptive_positive and self.adaptive_negative:
+            return scores.matrix()
+        return self._ablation_temperatures(scores)
+
+    def channel_scores(self, z1: Tensor, z2: Tensor) -> TemperatureScores | None:
+        """The temperature net's scores s_lm of every pair of channels, ``[C, d, d]`` (tau_lm =
+        tau_min + (tau_max - tau_min) sigmoid(-s_lm)), from one matrix product of its factors; None
+        without a net."""
         cfg, net = self.config, self.temperature_net
         if net is None:
-            return cfg.temperature
+            return None
         batch, expected = z1.shape[1], cfg.global_batch
         if batch != expected:
             world = expected // cfg.batch_size
@@ -102,9 +129,13 @@ class BarlowTwins(PretrainMethod):
         with torch.autocast(z1.device.type, enabled=False):
             channels1 = batch_standardise(at_least_float32(self.temperature_input(z1))).transpose(1, 2)  # [C, d, B]
             channels2 = batch_standardise(at_least_float32(self.temperature_input(z2))).transpose(1, 2)
-            learned = net.pair_temperatures(channels1, channels2)
-        if self.adaptive_positive and self.adaptive_negative:
-            return learned
+            factors = net.pair_factors(channels1, channels2)
+            return TemperatureScores(factors.left @ factors.right.transpose(-1, -2), net.tau_min, net.tau_max)
+
+    def _ablation_temperatures(self, scores: TemperatureScores) -> Tensor:
+        """The ablations' matrix: learned on the diagonal only ("positive") or off it only ("negative"),
+        the constant elsewhere."""
+        learned, cfg = scores.matrix(), self.config
         diagonal = torch.eye(learned.shape[-1], dtype=torch.bool, device=learned.device)
         constant = torch.full_like(learned, cfg.temperature)
         if self.adaptive_positive:
@@ -112,22 +143,69 @@ class BarlowTwins(PretrainMethod):
         return torch.where(diagonal, constant, learned)
 
 
+class ChannelSummary(NamedTuple):
+    """Per head, what the monitoring reads of a ``[C, d, d]`` channel-temperature matrix: the diagonal
+    tau_l ``[C, d]``, and over the off-diagonal tau_lm the sum, min and max ``[C]``; over every entry
+    the counts at ``tau_min`` / ``tau_max`` (within :data:`~amcl.monitoring.BOUND_TOLERANCE`) ``[C]``."""
+
+    diagonal: Tensor
+    off_sum: Tensor
+    off_min: Tensor
+    off_max: Tensor
+    at_min: Tensor
+    at_max: Tensor
+
+    def statistics(self, tau_min: float, tau_max: float) -> dict[str, Tensor]:
+        """The per-head dict of :func:`channel_statistics`."""
+        d = self.diagonal.shape[-1]
+        stats = temperature_statistics(tau_min, tau_max, self.diagonal)
+        off_diagonal_mean = self.off_sum / max(1, d * d - d)
+        for c in range(self.diagonal.shape[0]):
+            head = f"head{c + 1}"
+            stats |= {f"{head}/tau_neg_mean": off_diagonal_mean[c], f"{head}/tau_neg_min": self.off_min[c],
+                      f"{head}/tau_neg_max": self.off_max[c], f"{head}/share_at_tau_min": self.at_min[c] / (d * d),
+                      f"{head}/share_at_tau_max": self.at_max[c] / (d * d)}
+        return stats
+
+
 @torch.no_grad()
+def channel_summary(x: Tensor, tau_min: float, tau_max: float, scores: bool) -> ChannelSummary:
+    """The :class:`ChannelSummary` of a ``[C, d, d]`` matrix of temperatures, or of their scores (``scores``:
+    mapped as :func:`~amcl.losses.temperature_from_scores`) in the
+    cache-sized row blocks of the fused loss: one read of ``x``, no ``[C, d, d]`` temporary (the
+    masked copies, comparisons and casts of whole-matrix monitoring cost more than the loss itself)."""
+    heads, d, _ = x.shape
+    margin = BOUND_TOLERANCE * (tau_max - tau_min)
+    diagonal = x.new_empty(heads, d)  # x's dtype: float32 in training, float64 in the exactness tests
+    parts: dict[str, list[list[Tensor]]] = {k: [[] for _ in range(heads)] for k in ChannelSummary._fields[1:]}
+    step = next(iter(row_blocks(heads, d, d, x.device)))[1]
+    work = x.new_empty(step.stop - step.start, d)
+    for head, block in row_blocks(heads, d, d, x.device):
+        tau = work[: block.stop - block.start]
+        if not scores:
+            tau.copy_(x[head, block])
+        else:
+            torch.sigmoid(torch.neg(x[head, block], out=tau), out=tau).mul_(tau_max - tau_min).add_(tau_min)
+        on = torch.diagonal(tau, offset=block.start)  # entries (l, l) of these rows
+        diagonal[head, block].copy_(on)
+        parts["off_sum"][head].append(tau.sum() - on.sum())
+        parts["at_min"][head].append((tau <= tau_min + margin).sum())
+        parts["at_max"][head].append((tau >= tau_max - margin).sum())
+        # the diagonal overwritten by off-diagonal neighbours (l, l + 1), (d - 1, d - 2) for the last row: values
+        # already among the off-diagonal ones, so one min-max pass over the block leaves the diagonal out
+        right = torch.diagonal(tau, offset=block.start + 1)
+        on[: right.numel()].copy_(right)
+        if right.numel() < on.numel() and d > 1:
+            on[-1] = tau[-1, d - 2]
+        low, high = torch.aminmax(tau)
+        parts["off_min"][head].append(low)
+        parts["off_max"][head].append(high)
+    sums = {k: torch.stack([torch.stack(p) for p in v]) for k, v in parts.items()}
+    return ChannelSummary(diagonal, sums["off_sum"].sum(1), sums["off_min"].amin(1), sums["off_max"].amax(1),
+                          sums["at_min"].sum(1).float(), sums["at_max"].sum(1).float())
+
+
 def channel_statistics(taus: Tensor, tau_min: float, tau_max: float) -> dict[str, Tensor]:
     """Per-head monitoring of ``[C, d, d]`` channel temperatures: the diagonal tau_l as the positive
-    pairs, the off-diagonal tau_lm as the negative ones (the mean from full sums minus the diagonal,
-    without copying the off-diagonal entries). The shares at the bounds count every entry."""
-    d = taus.shape[-1]
-    diagonal = torch.diagonal(taus, dim1=1, dim2=2)
-    stats = temperature_statistics(tau_min, tau_max, diagonal)
-    off_diagonal_mean = (taus.sum((1, 2)) - diagonal.sum(-1)) / max(1, d * d - d)
-    eye = torch.eye(d, dtype=torch.bool, device=taus.device)
-    lowest = torch.where(eye, float("inf"), taus).amin((1, 2))
-    highest = torch.where(eye, float("-inf"), taus).amax((1, 2))
-    at_min, at_max = bound_shares(taus, tau_min, tau_max)
-    for c in range(taus.shape[0]):
-        head = f"head{c + 1}"
-        stats |= {f"{head}/tau_neg_mean": off_diagonal_mean[c], f"{head}/tau_neg_min": lowest[c],
-                  f"{head}/tau_neg_max": highest[c], f"{head}/share_at_tau_min": at_min[c],
-                  f"{head}/share_at_tau_max": at_max[c]}
-    return stats
+    pairs, the off-diagonal tau_lm as the negative ones. The shares at the bounds count every entry."""
+    return channel_summary(taus, tau_min, tau_max, scores=False).statistics(tau_min, tau_max)

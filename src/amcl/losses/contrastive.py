@@ -80,15 +80,15 @@ def _anchor_rows(anchors: Any, views: int, device: torch.device) -> Tensor:
     return anchors.to(device)
 
 
-def _anchor_similarities(z: Tensor, anchors: Tensor | None, rows: Tensor) -> Tensor:
-    """``[C, R, 2B]``: the anchors' rows of the similarity matrix of the stacked views ``z``."""
-    return (z if anchors is None else z[:, rows]) @ z.transpose(1, 2)
+def _anchor_views(z: Tensor, anchors: Tensor | None, rows: Tensor) -> Tensor:
+    """``[C, R, d]``: the anchors' rows of the stacked views ``z`` (``z`` itself when every view is one)."""
+    return z if anchors is None else z[:, rows]
 
 
-def _positive_similarities(z: Tensor, rows: Tensor, positive: Tensor) -> Tensor:
+def _positive_similarities(anchor_views: Tensor, z: Tensor, positive: Tensor) -> Tensor:
     """``[C, R]``: each anchor's similarity with its positive, as row-wise dot products. Taken from the
     matrix with gather it would make autograd keep the whole matrix, which is then masked in place."""
-    return (z[:, rows] * z[:, positive]).sum(-1)
+    return (anchor_views * z[:, positive]).sum(-1)
 
 
 def _itself_and_positive(rows: Tensor, views: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -127,7 +127,7 @@ def view_similarities(z1: Tensor, z2: Tensor, anchors: Tensor | None = None) -> 
     ``[C, B, d]`` inputs; the anchors (an index ``[R]`` into ``[z1; z2]``) default to all 2B views."""
     z1, z2 = _as_heads(z1, z2)
     z = _stacked_views(z1, z2)
-    return _anchor_similarities(z, anchors, _anchor_rows(anchors, z.shape[1], z.device))
+    return _anchor_views(z, anchors, _anchor_rows(anchors, z.shape[1], z.device)) @ z.transpose(1, 2)
 
 
 def _check_constant(name: str, value: Any) -> None:
@@ -201,21 +201,25 @@ def nt_xent_loss(
         z = _stacked_views(z1, z2)
         n = z.shape[1]
         rows = _anchor_rows(anchors, n, z.device)
-        anchor_views = z if anchors is None else z[:, rows]
+        anchor_views = _anchor_views(z, anchors, rows)
         if torch.is_tensor(temperature) and temperature.dim() > 0:
             logits = (anchor_views @ z.transpose(1, 2)) / temperature
         else:
             logits = (anchor_views / temperature) @ z.transpose(1, 2)
         positive, itself, positives = _itself_and_positive(rows, n)
-        positive_logits = _positive_similarities(z, rows, positive) / temperature
+        positive_logits = _positive_similarities(anchor_views, z, positive) / temperature
         per_view = _log_sum_exp(logits, itself | positives if decoupled else itself) - positive_logits
         return per_view.mean(dim=-1).sum()
 
 
-def _check_topk(k: int, views: int, include_positive: bool, name: str = "top-k") -> None:
-    candidates = views - 1 if include_positive else views - 2
+def _check_topk(k: int, candidates: int) -> None:
+    """k hardest of ``candidates``: SimCLR's 2B - 2 other views (2B - 1 with the positive), MoCo's K (+ 1)."""
     if not 1 <= k <= candidates:
-        raise ValueError(f"{name} must be between 1 and the number of negatives ({candidates}), got {k}")
+        raise ValueError(f"top-k must be between 1 and the number of negatives ({candidates}), got {k}")
+
+
+def _simclr_candidates(views: int, include_positive: bool) -> int:
+    return views - 1 if include_positive else views - 2
 
 
 def hardest_negatives(
@@ -230,13 +234,26 @@ def hardest_negatives(
     """
     check_count("k", k)
     n = sim.shape[-1]
-    _check_topk(k, n, include_positive)
+    _check_topk(k, _simclr_candidates(n, include_positive))
     rows = _anchor_rows(anchors, n, sim.device)
     if sim.shape[-2] != rows.shape[0]:
         raise ValueError(f"sim has {sim.shape[-2]} rows but there are {rows.shape[0]} anchors; pass the anchors "
                          f"of a [C, R, 2B] block of rows")
     _, itself, positives = _itself_and_positive(rows, n)
     return sim.masked_fill(itself if include_positive else itself | positives, float("-inf")).topk(k, dim=-1)
+
+
+def _checked_simclr_inputs(
+    z1: Tensor, z2: Tensor, temperatures: Any, negative_temperatures: Any, anchors: Any
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The views as heads, the anchor rows, and both temperature sources checked against ``[C, R, 2B]``."""
+    z1, z2 = _as_heads(z1, z2)
+    rows = _anchor_rows(anchors, 2 * z1.shape[1], z1.device)
+    pairs = (z1.shape[0], rows.shape[0], 2 * z1.shape[1])
+    check_temperatures("temperatures", temperatures, pairs)
+    if negative_temperatures is not None:
+        check_temperatures("negative_temperatures", negative_temperatures, pairs)
+    return z1, z2, rows
 
 
 class ContrastiveTerms(NamedTuple):
@@ -334,28 +351,24 @@ def amcl_nt_xent_terms(
             gathered views of every process and :func:`process_anchors`, each process computes its own
             rows ``[C, 2B, 2BW]`` of the global loss (the mean over its anchors).
     """
-    z1, z2 = _as_heads(z1, z2)
+    z1, z2, rows = _checked_simclr_inputs(z1, z2, temperatures, negative_temperatures, anchors)
     n = 2 * z1.shape[1]
-    rows = _anchor_rows(anchors, n, z1.device)
-    pairs = (z1.shape[0], rows.shape[0], n)
-    check_temperatures("temperatures", temperatures, pairs)
-    if negative_temperatures is not None:
-        check_temperatures("negative_temperatures", negative_temperatures, pairs)
     check_count("topk", topk)
-    _check_topk(topk, n, include_positive)
+    _check_topk(topk, _simclr_candidates(n, include_positive))
     _check_amcl_arguments(beta, omega_dim, negative_regularizer)
     with torch.autocast(z1.device.type, enabled=False):
         omega_dim = z1.shape[-1] if omega_dim is None else omega_dim
         neg_temps = temperatures if negative_temperatures is None else negative_temperatures
         z = _stacked_views(z1, z2)
+        anchor_views = _anchor_views(z, anchors, rows)
         # For small k the matrix only chooses the negatives, without a gradient: their similarities are then
         # k gathered dot products per anchor, whose backward is k rows, not two [C, R, 2B] matrix products.
         gathered = gathers_rows(topk, z.shape[-1], n)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not gathered):
-            sim = _anchor_similarities(z, anchors, rows)
+            sim = anchor_views @ z.transpose(1, 2)
         positive, itself, positives = _itself_and_positive(rows, n)
         pos_index = positive.expand(sim.shape[0], -1).unsqueeze(-1)
-        pos_sim = _positive_similarities(z, rows, positive)
+        pos_sim = _positive_similarities(anchor_views, z, positive)
         pos_tau = _select(temperatures, pos_index, pos_sim.unsqueeze(-1)).squeeze(-1)
         # In place on the one copy of the matrix, and outside autograd: topk never picks a masked entry, so
         # their gradient is zero anyway (no masked_fill backward pass). Nothing saved the matrix for backward
@@ -363,7 +376,7 @@ def amcl_nt_xent_terms(
         sim.detach().masked_fill_(itself if include_positive else itself | positives, float("-inf"))
         neg_sim, neg_index = sim.topk(topk, dim=-1, sorted=False)  # their order plays no part: cheaper
         if gathered:
-            neg_sim = selected_products(z if anchors is None else z[:, rows], z, neg_index)
+            neg_sim = selected_products(anchor_views, z, neg_index)
         neg_tau = _select(neg_temps, neg_index, neg_sim)
         return _terms(pos_sim, pos_tau, neg_sim, neg_tau, beta, omega_dim, negative_regularizer)
 
@@ -453,18 +466,14 @@ def amcl_softmax_nt_xent_terms(
         >>> terms = amcl_softmax_nt_xent_terms(z1, z2, phi.pair_temperatures(torch.cat([z1, z2], dim=1)))
         >>> loss = terms.loss()
     """
-    z1, z2 = _as_heads(z1, z2)
+    z1, z2, rows = _checked_simclr_inputs(z1, z2, temperatures, negative_temperatures, anchors)
     n = 2 * z1.shape[1]
-    rows = _anchor_rows(anchors, n, z1.device)
-    pairs = (z1.shape[0], rows.shape[0], n)
-    check_temperatures("temperatures", temperatures, pairs)
-    if negative_temperatures is not None:
-        check_temperatures("negative_temperatures", negative_temperatures, pairs)
     _check_amcl_arguments(beta, omega_dim, negative_regularizer)
     with torch.autocast(z1.device.type, enabled=False):
         omega_dim = z1.shape[-1] if omega_dim is None else omega_dim
         z = _stacked_views(z1, z2)
-        sim = _anchor_similarities(z, anchors, rows)
+        anchor_views = _anchor_views(z, anchors, rows)
+        sim = anchor_views @ z.transpose(1, 2)
         heads, anchor_count = sim.shape[0], sim.shape[1]
         positive, itself, positives = _itself_and_positive(rows, n)
         tau = _pair_matrix(temperatures, sim)
@@ -472,7 +481,7 @@ def amcl_softmax_nt_xent_terms(
             tau = torch.where(positives, tau, _pair_matrix(negative_temperatures, sim))
         logits = sim / tau
         pos_index = positive.expand(heads, -1).unsqueeze(-1)
-        pos_sim = _positive_similarities(z, rows, positive)
+        pos_sim = _positive_similarities(anchor_views, z, positive)
         pos_tau = tau.gather(-1, pos_index).squeeze(-1)
         pos_logit = pos_sim / pos_tau
         log_partition = _log_sum_exp(logits, itself)
@@ -619,10 +628,8 @@ def amcl_moco_terms(
         _check_moco_temperatures(positive_temperatures, queue_temperatures, q, queue)
         _check_amcl_arguments(beta, omega_dim, negative_regularizer)
         omega_dim = q.shape[-1] if omega_dim is None else omega_dim
-        candidates = queue.shape[1] + int(include_positive)
         check_count("topk", topk)
-        if not 1 <= topk <= candidates:
-            raise ValueError(f"top-k must be between 1 and the number of negatives ({candidates}), got {topk}")
+        _check_topk(topk, queue.shape[1] + int(include_positive))
         pos_sim = (q * k.detach()).sum(-1)
         pos_tau = _per_anchor(positive_temperatures, pos_sim)
         neg_sim, neg_index = (q @ queue.transpose(1, 2)).topk(min(topk, queue.shape[1]), dim=-1)

@@ -76,7 +76,8 @@ Step = Callable[[], None]
 
 
 class LargestTensor(TorchDispatchMode):
-    """Records the element count of the largest tensor any op produces."""
+    """Records the element count of the largest tensor any op produces (a sparse tensor counts the elements
+    it stores, its indices and values, not its dense shape)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -86,7 +87,8 @@ class LargestTensor(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
-                self.numel = max(self.numel, t.numel())
+                stored = t._indices().numel() + t._values().numel() if t.is_sparse else t.numel()
+                self.numel = max(self.numel, stored)
         return out
 
 

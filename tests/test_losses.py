@@ -19,6 +19,8 @@ from amcl.losses import (
     process_anchors,
     view_similarities,
 )
+from amcl.losses.contrastive import _largest_entries, _order_keys_
+from amcl.losses.temperature import gathers_rows, selected_products, sparse_gradient
 from amcl.nn import TemperatureNet
 from builders import LargestTensor, cos, reference_omega
 
@@ -226,6 +228,85 @@ def test_gradcheck_amcl_loss_in_float64():
         return amcl_nt_xent_loss(a, b, phi.pair_temperatures(torch.cat([a, b], dim=1)), beta=0.05, topk=2)
 
     assert torch.autograd.gradcheck(loss, (z1, z2))
+
+    def factored_loss(a, b):  # phi's factors of the whole Gram matrix are one tensor: the symmetric backward
+        return amcl_nt_xent_loss(a, b, phi.pair_factors(torch.cat([a, b], dim=1)), beta=0.05, topk=2)
+
+    assert torch.autograd.gradcheck(factored_loss, (z1, z2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_largest_entries_are_the_top_k_of_the_floats(dtype):
+    """The selection on integer order keys chooses what torch's top-k of the floats chooses, with their
+    exact values, never an excluded entry, and signed zeros, infinities and tiny numbers in their place."""
+    torch.manual_seed(21)
+    x = torch.randn(2, 6, 40, dtype=torch.float64)
+    x[0, 0, :6] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), 1e-30, -1e-30])
+    x = x.to(dtype)
+    excluded = torch.rand(6, 40) < 0.2
+    excluded[0, 2] = False  # keep the +inf of row 0 a candidate
+    values, index = _largest_entries(x.clone(), 7, excluded)
+    expected = x.masked_fill(excluded, float("-inf")).topk(7, dim=-1).values
+    assert torch.equal(values.sort(dim=-1, descending=True).values, expected)
+    assert torch.equal(x.gather(-1, index), values)
+    assert not excluded.expand_as(x).gather(-1, index).any()
+    assert values[0, 0].max() == float("inf")
+
+
+def test_order_keys_sort_like_the_floats_and_give_them_back():
+    floats = torch.tensor([float("-inf"), -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.0, float("inf")])
+    keys = _order_keys_(floats.clone().view(torch.int32))
+    assert torch.equal(keys.argsort(), torch.arange(8))  # strictly increasing (-0.0 just below 0.0)
+    assert torch.equal(_order_keys_(keys.clone()).view(torch.float32), floats)
+
+
+@pytest.mark.parametrize("case", ["gram", "two-factors", "one-head-left", "one-head-right"])
+@pytest.mark.parametrize("n, m, k, h", [(6, 7, 5, 4), (9, 40, 2, 24)], ids=["dense-gradient", "sparse-gradient"])
+def test_selected_products_of_the_product_matrix_and_their_gradients(case, n, m, k, h):
+    """k * h above M: the entries are read from the product, and the backward multiplies only their gradients,
+    scattered into a dense matrix (symmetrically for a Gram matrix: one product) or, for at most 1 in 16
+    entries, kept as a sparse one; repeated indices add up; one-head factors broadcast."""
+    torch.manual_seed(22)
+    heads = {"one-head-left": (1, 3), "one-head-right": (3, 1)}.get(case, (3, 3))
+    assert sparse_gradient(k, m, torch.device("cpu")) == (16 * k <= m)
+    left = torch.randn(heads[0], m if case == "gram" else n, h, dtype=torch.float64, requires_grad=True)
+    right = left if case == "gram" else torch.randn(heads[1], m, h, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, m, (3, left.shape[1], k))  # k * h > m candidates, with repeats
+    expected = (left @ right.transpose(-1, -2)).expand(3, -1, -1).gather(-1, index)
+    got = selected_products(left, right, index)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(selected_products(left, right, index, expected.detach()), expected)
+    weights = torch.randn_like(got)
+    inputs = [left] if case == "gram" else [left, right]
+    for want, have in zip(torch.autograd.grad((expected * weights).sum(), inputs),
+                          torch.autograd.grad((got * weights).sum(), inputs)):
+        torch.testing.assert_close(have, want)
+    if case == "gram":
+        assert torch.autograd.gradcheck(lambda a: selected_products(a, a, index), (left,))
+    else:
+        assert torch.autograd.gradcheck(lambda a, b: selected_products(a, b, index), (left, right))
+
+
+def test_gradcheck_amcl_loss_with_sparse_gradients_of_the_chosen_negatives():
+    """2B = 32 candidates, k = 2 (k * d = 48 above 2B, 1 in 16 chosen): the chosen similarities and temperature
+    scores are read from their Gram matrices, and their gradients multiply the features as sparse matrices."""
+    torch.manual_seed(23)
+    z1, z2 = (torch.randn(2, 16, 24, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    phi = TemperatureNet(24, hidden=24, tau_min=0.05, tau_max=2.0).double()
+    assert sparse_gradient(2, 32, z1.device) and not gathers_rows(2, 24, 32)
+
+    def loss(a, b):
+        return amcl_nt_xent_loss(a, b, phi.pair_factors(torch.cat([a, b], dim=1)), beta=0.05, topk=2)
+
+    expected = reference_amcl(z1.detach(), z2.detach(), _tau_of(phi, z1, z2), 0.05, 2, 24)
+    assert loss(z1, z2).item() == pytest.approx(expected, rel=1e-9)
+    assert torch.autograd.gradcheck(loss, (z1, z2))
+
+
+def _tau_of(phi, z1, z2):
+    """tau(c, i, j) of the stacked views from phi's full temperature matrix, for the written-out formulas."""
+    matrix = phi.pair_temperatures(torch.cat([z1, z2], dim=1)).detach()
+    return lambda c, i, j: float(matrix[c, i, j])
 
 
 def test_gradcheck_temperature_network_parameters():
@@ -440,7 +521,7 @@ class MatricesMade(TorchDispatchMode):
     (lambda z1, z2, anchors: amcl_nt_xent_loss(z1, z2, 0.5, topk=2, anchors=anchors), 1, 0),
     (lambda z1, z2, rows: amcl_nt_xent_loss(z1, z2, _anchor_factors(z1, z2, rows), topk=2, anchors=rows), 1, 0),
     # k * d = 64 > 2B = 32: the selected entries are read from the matrices, which then take gradients
-    (lambda z1, z2, rows: amcl_nt_xent_loss(z1, z2, _anchor_factors(z1, z2, rows), topk=8, anchors=rows), 2, 4),
+    (lambda z1, z2, rows: amcl_nt_xent_loss(z1, z2, _anchor_factors(z1, z2, rows), topk=8, anchors=rows), 2, 2),
 ], ids=["nt_xent", "hardest-constant", "hardest-factored", "hardest-factored-large-k"])
 @pytest.mark.parametrize("local", [False, True], ids=["all-anchors", "local-anchors"])
 def test_few_similarity_sized_matrices_are_made(loss, forward, backward, local):
@@ -448,9 +529,10 @@ def test_few_similarity_sized_matrices_are_made(loss, forward, backward, local):
     product and the exponentials its log-sum-exp keeps, then one gradient. Eq. 2.1 with a small k: one
     similarity matrix without a gradient, which only chooses the negatives (their similarities and
     temperatures are gathered products), and nothing of that size in the backward; with a large k the
-    similarities and temperature scores of the chosen entries come from two matrices. (Before, with all
+    similarities and temperature scores of the chosen entries come from two matrices made without a
+    gradient, and the backward scatters the k selected gradients of each into one matrix. (Before, with all
     anchors: 3 and 8 for NT-Xent, 2 and 6 for Eq. 2.1 with a constant, 7 and 14 with the full temperature
-    matrix.)"""
+    matrix; 2 and 4 for the large k.)"""
     z1, z2 = torch.randn(2, 16, 8, requires_grad=True), torch.randn(2, 16, 8, requires_grad=True)
     anchors = process_anchors(8, 1, 2) if local else torch.arange(32)
     with MatricesMade(2 * anchors.shape[0] * 32) as made:

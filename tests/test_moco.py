@@ -147,8 +147,22 @@ def test_gradcheck_moco_losses_in_float64():
     pos = (torch.rand(2, 3, dtype=torch.float64) + 0.2).requires_grad_()
     neg = (torch.rand(2, 3, 5, dtype=torch.float64) + 0.2).requires_grad_()
     assert torch.autograd.gradcheck(lambda q: moco_infonce_loss(q, k, queue, 0.3), (q,))
+    for topk in (1, 2):  # 1 * d <= K: the chosen queue entries' products gathered; 2 * d > K: read from q queue^T
+        assert torch.autograd.gradcheck(
+            lambda q, pos, neg, topk=topk: amcl_moco_loss(q, k, queue, pos, neg, beta=0.05, topk=topk), (q, pos, neg)
+        )
+    phi = TemperatureNet(4, hidden=3, tau_min=0.05, tau_max=2.0).double()
+    wide = TemperatureNet(24, hidden=24, tau_min=0.05, tau_max=2.0).double()
+    q24, k24, queue40 = (torch.randn(2, n, 24, dtype=torch.float64) for n in (3, 3, 40))
+    q24.requires_grad_()
+    # k * d = 48 > K = 40 and 1 in 20 chosen: the chosen products' gradients multiply as sparse matrices
     assert torch.autograd.gradcheck(
-        lambda q, pos, neg: amcl_moco_loss(q, k, queue, pos, neg, beta=0.05, topk=2), (q, pos, neg)
+        lambda q: amcl_moco_loss(q, k24, queue40, wide.paired_temperatures(q, k24), wide.pair_factors(q, queue40),
+                                 beta=0.05, topk=2), (q24,)
+    )
+    assert torch.autograd.gradcheck(  # the queue's temperatures as factors, as the MoCo method passes them
+        lambda q: amcl_moco_loss(q, k, queue, phi.paired_temperatures(q, k), phi.pair_factors(q, queue), beta=0.05,
+                                 topk=2), (q,)
     )
 
 

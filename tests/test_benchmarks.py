@@ -134,16 +134,20 @@ def test_growth_exponents_read_linear_and_quadratic_costs():
 
 @pytest.mark.slow
 def test_the_scaling_benchmark_runs_every_sweep_and_the_real_two_process_run():
-    """`scaling.py --quick`: the simulated world sizes (local anchors and the global loss), the queue sweep,
-    their growth exponents, the memory verdict and a real 2-process gloo run."""
+    """`scaling.py --quick`: the simulated world sizes (SimCLR's local anchors and global loss, Barlow Twins'
+    local rows and gathered views), the queue sweep, their growth exponents, the memory verdicts and a real
+    2-process gloo run."""
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(root / "benchmarks" / "scaling.py"), "--quick", "--threads", "1"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    for heading in ("### local:", "### global:", "### queue:", "### real: 2 gloo processes"):
+    for heading in ("### local:", "### global:", "### queue:", "### barlow_local:", "### barlow_gathered:",
+                    "### real: 2 gloo processes"):
         assert heading in out, out
-    assert out.count("Growth exponent in") == 3 and "local / global per-process peak memory" in out
+    assert out.count("Growth exponent in") == 5
+    assert "SimCLR at W = 2: local / gathered per-process peak memory" in out
+    assert "Barlow Twins at W = 2: local / gathered per-process peak memory" in out
     rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| (\d+) \|$", out, flags=re.M)
-    assert [int(size) for size, _, _ in rows] == [1, 2, 1, 2, 256, 1024]
+    assert [int(size) for size, _, _ in rows] == [1, 2, 1, 2, 256, 1024, 1, 2, 1, 2]
     assert all(float(ms) > 0 for _, ms, _ in rows)

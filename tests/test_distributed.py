@@ -42,6 +42,11 @@ CASES = {
     "moco-amcl": dict(method="moco", amcl=True, heads=2),
     "barlow_twins": dict(method="barlow_twins", proj_layers=3),
     "barlow_twins-amcl": dict(method="barlow_twins", amcl=True, heads=2, proj_layers=3),
+    # phi reads channel vectors of the global batch (8 entries, 4 per process) with its last layer folded (8 > 4 + 1)
+    "barlow_twins-amcl-folded-phi": dict(method="barlow_twins", amcl=True, heads=2, proj_layers=3,
+                                         temperature_hidden=4),
+    "barlow_twins-amcl-positive-only": dict(method="barlow_twins", amcl=True, heads=2, proj_layers=3,
+                                            temperature_mode="positive"),
     "simsiam-amcl": dict(method="simsiam", amcl=True, heads=2, proj_layers=3),
 }
 

@@ -21,7 +21,7 @@ from amcl.losses import (
 )
 from amcl.losses.contrastive import _largest_entries, _order_keys_
 from amcl.losses.temperature import gathers_rows, selected_products, sparse_gradient
-from amcl.nn import TemperatureNet
+from amcl.nn import Shard, TemperatureNet
 from builders import LargestTensor, cos, reference_omega
 
 
@@ -374,6 +374,27 @@ def test_temperature_net_methods_equal_explicit_embedding_products(dim, hidden):
         list(phi.parameters()),
     )
     assert all(torch.allclose(g, e, atol=1e-10) for g, e in zip(grads, explicit_grads))
+
+
+@pytest.mark.parametrize("dim,hidden", [(4, 8), (40, 6)])  # explicit embeddings / folded last layer
+def test_sharded_factors_of_one_whole_shard_equal_the_factors(dim, hidden):
+    """A Shard holding every entry (one process: offset 0, the sum over processes is the tensor itself) gives
+    pair_factors' matrix, values and gradients; 2 real processes, each with half of the entries, are pinned
+    against one process in test_distributed.py (AMCL Barlow Twins)."""
+    torch.manual_seed(16)
+    phi = TemperatureNet(dim, hidden, tau_min=0.01, tau_max=2.0).double()
+    a = torch.randn(2, 5, dim, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 7, dim, dtype=torch.float64, requires_grad=True)
+    sharded = phi.pair_factors(a, b, shard=Shard(0, lambda x: x)).matrix()
+    whole = phi.pair_factors(a, b).matrix()
+    torch.testing.assert_close(sharded, whole)
+    weights = torch.randn_like(whole)
+    inputs = [a, b, *phi.parameters()]
+    for got, want in zip(torch.autograd.grad((sharded * weights).sum(), inputs),
+                         torch.autograd.grad((whole * weights).sum(), inputs)):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match=f"a shard of {dim} entries at 1 does not fit phi's input of {dim}"):
+        phi.pair_factors(a, b, shard=Shard(1, lambda x: x))
 
 
 # ---------------------------------------------------------------- anchors (local rows) and factored temperatures

@@ -264,6 +264,7 @@ def _diagonals(c: Tensor, x: Tensor, bounds: tuple[float, float] | None) -> tupl
 def amcl_barlow_twins_loss(
     z1: Tensor, z2: Tensor, temperatures: Temperatures | TemperatureScores,
     lambd: float = 5e-3, beta: float = 1e-6, omega_dim: int | None = None,
+    total: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """AMCL Barlow Twins (Eq. 2.3), per head:
 
@@ -276,10 +277,15 @@ def amcl_barlow_twins_loss(
     shapes broadcast), a constant, or the matrix as its scores (:class:`TemperatureScores`, or the net's
     :class:`~amcl.losses.PairTemperatures` factors): then the sigmoid mapping is fused into the loss and
     no temperature matrix is stored. One fused pass forward and one backward (:class:`_BarlowTerms`).
+
+    ``total``: each process passes its own rows and the cross-correlation is totalled over the processes
+    (see :func:`cross_correlation`); the temperatures are then the global batch's too (e.g. the net's factors
+    of this process's shard of the channel vectors, :class:`amcl.nn.Shard`), and every process computes the
+    same loss.
     """
     z1, z2 = _heads("z1 z2", z1, z2)
     with torch.autocast(z1.device.type, enabled=False):
-        c = cross_correlation(z1, z2)
+        c = cross_correlation(z1, z2, total=total)
         check_number("lambd", lambd, positive=False)
         check_number("beta", beta, positive=False)
         omega_dim = c.shape[-1] if omega_dim is None else omega_dim

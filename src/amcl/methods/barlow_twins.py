@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
 from amcl.config import PretrainConfig
-from amcl.distributed import gather_with_grad, is_distributed, sum_with_grad
+from amcl.distributed import is_distributed, rank, sum_with_grad, world_size
 from amcl.errors import AmclError
 from amcl.losses import amcl_barlow_twins_loss, barlow_twins_loss, batch_standardise
 from amcl.losses.siamese import TemperatureScores, row_blocks
 from amcl.losses.temperature import at_least_float32
 from amcl.methods.base import HeadTemperatures, PretrainMethod
 from amcl.monitoring import BOUND_TOLERANCE, temperature_statistics
+from amcl.nn.temperature import Shard
 
 
 class BarlowTwins(PretrainMethod):
@@ -25,9 +26,10 @@ class BarlowTwins(PretrainMethod):
     x processes, recorded when the run starts), so every batch must have ``config.batch_size``
     images on every process.
 
-    With several processes the cross-correlation and its temperatures are those of the global batch:
-    the baseline totals each process's batch statistics and d x d products over the processes (its own
-    B rows only); AMCL gathers the projections (with gradients), since phi reads whole channel vectors.
+    With several processes the cross-correlation and its temperatures are those of the global batch, from
+    each process's own B rows only: the batch statistics and the d x d products are totalled over the
+    processes, and so are phi's first layer on each process's entries of the channel vectors and their
+    squared norms (:class:`amcl.nn.Shard`); nothing is gathered.
 
     The ablations read the diagonal (channel l with itself) as the positive pairs and the
     off-diagonal as the negative ones.
@@ -50,24 +52,24 @@ class BarlowTwins(PretrainMethod):
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         batch, cfg = view1.shape[0], self.config
         z = self.projector(self.backbone(torch.cat([view1, view2])))  # [C, 2B, d]
-        if not cfg.amcl:  # this process's rows; the statistics and the d x d products totalled over processes
-            total = sum_with_grad if is_distributed() else None
-            return barlow_twins_loss(z[:, :batch], z[:, batch:], cfg.barlow_lambda, total=total), {}
-        # phi reads channel vectors of the global batch's length: the projections are gathered
-        z1, z2 = gather_with_grad(z[:, :batch], 1), gather_with_grad(z[:, batch:], 1)
-        scores = self.channel_scores(z1, z2)
+        # this process's rows; the statistics, the d x d products and phi's first layer totalled over processes
+        total = sum_with_grad if is_distributed() else None
+        z1, z2 = z[:, :batch], z[:, batch:]
+        if not cfg.amcl:
+            return barlow_twins_loss(z1, z2, cfg.barlow_lambda, total=total), {}
+        scores = self.channel_scores(z1, z2, total)
         if scores is None:  # one constant temperature for every pair
-            loss = amcl_barlow_twins_loss(z1, z2, cfg.temperature, cfg.barlow_lambda, cfg.beta)
+            loss = amcl_barlow_twins_loss(z1, z2, cfg.temperature, cfg.barlow_lambda, cfg.beta, total=total)
             tau = torch.full((), float(cfg.temperature), device=loss.device)
             self.diagnose(tau_low=tau, tau_high=tau)
             return loss, {"tau_pos_mean": tau, "tau_neg_mean": tau}
         if self.adaptive_positive and self.adaptive_negative:
             # the scores go in and the sigmoid is fused into the loss: no [C, d, d] temperatures in the graph
-            loss = amcl_barlow_twins_loss(z1, z2, scores, cfg.barlow_lambda, cfg.beta)
+            loss = amcl_barlow_twins_loss(z1, z2, scores, cfg.barlow_lambda, cfg.beta, total=total)
             summary = channel_summary(scores.scores, cfg.tau_min, cfg.tau_max, scores=True)
         else:
             taus = self._ablation_temperatures(scores)
-            loss = amcl_barlow_twins_loss(z1, z2, taus, cfg.barlow_lambda, cfg.beta)
+            loss = amcl_barlow_twins_loss(z1, z2, taus, cfg.barlow_lambda, cfg.beta, total=total)
             summary = channel_summary(taus.detach(), cfg.tau_min, cfg.tau_max, scores=False)
         dim = z.shape[-1]
         self.diagnose(tau_low=torch.minimum(summary.diagonal.amin(), summary.off_min.amin()),
@@ -110,26 +112,31 @@ class BarlowTwins(PretrainMethod):
             return scores.matrix()
         return self._ablation_temperatures(scores)
 
-    def channel_scores(self, z1: Tensor, z2: Tensor) -> TemperatureScores | None:
+    def channel_scores(self, z1: Tensor, z2: Tensor, total: Callable[[Tensor], Tensor] | None = None
+                       ) -> TemperatureScores | None:
         """The temperature net's scores s_lm of every pair of channels, ``[C, d, d]`` (tau_lm =
         tau_min + (tau_max - tau_min) sigmoid(-s_lm)), from one matrix product of its factors; None
-        without a net."""
+        without a net. With ``total`` (several processes) ``z1``, ``z2`` are this process's rows: its shard
+        of the global batch's channel vectors, at its rank's offset."""
         cfg, net = self.config, self.temperature_net
         if net is None:
             return None
-        batch, expected = z1.shape[1], cfg.global_batch
-        if batch != expected:
+        shard = None if total is None else Shard(rank() * z1.shape[1], total)
+        batch, running, expected = z1.shape[1], 1 if total is None else world_size(), cfg.global_batch
+        if batch * running != expected:
             world = expected // cfg.batch_size
             processes = f" on each of {world} processes" if world > 1 else ""
+            here = f" on each of {running} processes" if running > 1 else ""
             raise AmclError(
                 f"AMCL Barlow Twins' temperature network reads channel vectors of length {expected} (the global "
-                f"batch: --batch-size {cfg.batch_size}{processes}), but got a batch of {batch} images; keep every "
-                f"batch at {cfg.batch_size} images{processes} (or pre-train again with --batch-size {batch})"
+                f"batch: --batch-size {cfg.batch_size}{processes}), but got a batch of {batch} images{here}; keep "
+                f"every batch at {cfg.batch_size} images{processes} (or pre-train again with --batch-size {batch})"
             )
         with torch.autocast(z1.device.type, enabled=False):
-            channels1 = batch_standardise(at_least_float32(self.temperature_input(z1))).transpose(1, 2)  # [C, d, B]
-            channels2 = batch_standardise(at_least_float32(self.temperature_input(z2))).transpose(1, 2)
-            factors = net.pair_factors(channels1, channels2)
+            channels1, channels2 = (  # [C, d, B]
+                batch_standardise(at_least_float32(self.temperature_input(z)), total=total).transpose(1, 2)
+                for z in (z1, z2))
+            factors = net.pair_factors(channels1, channels2, shard=shard)
             return TemperatureScores(factors.left @ factors.right.transpose(-1, -2), net.tau_min, net.tau_max)
 
     def _ablation_temperatures(self, scores: TemperatureScores) -> Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Callable, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,17 @@ from amcl.losses.temperature import (
     temperature_from_scores,
 )
 
-__all__ = ["TemperatureNet"]
+__all__ = ["Shard", "TemperatureNet"]
+
+
+class Shard(NamedTuple):
+    """Input vectors whose entries are spread over processes: this process holds entries
+    ``offset .. offset + n_r`` of each (AMCL Barlow Twins' channel vectors, one entry per image of the global
+    batch, each process holding its own images'), and ``total`` sums a tensor over the processes with
+    gradients (:func:`amcl.distributed.sum_with_grad`)."""
+
+    offset: int
+    total: Callable[[Tensor], Tensor]
 
 
 class TemperatureNet(nn.Module):
@@ -52,9 +62,23 @@ class TemperatureNet(nn.Module):
         with torch.autocast(z.device.type, enabled=False):
             return self.phi(F.normalize(at_least_float32(z), dim=-1))
 
-    def _hidden(self, z: Tensor) -> Tensor:
+    def _first_layer(self, z: Tensor, shard: Shard | None = None) -> Tensor:
+        """ReLU(W1 z/|z| + b1). With a ``shard`` of each vector's entries: W1's matching columns times them and
+        the squared norm's parts, each totalled over the processes (|z| as F.normalize takes it, at least 1e-12)."""
+        first = cast(nn.Linear, self.phi[0])
+        z = at_least_float32(z)
+        if shard is None:
+            return self.phi[1](first(F.normalize(z, dim=-1)))
+        if shard.offset < 0 or shard.offset + z.shape[-1] > first.in_features:
+            raise ValueError(f"a shard of {z.shape[-1]} entries at {shard.offset} does not fit phi's input of "
+                             f"{first.in_features}")
+        columns = first.weight[:, shard.offset:shard.offset + z.shape[-1]]
+        norm = shard.total(z.square().sum(-1, keepdim=True)).sqrt().clamp_min(1e-12)
+        return self.phi[1](shard.total(z @ columns.T) / norm + first.bias)
+
+    def _hidden(self, z: Tensor, shard: Shard | None = None) -> Tensor:
         """[ReLU(W1 z/|z| + b1), 1]: phi's hidden layer with a constant 1 for the last layer's bias."""
-        r = self.phi[1](self.phi[0](F.normalize(at_least_float32(z), dim=-1)))
+        r = self._first_layer(z, shard)
         return torch.cat([r, r.new_ones(*r.shape[:-1], 1)], dim=-1)
 
     def _last_layer(self) -> nn.Linear:
@@ -81,11 +105,15 @@ class TemperatureNet(nn.Module):
             scores = (r_a @ self._gram()) @ r_b.transpose(-1, -2)
             return temperature_from_scores(scores, self.tau_min, self.tau_max)
 
-    def pair_factors(self, a: Tensor, b: Tensor | None = None) -> PairTemperatures:
+    def pair_factors(self, a: Tensor, b: Tensor | None = None, shard: Shard | None = None) -> PairTemperatures:
         """The matrix of :meth:`pair_temperatures` as its two factors (phi(a), phi(b), or with the folded last
         layer (r_a W^T W, r_b)): a loss then computes only the entries it uses (the positive and the k
         hardest negatives of Eq. 2.1 / 2.4), and several processes gather the ``[..., M, h]`` right
         factor instead of features. b defaults to a.
+
+        With a :class:`Shard`, ``a`` and ``b`` hold this process's entries of each input vector, and phi's
+        first layer is totalled over the processes: every process gets the whole vectors' factors from
+        ``[..., N, n_r]`` inputs (AMCL Barlow Twins' channel vectors of the global batch, with no gather).
 
         Example:
             >>> phi = TemperatureNet(dim=128)
@@ -97,11 +125,16 @@ class TemperatureNet(nn.Module):
             True
         """
         if not self._folds_last_layer():
-            phi_a = self(a)
-            return PairTemperatures(phi_a, phi_a if b is None else self(b), self.tau_min, self.tau_max)
+            if shard is None:
+                phi_a = self(a)
+                return PairTemperatures(phi_a, phi_a if b is None else self(b), self.tau_min, self.tau_max)
+            with torch.autocast(a.device.type, enabled=False):
+                phi_a = self.phi[2](self._first_layer(a, shard))
+                phi_b = phi_a if b is None else self.phi[2](self._first_layer(b, shard))
+                return PairTemperatures(phi_a, phi_b, self.tau_min, self.tau_max)
         with torch.autocast(a.device.type, enabled=False):
-            r_a = self._hidden(a)
-            r_b = r_a if b is None else self._hidden(b)
+            r_a = self._hidden(a, shard)
+            r_b = r_a if b is None else self._hidden(b, shard)
             return PairTemperatures(r_a @ self._gram(), r_b, self.tau_min, self.tau_max)
 
     def paired_temperatures(self, a: Tensor, b: Tensor) -> Tensor:

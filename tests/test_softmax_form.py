@@ -16,6 +16,7 @@ from amcl.losses import (
     negative_regularization,
     nt_xent_loss,
 )
+from amcl.losses.partition import adaptive_log_partition, negative_side_weights
 from amcl.nn import TemperatureNet
 from builders import LargestTensor, cos, reference_omega
 
@@ -65,16 +66,46 @@ def reference_softmax_moco(q, k, queue, pos_tau, queue_tau, beta, dim, kind="mea
 
 @pytest.mark.parametrize("heads,batch,dim", [(1, 2, 3), (3, 4, 8), (2, 6, 16)])
 @pytest.mark.parametrize("kind", ["mean_omega", "sum_log_inverse"])
-def test_softmax_simclr_matches_written_formula_with_adaptive_temperatures(heads, batch, dim, kind):
+@pytest.mark.parametrize("source", ["matrix", "factors"])  # autograd's matrices / the fused pass over the scores
+def test_softmax_simclr_matches_written_formula_with_adaptive_temperatures(heads, batch, dim, kind, source):
     torch.manual_seed(heads * 100 + batch * 10 + dim)
     z1 = torch.randn(heads, batch, dim, dtype=torch.float64)
     z2 = torch.randn(heads, batch, dim, dtype=torch.float64)
     phi = TemperatureNet(dim, hidden=7, tau_min=0.05, tau_max=2.0).double()
     with torch.no_grad():
-        temps = phi.pair_temperatures(torch.cat([z1, z2], dim=1))
-    got = amcl_softmax_nt_xent_loss(z1, z2, temps, beta=0.01, negative_regularizer=kind)
+        views = torch.cat([z1, z2], dim=1)
+        temps = phi.pair_temperatures(views)
+        given = temps if source == "matrix" else phi.pair_factors(views)
+        got = amcl_softmax_nt_xent_loss(z1, z2, given, beta=0.01, negative_regularizer=kind)
     expected = reference_softmax_simclr(z1, z2, lambda c, i, j: float(temps[c, i, j]), 0.01, dim, kind)
     assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["mean_omega", "sum_log_inverse"])
+def test_fused_log_partition_against_autograd_of_its_formula(kind):
+    """adaptive_log_partition's closed-form backward against autograd of the same sums written with masks,
+    and float64 gradcheck; the temperatures it returns for monitoring take no gradient."""
+    torch.manual_seed(31)
+    sim = torch.rand(2, 5, 7, dtype=torch.float64, requires_grad=True)
+    scores = torch.randn(2, 5, 7, dtype=torch.float64, requires_grad=True)
+    excluded = torch.rand(5, 7).argsort(-1)[:, :2]  # two columns of each row, another two also not negatives
+    not_negative = torch.cat([excluded, torch.rand(5, 7).argsort(-1)[:, :2]], -1)
+    weight, scale = negative_side_weights(kind, 6, 4)
+    tau = 0.05 + 1.95 * torch.sigmoid(-scores)
+    masks = [torch.zeros(5, 7, dtype=torch.bool).scatter_(-1, index, True) for index in (excluded, not_negative)]
+    expected = (torch.logsumexp((sim / tau).masked_fill(masks[0], float("-inf")), -1),
+                scale * (weight * tau.log() + 1 / tau).masked_fill(masks[1], 0).sum(-1))
+    got = adaptive_log_partition(sim, scores, 0.05, 2.0, weight, scale, excluded, not_negative)
+    for have, want in zip(got, (*expected, tau)):
+        torch.testing.assert_close(have, want)
+    assert not got[2].requires_grad
+    weights = [torch.randn(2, 5, dtype=torch.float64) for _ in range(2)]
+    for have, want in zip(torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, got[:2])), (sim, scores)),
+                          torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, expected)), (sim, scores))):
+        torch.testing.assert_close(have, want)
+    assert torch.autograd.gradcheck(
+        lambda s, x: adaptive_log_partition(s, x, 0.05, 2.0, weight, scale, excluded, not_negative)[:2],
+        (sim, scores))
 
 
 def test_softmax_simclr_split_positive_and_negative_temperatures():
@@ -154,6 +185,15 @@ def test_softmax_moco_matches_written_formula(heads, n, size, dim, kind):
     expected = reference_softmax_moco(q, k, queue, lambda c, i: float(pos_t[c, i]),
                                       lambda c, i, j: float(queue_t[c, i, j]), 0.02, dim, kind)
     assert got.item() == pytest.approx(expected, rel=1e-10)
+    # the queue's temperatures as phi's factors: the fused pass
+    phi = TemperatureNet(dim, hidden=5, tau_min=0.05, tau_max=2.0).double()
+    with torch.no_grad():
+        factors = phi.pair_factors(q, queue)
+        matrix = factors.matrix()
+        got = amcl_softmax_moco_loss(q, k, queue, pos_t, factors, beta=0.02, negative_regularizer=kind)
+    expected = reference_softmax_moco(q, k, queue, lambda c, i: float(pos_t[c, i]),
+                                      lambda c, i, j: float(matrix[c, i, j]), 0.02, dim, kind)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
 
 
 def test_softmax_moco_one_head_constant_temperature_no_regulariser_is_infonce():
@@ -193,6 +233,14 @@ def test_gradcheck_softmax_losses_in_float64():
                                       beta=0.05, negative_regularizer="sum_log_inverse")
 
     assert torch.autograd.gradcheck(moco, (z1,))
+
+    def fused(a, b):  # phi's factors: the one fused pass over similarities and scores, its own backward
+        views = torch.cat([a, b], dim=1)
+        simclr = amcl_softmax_nt_xent_loss(a, b, phi.pair_factors(views), beta=0.05)
+        return simclr + amcl_softmax_moco_loss(a, k, queue, phi.paired_temperatures(a, k),
+                                               phi.pair_factors(a, queue), beta=0.05)
+
+    assert torch.autograd.gradcheck(fused, (z1, z2))
 
 
 def test_softmax_loss_builds_nothing_larger_than_the_pair_matrices():

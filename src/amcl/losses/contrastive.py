@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from amcl.losses.checks import check_count, check_features, check_number, check_temperatures
+from amcl.losses.partition import adaptive_log_partition, negative_side_weights
 from amcl.losses.temperature import (
     NEGATIVE_REGULARIZERS,
     PairTemperatures,
@@ -472,11 +473,15 @@ def amcl_softmax_nt_xent_terms(
 
     Everything is one ``[C, R, 2B]`` similarity matrix divided by one ``[C, R, 2B]`` temperature
     matrix (R = 2B, or the ``anchors``' rows); the returned negative tensors are those full matrices
-    with ``negative_mask``.
+    with ``negative_mask``. Given as phi's factors (:class:`PairTemperatures`, one source for both sides),
+    the temperatures are mapped from one score matrix inside one fused pass with its own backward
+    (:func:`amcl.losses.partition.adaptive_log_partition`: 3 matrices made forward and 3 backward, against
+    12 and 22 through autograd); the returned temperature matrix then takes no gradient (the factors do).
 
     Args:
         z1, z2: projections of the two views, ``[C, B, d]`` or ``[B, d]``.
-        temperatures: tau of every pair of the 2B stacked views ``[z1; z2]``, broadcastable to
+        temperatures: tau of every pair of the 2B stacked views ``[z1; z2]``: the factors of that matrix
+            (:meth:`amcl.nn.TemperatureNet.pair_factors`, the cheapest), a tensor broadcastable to
             ``[C, 2B, 2B]`` (:meth:`amcl.nn.TemperatureNet.pair_temperatures`), or a constant.
         beta: weight of the regulariser Omega.
         negative_temperatures: if given, the negatives' temperatures while ``temperatures`` serves
@@ -503,12 +508,30 @@ def amcl_softmax_nt_xent_terms(
         sim = anchor_views @ z.transpose(1, 2)
         heads, anchor_count = sim.shape[0], sim.shape[1]
         positive, itself, positives = _itself_and_positive(rows, n)
+        pos_index = positive.expand(heads, -1).unsqueeze(-1)
+        pos_sim = _positive_similarities(anchor_views, z, positive)
+        negative_mask = ~(itself | positives)
+        if isinstance(temperatures, PairTemperatures) and negative_temperatures is None:
+            # one fused pass over the similarity and score matrices; the positive's temperature from its factors
+            pos_tau = temperatures.at(pos_index).squeeze(-1)
+            log_partition, negative_side, tau = adaptive_log_partition(
+                sim, temperatures.scores(), temperatures.tau_min, temperatures.tau_max,
+                *negative_side_weights(negative_regularizer, omega_dim, n - 2), excluded=rows.unsqueeze(-1),
+                not_negative=torch.stack([rows, positive], -1))
+            return ContrastiveTerms(
+                positive=(-pos_sim / pos_tau).mean(-1),
+                negative=log_partition.mean(-1),
+                regularizer=(beta * (omega(pos_tau, omega_dim) - negative_side)).mean(-1),
+                positive_temperatures=pos_tau,
+                negative_temperatures=tau,
+                positive_similarities=pos_sim,
+                negative_similarities=sim,
+                negative_mask=negative_mask,
+            )
         tau = _pair_matrix(temperatures, sim)
         if negative_temperatures is not None:
             tau = torch.where(positives, tau, _pair_matrix(negative_temperatures, sim))
         logits = sim / tau
-        pos_index = positive.expand(heads, -1).unsqueeze(-1)
-        pos_sim = _positive_similarities(anchor_views, z, positive)
         pos_tau = tau.gather(-1, pos_index).squeeze(-1)
         pos_logit = pos_sim / pos_tau
         log_partition = _log_sum_exp(logits, itself)
@@ -522,7 +545,7 @@ def amcl_softmax_nt_xent_terms(
             negative_temperatures=tau,
             positive_similarities=pos_sim,
             negative_similarities=sim,
-            negative_mask=~(itself | positives),
+            negative_mask=negative_mask,
         )
 
 
@@ -713,8 +736,9 @@ def amcl_softmax_moco_terms(
     Args:
         q, k, queue: as in :func:`moco_infonce_loss`.
         positive_temperatures: tau(q_i, k_i), ``[C, N]``, or a constant.
-        queue_temperatures: tau(q_i, queue_j), ``[C, N, K]`` (one matrix product of phi's
-            embeddings, :func:`amcl.losses.pair_temperatures`), or a constant.
+        queue_temperatures: tau(q_i, queue_j), ``[C, N, K]``: phi's factors of queries and queue (a
+            :class:`PairTemperatures`, mapped inside one fused pass, as in :func:`amcl_softmax_nt_xent_terms`),
+            the matrix (:func:`amcl.losses.pair_temperatures`), or a constant.
         omega_dim, negative_regularizer: as in :func:`amcl_softmax_nt_xent_terms`.
     """
     _check_queries(q, k, queue)
@@ -726,10 +750,16 @@ def amcl_softmax_moco_terms(
         pos_sim = (q * k.detach()).sum(-1)
         pos_tau = _per_anchor(positive_temperatures, pos_sim)
         neg_sim = q @ queue.transpose(1, 2)
-        neg_tau = _pair_matrix(queue_temperatures, neg_sim)
         pos_logit = pos_sim / pos_tau
-        log_partition = torch.logaddexp(pos_logit, _log_sum_exp(neg_sim / neg_tau))
-        negative_side = negative_regularization(neg_tau, omega_dim, negative_regularizer)
+        if isinstance(queue_temperatures, PairTemperatures):  # one fused pass over [C, N, K]
+            queue_partition, negative_side, neg_tau = adaptive_log_partition(
+                neg_sim, queue_temperatures.scores(), queue_temperatures.tau_min, queue_temperatures.tau_max,
+                *negative_side_weights(negative_regularizer, omega_dim, queue.shape[1]))
+        else:
+            neg_tau = _pair_matrix(queue_temperatures, neg_sim)
+            queue_partition = _log_sum_exp(neg_sim / neg_tau)
+            negative_side = negative_regularization(neg_tau, omega_dim, negative_regularizer)
+        log_partition = torch.logaddexp(pos_logit, queue_partition)
         return ContrastiveTerms(
             positive=(-pos_logit).mean(-1),
             negative=log_partition.mean(-1),

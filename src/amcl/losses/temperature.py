@@ -195,6 +195,12 @@ class PairTemperatures(NamedTuple):
         """Every entry: ``[C, N, M]`` from one matrix product."""
         return pair_temperatures(self.left, self.right, self.tau_min, self.tau_max)
 
+    def scores(self) -> Tensor:
+        """Every entry's score ``<left_i, right_j>`` (float32 at least, under autocast too): ``[C, N, M]``."""
+        _check_embeddings(self.left, self.right, same_rows=False)
+        with torch.autocast(self.left.device.type, enabled=False):
+            return at_least_float32(self.left) @ at_least_float32(self.right).transpose(-1, -2)
+
     def at(self, index: Tensor) -> Tensor:
         """The entries ``tau(a_i, b_index[c, i, j])``: ``[C, N, k]`` for an index ``[C, N, k]`` into the M
         candidates. For small k the candidates' factors are gathered (``[C, N, k, h]``, no ``[C, N, M]``

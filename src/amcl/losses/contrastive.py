@@ -510,7 +510,6 @@ def amcl_softmax_nt_xent_terms(
         positive, itself, positives = _itself_and_positive(rows, n)
         pos_index = positive.expand(heads, -1).unsqueeze(-1)
         pos_sim = _positive_similarities(anchor_views, z, positive)
-        negative_mask = ~(itself | positives)
         if isinstance(temperatures, PairTemperatures) and negative_temperatures is None:
             # one fused pass over the similarity and score matrices; the positive's temperature from its factors
             pos_tau = temperatures.at(pos_index).squeeze(-1)
@@ -518,35 +517,32 @@ def amcl_softmax_nt_xent_terms(
                 sim, temperatures.scores(), temperatures.tau_min, temperatures.tau_max,
                 *negative_side_weights(negative_regularizer, omega_dim, n - 2), excluded=rows.unsqueeze(-1),
                 not_negative=torch.stack([rows, positive], -1))
-            return ContrastiveTerms(
-                positive=(-pos_sim / pos_tau).mean(-1),
-                negative=log_partition.mean(-1),
-                regularizer=(beta * (omega(pos_tau, omega_dim) - negative_side)).mean(-1),
-                positive_temperatures=pos_tau,
-                negative_temperatures=tau,
-                positive_similarities=pos_sim,
-                negative_similarities=sim,
-                negative_mask=negative_mask,
-            )
-        tau = _pair_matrix(temperatures, sim)
-        if negative_temperatures is not None:
-            tau = torch.where(positives, tau, _pair_matrix(negative_temperatures, sim))
-        logits = sim / tau
-        pos_tau = tau.gather(-1, pos_index).squeeze(-1)
-        pos_logit = pos_sim / pos_tau
-        log_partition = _log_sum_exp(logits, itself)
-        not_negative = torch.cat([rows.expand(heads, anchor_count).unsqueeze(-1), pos_index], -1)
-        negative_side = negative_regularization(tau, omega_dim, negative_regularizer, exclude=not_negative)
-        return ContrastiveTerms(
-            positive=(-pos_logit).mean(-1),
-            negative=log_partition.mean(-1),
-            regularizer=(beta * (omega(pos_tau, omega_dim) - negative_side)).mean(-1),
-            positive_temperatures=pos_tau,
-            negative_temperatures=tau,
-            positive_similarities=pos_sim,
-            negative_similarities=sim,
-            negative_mask=negative_mask,
-        )
+        else:
+            tau = _pair_matrix(temperatures, sim)
+            if negative_temperatures is not None:
+                tau = torch.where(positives, tau, _pair_matrix(negative_temperatures, sim))
+            pos_tau = tau.gather(-1, pos_index).squeeze(-1)
+            log_partition = _log_sum_exp(sim / tau, itself)
+            not_negative = torch.cat([rows.expand(heads, anchor_count).unsqueeze(-1), pos_index], -1)
+            negative_side = negative_regularization(tau, omega_dim, negative_regularizer, exclude=not_negative)
+        return _softmax_terms(pos_sim, pos_tau, log_partition, negative_side, sim, tau, beta, omega_dim,
+                              ~(itself | positives))
+
+
+def _softmax_terms(pos_sim: Tensor, pos_tau: Tensor, log_partition: Tensor, negative_side: Tensor, sim: Tensor,
+                   tau: Tensor, beta: float, omega_dim: int, negative_mask: Tensor | None = None) -> ContrastiveTerms:
+    """The softmax form's terms from the positives ``[C, N]``, each anchor's log-partition and negative side of
+    the regulariser ``[C, N]``, and the candidates' similarity and temperature matrices."""
+    return ContrastiveTerms(
+        positive=(-pos_sim / pos_tau).mean(-1),
+        negative=log_partition.mean(-1),
+        regularizer=(beta * (omega(pos_tau, omega_dim) - negative_side)).mean(-1),
+        positive_temperatures=pos_tau,
+        negative_temperatures=tau,
+        positive_similarities=pos_sim,
+        negative_similarities=sim,
+        negative_mask=negative_mask,
+    )
 
 
 def amcl_softmax_nt_xent_loss(
@@ -750,7 +746,6 @@ def amcl_softmax_moco_terms(
         pos_sim = (q * k.detach()).sum(-1)
         pos_tau = _per_anchor(positive_temperatures, pos_sim)
         neg_sim = q @ queue.transpose(1, 2)
-        pos_logit = pos_sim / pos_tau
         if isinstance(queue_temperatures, PairTemperatures):  # one fused pass over [C, N, K]
             queue_partition, negative_side, neg_tau = adaptive_log_partition(
                 neg_sim, queue_temperatures.scores(), queue_temperatures.tau_min, queue_temperatures.tau_max,
@@ -759,16 +754,8 @@ def amcl_softmax_moco_terms(
             neg_tau = _pair_matrix(queue_temperatures, neg_sim)
             queue_partition = _log_sum_exp(neg_sim / neg_tau)
             negative_side = negative_regularization(neg_tau, omega_dim, negative_regularizer)
-        log_partition = torch.logaddexp(pos_logit, queue_partition)
-        return ContrastiveTerms(
-            positive=(-pos_logit).mean(-1),
-            negative=log_partition.mean(-1),
-            regularizer=(beta * (omega(pos_tau, omega_dim) - negative_side)).mean(-1),
-            positive_temperatures=pos_tau,
-            negative_temperatures=neg_tau,
-            positive_similarities=pos_sim,
-            negative_similarities=neg_sim,
-        )
+        log_partition = torch.logaddexp(pos_sim / pos_tau, queue_partition)
+        return _softmax_terms(pos_sim, pos_tau, log_partition, negative_side, neg_sim, neg_tau, beta, omega_dim)
 
 
 def amcl_softmax_moco_loss(

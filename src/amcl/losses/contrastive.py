@@ -218,7 +218,6 @@ def _check_topk(k: int, candidates: int) -> None:
         raise ValueError(f"top-k must be between 1 and the number of negatives ({candidates}), got {k}")
 
 
-
 #: The signed integer type of each float type's size, for :func:`_order_keys_`.
 _KEY_TYPES = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
               torch.bfloat16: torch.int16}
@@ -250,6 +249,7 @@ def _largest_entries(matrix: Tensor, k: int, excluded: Tensor | None = None) -> 
         keys.masked_fill_(excluded, torch.iinfo(keys.dtype).min)
     values, index = keys.topk(k, dim=-1, sorted=False)
     return _order_keys_(values).view(matrix.dtype), index
+
 
 def _simclr_candidates(views: int, include_positive: bool) -> int:
     return views - 1 if include_positive else views - 2

@@ -60,7 +60,10 @@ class TemperatureNet(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         """The embeddings phi(z / |z|), ``[..., d] -> [..., d]``."""
         with torch.autocast(z.device.type, enabled=False):
-            return self.phi(F.normalize(at_least_float32(z), dim=-1))
+            return self._embed(z)
+
+    def _embed(self, z: Tensor, shard: Shard | None = None) -> Tensor:
+        return self.phi[2](self._first_layer(z, shard))
 
     def _first_layer(self, z: Tensor, shard: Shard | None = None) -> Tensor:
         """ReLU(W1 z/|z| + b1). With a ``shard`` of each vector's entries: W1's matching columns times them and
@@ -125,13 +128,10 @@ class TemperatureNet(nn.Module):
             True
         """
         if not self._folds_last_layer():
-            if shard is None:
-                phi_a = self(a)
-                return PairTemperatures(phi_a, phi_a if b is None else self(b), self.tau_min, self.tau_max)
             with torch.autocast(a.device.type, enabled=False):
-                phi_a = self.phi[2](self._first_layer(a, shard))
-                phi_b = phi_a if b is None else self.phi[2](self._first_layer(b, shard))
-                return PairTemperatures(phi_a, phi_b, self.tau_min, self.tau_max)
+                phi_a = self._embed(a, shard)
+                return PairTemperatures(phi_a, phi_a if b is None else self._embed(b, shard), self.tau_min,
+                                        self.tau_max)
         with torch.autocast(a.device.type, enabled=False):
             r_a = self._hidden(a, shard)
             r_b = r_a if b is None else self._hidden(b, shard)

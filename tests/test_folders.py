@@ -429,7 +429,42 @@ def test_a_symbolic_link_loop_in_an_image_folder_is_read_once(tmp_path: Path) ->
     write_files(tmp_path, {"train/a": ["1.png", "2.png"], "val/a": ["3.png"]})
     (tmp_path / "train/a/loop").symlink_to(tmp_path / "train/a")  # a -> loop -> a -> ...
     (tmp_path / "train/a/up").symlink_to(tmp_path / "train")
-    splits = read_image_folder(tmp_path, S, cache="always", workers=0)
+    with pytest.warns(AmclWarning, match=r"did not follow 2 symbolic link\(s\)"):
+        splits = read_image_folder(tmp_path, S, cache="always", workers=0)
+    assert len(splits.train_labels) == 2
+
+
+@pytest.mark.parametrize("link,target", [("train/a/up", ".."), ("train/a/other", "../b"),
+                                         ("val/a/train", "../../train")])
+def test_a_link_to_another_class_or_above_does_not_relabel_its_images(tmp_path: Path, link: str, target: str) -> None:
+    """The issue's case: `train/a/up -> ..` read class b's images as class a too (48 vs 24), and the kNN fell."""
+    write_files(tmp_path, {"train/a": ["1.png", "2.png"], "train/b": ["3.png", "4.png", "5.png"], "val/a": ["6.png"],
+                           "val/b": ["7.png"]})
+    (tmp_path / link).symlink_to(target)
+    named = rf"did not follow 1 symbolic link\(s\) .*\(e\.g\. .*{link.split('/')[-1]} -> "
+    with pytest.warns(AmclWarning, match=named):
+        splits = read_image_folder(tmp_path, S, cache="always", workers=0)
+    assert splits.train_labels.tolist() == [0, 0, 1, 1, 1] and splits.test_labels.tolist() == [0, 1]
+
+
+def test_a_link_to_a_folder_outside_the_data_root_is_followed(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_files(root, {"train/a": ["1.png"], "val/a": ["2.png"]})
+    write_files(tmp_path / "elsewhere", {"more": ["3.png", "4.png"]})
+    (root / "train/a/more").symlink_to(tmp_path / "elsewhere" / "more")  # data spread over disks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmclWarning)
+        splits = read_image_folder(root, S, cache="always", workers=0)
+    assert splits.train_labels.tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("cache", ["always", "never"])
+def test_a_file_linked_to_itself_is_left_out_like_an_unreadable_image(tmp_path: Path, cache: str) -> None:
+    write_files(tmp_path, {"train/a": ["1.png", "2.png"], "val/a": ["3.png"]})
+    (tmp_path / "train/a/self.png").symlink_to("self.png")  # ELOOP when read
+    (tmp_path / "train/a/gone.png").symlink_to(tmp_path / "missing.png")
+    with pytest.warns(AmclWarning, match=r"skipped 2 of 4 files .*(gone|self)\.png"):
+        splits = read_image_folder(tmp_path, S, cache=cache, workers=0)
     assert len(splits.train_labels) == 2
 
 

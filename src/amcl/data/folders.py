@@ -67,26 +67,68 @@ def _visible(entries: Iterator[os.DirEntry]) -> list[os.DirEntry]:
     return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def _files_under(folder: Path) -> list[str]:
-    """Every non-hidden file below ``folder`` (recursively, sorted); hidden files and folders skipped.
-    A folder reached again through a symbolic link (a loop, or a second link to it) is read once."""
-    out: list[str] = []
-    stack = [folder]
-    seen: set[tuple[int, int]] = set()
-    while stack:
-        current = stack.pop()
-        try:
-            info = current.stat()
-            if (info.st_dev, info.st_ino) in seen:
-                continue
-            seen.add((info.st_dev, info.st_ino))
-            with os.scandir(current) as it:
-                entries = _visible(it)
-        except OSError as err:  # e.g. a link to a missing folder, or no permission
-            raise DatasetError(f"cannot read the image folder {current} ({_brief(err)}); fix or remove it") from None
-        out += [e.path for e in entries if e.is_file()]
-        stack += [Path(e.path) for e in reversed(entries) if e.is_dir()]
-    return sorted(out)
+def _within(path: str, folder: str) -> bool:
+    """Whether the real path ``path`` is ``folder`` or below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+class _Scan:
+    """One scan of an image folder (``root``, the --data-root): the symbolic links it did not follow."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.path.realpath(root)
+        self.skipped_links: list[tuple[str, str]] = []
+
+    def files_under(self, folder: Path) -> list[str]:
+        """Every non-hidden file below ``folder`` (recursively, sorted); hidden files and folders skipped.
+
+        A folder reached again through a symbolic link (a loop, or a second link to it) is read once, and a
+        link to a folder above ``folder`` or elsewhere in the data root (another class or split) is not
+        followed: its images would be read again under this folder's label (:meth:`warn_about_links`). A link
+        that cannot be resolved (missing target, a loop of links) is kept as a file, so that decoding
+        reports it like an unreadable image."""
+        out: list[str] = []
+        stack = [folder]
+        seen: set[tuple[int, int]] = set()
+        real_folder = os.path.realpath(folder)
+        while stack:
+            current = stack.pop()
+            try:
+                info = current.stat()
+                if (info.st_dev, info.st_ino) in seen:
+                    continue
+                seen.add((info.st_dev, info.st_ino))
+                with os.scandir(current) as it:
+                    entries = _visible(it)
+            except OSError as err:  # e.g. a link to a missing folder, or no permission
+                raise DatasetError(f"cannot read the image folder {current} ({_brief(err)}); fix or remove it") \
+                    from None
+            folders = []
+            for entry in entries:
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:  # a loop of links: a file that cannot be read
+                    is_dir = False
+                if not is_dir:
+                    if entry.is_symlink() or entry.is_file():
+                        out.append(entry.path)
+                    continue
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if _within(real_folder, target) or (_within(target, self.root)
+                                                        and not _within(target, real_folder)):
+                        self.skipped_links.append((entry.path, target))
+                        continue
+                folders.append(Path(entry.path))
+            stack += reversed(folders)
+        return sorted(out)
+
+    def warn_about_links(self) -> None:
+        if self.skipped_links:
+            link, target = self.skipped_links[0]
+            warn(f"did not follow {len(self.skipped_links)} symbolic link(s) in {self.root} to folders above them or "
+                 f"elsewhere in the data (e.g. {link} -> {target}): their images would be read again under another "
+                 "label; link to folders outside the data root, or copy the images")
 
 
 def read_class_list(path: str | os.PathLike[str]) -> list[str]:
@@ -105,7 +147,7 @@ def read_class_list(path: str | os.PathLike[str]) -> list[str]:
     return names
 
 
-def _class_folders(split: Path, wanted: list[str] | None) -> dict[str, list[str]]:
+def _class_folders(split: Path, wanted: list[str] | None, scan: _Scan) -> dict[str, list[str]]:
     """The class sub-folders of ``split`` (restricted to ``wanted``) and their files."""
     with os.scandir(split) as it:
         entries = _visible(it)
@@ -127,7 +169,7 @@ def _class_folders(split: Path, wanted: list[str] | None) -> dict[str, list[str]
                 "fix the list or the folder"
             )
         folders = {c: folders[c] for c in wanted}
-    files = {name: _files_under(path) for name, path in sorted(folders.items())}
+    files = {name: scan.files_under(path) for name, path in sorted(folders.items())}
     empty = [name for name, paths in files.items() if not paths]
     if empty:
         raise DatasetError(
@@ -159,13 +201,15 @@ def scan_image_folder(
     if not path.is_dir():
         raise DatasetError(f"image folder path {path} is a file, not a folder; {FOLDER_LAYOUT}")
     wanted = read_class_list(class_list) if class_list else None
+    scan = _Scan(path)
     train_dir = path / "train"
     if not train_dir.is_dir():
         if wanted is not None:
             raise DatasetError(f"--class-list needs labelled classes in {train_dir}/<class>/, which does not exist")
         if unlabeled:
             raise DatasetError(f"--unlabeled needs {train_dir}/<class>/ beside {path}/unlabeled/; {FOLDER_LAYOUT}")
-        everything = _files_under(path)
+        everything = scan.files_under(path)
+        scan.warn_about_links()
         if not everything:
             raise DatasetError(f"image folder {path} holds no files; {FOLDER_LAYOUT}")
         warn(
@@ -173,7 +217,7 @@ def scan_image_folder(
             "only (no kNN monitor or evaluation); for labels use <root>/train/<class>/ and <root>/val/<class>/"
         )
         return _unlabeled(everything), _unlabeled([]), ()
-    train_files = _class_folders(train_dir, wanted)
+    train_files = _class_folders(train_dir, wanted, scan)
     classes = list(train_files)
     held_out = next((path / name for name in ("val", "test") if (path / name).is_dir()), None)
     if held_out is None:
@@ -182,7 +226,7 @@ def scan_image_folder(
              "analysis on this dataset")
     else:
         present = _subdirs(held_out)
-        test_files = _class_folders(held_out, [c for c in wanted if c in present] if wanted else None)
+        test_files = _class_folders(held_out, [c for c in wanted if c in present] if wanted else None, scan)
         extra = [c for c in test_files if c not in train_files]
         if extra:
             raise DatasetError(
@@ -195,8 +239,9 @@ def scan_image_folder(
         extra_dir = path / "unlabeled"
         if not extra_dir.is_dir():
             raise DatasetError(f"--unlabeled: {extra_dir} does not exist; {FOLDER_LAYOUT}")
-        more = _files_under(extra_dir)
+        more = scan.files_under(extra_dir)
         train = ImageFiles(train.paths + tuple(more), torch.cat([train.labels, _unlabeled(more).labels]))
+    scan.warn_about_links()
     return train, test, tuple(classes)
 
 

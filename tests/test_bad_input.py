@@ -193,6 +193,91 @@ def empty_folder(tmp: Path, runs) -> None:
     (tmp / "empty").mkdir()
 
 
+def edit_config(change: Callable[[str], str]) -> Callable[[Path], None]:
+    """A ``copied_run`` damage that rewrites the run's config.yaml."""
+
+    def damage(ckpt: Path) -> None:
+        path = ckpt.parent / "config.yaml"
+        path.write_text(change(path.read_text()))
+
+    return damage
+
+
+def cut_after_backbone(text: str) -> str:
+    return text[: text.index("backbone:") + len("backbone:")]
+
+
+def edit_checkpoint(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    """A ``copied_run`` damage that rewrites last.ckpt with ``change`` applied to its dict."""
+
+    def damage(ckpt: Path) -> None:
+        checkpoint = torch.load(ckpt, weights_only=True)
+        change(checkpoint)
+        torch.save(checkpoint, ckpt)
+
+    return damage
+
+
+def unfinished(damage: Callable[[Path], None]) -> Callable[[Path], None]:
+    """``damage``, in a run cut off before its final files (no run.json: it is resumed, not returned as it is)."""
+
+    def both_damages(ckpt: Path) -> None:
+        damage(ckpt)
+        (ckpt.parent / "run.json").unlink()
+
+    return both_damages
+
+
+def of_seed_1(checkpoint: dict) -> None:
+    checkpoint["hyper_parameters"]["config"]["seed"] = 1
+
+
+def with_a_wider_layer(checkpoint: dict) -> None:
+    state = checkpoint["state_dict"]
+    name = next(k for k, v in state.items() if v.ndim == 2)
+    state[name] = torch.zeros(state[name].shape[0] + 1, state[name].shape[1])
+
+
+def checkpoint_of(other: str) -> Callable[[Path, object], None]:
+    """The shared ``simclr`` run with the checkpoint of the shared run ``other`` in its place."""
+
+    def setup(tmp: Path, runs) -> None:
+        copied_run("simclr")(tmp, runs)
+        shutil.copy(runs.checkpoint(other), tmp / "run" / "last.ckpt")
+
+    setup.needs_runs = True
+    return setup
+
+
+def another_tools_folder(tmp: Path, runs) -> None:
+    """A folder with another tool's config.yaml beside a file of the user's."""
+    (tmp / "thesis" / "src").mkdir(parents=True)
+    (tmp / "thesis" / "config.yaml").write_text("title: my thesis\n")
+    (tmp / "thesis" / "src" / "thesis.tex").write_text("\\documentclass{article}\n")
+
+
+def git_work_tree(tmp: Path, runs) -> None:
+    (tmp / "project" / ".git").mkdir(parents=True)
+    (tmp / "project" / "notes.txt").write_text("mine\n")
+
+
+def marked_compare_grid(tmp: Path, runs) -> None:
+    (tmp / "grid").mkdir()
+    (tmp / "grid" / "amcl-run.json").write_text('{"written_by": "amcl", "kind": "grid"}\n')
+    (tmp / "grid" / "results.md").write_text("| cell |\n")
+
+
+def config_bytes(data: bytes) -> Callable[[Path, object], None]:
+    def write(tmp: Path, runs) -> None:
+        (tmp / "config.yaml").write_bytes(data)
+
+    return write
+
+
+def a_folder_named_config(tmp: Path, runs) -> None:
+    (tmp / "config.yaml").mkdir()
+
+
 def both(*setups: Callable[[Path, object], None]) -> Callable[[Path, object], None]:
     def setup(tmp: Path, runs) -> None:
         for s in setups:
@@ -411,6 +496,35 @@ CASES = [
       setup=config_file("- 1\n")),
     P("pretrain-config-bad-value", ["--config", "{tmp}/config.yaml"], "--tau-min < --tau-max",
       setup=config_file("tau_min: 3.0\n")),
+    P("pretrain-config-not-utf8", ["--config", "{tmp}/config.yaml"], "is not UTF-8 text", "byte 0xff",
+      "save it as UTF-8", setup=config_bytes(b"epochs: 2 # caf\xff\n")),
+    P("pretrain-config-key-twice", ["--config", "{tmp}/config.yaml"], "names 'epochs' twice (lines 1 and 3)",
+      "keep one", setup=config_file("epochs: 2\nseed: 1\nepochs: 3\n")),
+    P("pretrain-config-key-twice-in-two-spellings", ["--config", "{tmp}/config.yaml"],
+      "names one option twice, as 'batch_size' and 'batch-size'", setup=config_file("batch_size: 8\nbatch-size: 16\n")),
+    P("pretrain-config-null-for-a-number", ["--config", "{tmp}/config.yaml"], "option batch-size is empty (null or ~)",
+      "leave the key out", setup=config_file("batch-size: ~\n")),
+    P("pretrain-config-is-a-folder", ["--config", "{tmp}/config.yaml"], "is a folder, not a YAML file",
+      setup=a_folder_named_config),
+    P("pretrain-heads-beyond-memory", ["--amcl", "--heads", "100000"], "the model needs about",
+      "--heads 100000", "more than half of this machine's", "use fewer --heads", needs_no_cuda=True),
+    # ------------------------------------------------------------------ pretrain: folders that are not a run's
+    P("pretrain-out-empty", ["--out", ""], "--out is empty", "e.g. --out runs/my-run"),
+    P("pretrain-out-current-folder", ["--out", ".", "--overwrite"], "--out . is the current folder",
+      "give a folder of its own"),
+    P("pretrain-out-current-folder-by-path", ["--out", "{tmp}"], "is the current folder"),
+    P("pretrain-out-above-the-current-folder", ["--out", "..", "--overwrite"], "--out .. is a folder above the "
+      "current one"),
+    P("pretrain-out-filesystem-root", ["--out", "/", "--overwrite"], "--out / is a folder above the current one"),
+    P("pretrain-out-git-work-tree", ["--out", "{tmp}/project", "--overwrite"], "is a git work tree (it holds .git)",
+      setup=git_work_tree),
+    P("pretrain-overwrite-another-tools-folder", ["--out", "{tmp}/thesis", "--overwrite"],
+      "thesis is not empty and is not an amcl run (it holds config.yaml, src)",
+      "--overwrite replaces only amcl runs", "choose another --out", setup=another_tools_folder),
+    P("pretrain-into-another-tools-folder", ["--out", "{tmp}/thesis"], "is not an amcl run", "config.yaml, src",
+      setup=another_tools_folder),
+    P("pretrain-overwrite-a-compare-grid", ["--out", "{tmp}/grid", "--overwrite"],
+      "holds an amcl compare grid", "a pretrain run does not replace it", setup=marked_compare_grid),
     P("pretrain-config-boolean-for-a-number", ["--config", "{tmp}/config.yaml"], "option epochs: expected int",
       "got True", setup=config_file("epochs: yes\n")),
     # ------------------------------------------------------------------ pretrain --resume
@@ -427,6 +541,24 @@ CASES = [
       "it is truncated or not a checkpoint written by amcl pretrain", setup=copied_run("simclr", truncate)),
     R("resume-foreign-torch-file", ["--resume", "{run}"], "last.ckpt is a torch file but not an amcl pretrain "
       "checkpoint", setup=copied_run("simclr", foreign_torch_file)),
+    R("resume-config-cut-off", ["--resume", "{run}"], "config.yaml lacks --epochs and", "cut off or was edited",
+      "restore the file", setup=copied_run("simclr", edit_config(cut_after_backbone))),
+    R("resume-config-with-an-edited-lr", ["--resume", "{run}"], "its last.ckpt was trained with other settings",
+      "--lr 0.06 in last.ckpt, 0.5 in config.yaml", "restore config.yaml",
+      setup=copied_run("simclr", edit_config(lambda text: text.replace("lr: 0.06", "lr: 0.5")))),
+    R("resume-config-with-an-edited-lr-given-again", ["--resume", "{run}", "--lr", "0.5"],
+      "--lr 0.06 in last.ckpt, 0.5 in config.yaml",
+      setup=copied_run("simclr", edit_config(lambda text: text.replace("lr: 0.06", "lr: 0.5")))),
+    R("resume-checkpoint-of-another-seed", ["--resume", "{run}"], "--seed 1 in last.ckpt, 0 in config.yaml",
+      "belongs to another run", setup=copied_run("simclr", edit_checkpoint(of_seed_1))),
+    R("resume-checkpoint-of-another-method", ["--resume", "{run}"], "--method 'barlow_twins' in last.ckpt, "
+      "'simclr' in config.yaml", setup=checkpoint_of("barlow")),
+    R("resume-checkpoint-of-another-shape", ["--resume", "{run}"], "does not fit this run's model", "has shape",
+      "start again with --overwrite", setup=copied_run("simclr", unfinished(edit_checkpoint(with_a_wider_layer)))),
+    R("resume-config-null-for-a-number", ["--resume", "{run}"], "option batch_size is empty (null or ~)",
+      setup=copied_run("simclr", edit_config(lambda text: text.replace("batch_size: 64", "batch_size: ~")))),
+    R("resume-config-not-utf8", ["--resume", "{run}"], "config.yaml' is not UTF-8 text",
+      setup=copied_run("simclr", lambda ckpt: (ckpt.parent / "config.yaml").write_bytes(b"method: simclr\xff\n"))),
     R("resume-with-config", ["--resume", "{run}", "--config", "{tmp}/config.yaml"], "reads the run's own config.yaml",
       "drop --config", setup=both(copied_run("simclr"), config_file("epochs: 2\n"))),
     # ------------------------------------------------------------------ eval
@@ -511,6 +643,9 @@ CASES = [
       "unknown amcl_form 'max'"),
     C("compare-config-missing", ["--config", "{tmp}/none.yaml"], "config file", "none.yaml' does not exist"),
     C("compare-unwritable-out", ["--out", "/proc/version/grid"], "cannot write outputs to --out /proc/version/grid"),
+    C("compare-into-another-tools-folder", ["--out", "{tmp}/thesis"], "is not an amcl compare grid",
+      "config.yaml, src", "choose another --out", setup=another_tools_folder),
+    C("compare-out-current-folder", ["--out", "."], "--out . is the current folder"),
     C("compare-cifar10-without-data-root", ["--dataset", "cifar10"], "--dataset cifar10 needs --data-root"),
     C("compare-cifar10-missing-data-path", ["--dataset", "cifar10", "--data-root", "{tmp}/nowhere"], "CIFAR-10 path",
       "nowhere does not exist"),

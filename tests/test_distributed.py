@@ -222,8 +222,8 @@ def test_lightning_ddp_run_monitors_like_one_process(tmp_path, amcl):
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["complete"] and metrics["epochs"][-1]["step"] == 3
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "curves.png", "last.ckpt", "metrics.csv",
-                                                     "metrics.json", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["amcl-run.json", "config.yaml", "curves.png", "last.ckpt",
+                                                     "metrics.csv", "metrics.json", "run.json"]
     assert done.stdout.count("best kNN accuracy") == 1  # printed by one process only
     from amcl.eval import evaluate_checkpoint
 
@@ -233,31 +233,64 @@ def test_lightning_ddp_run_monitors_like_one_process(tmp_path, amcl):
     assert abs(single["top1"] - metrics["final_knn_acc"]) <= 1 / single["test_images"] + 1e-6, (single, metrics)
 
 
+TWO_PROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _two_processes_past_their_first_epoch(out: Path) -> subprocess.Popen:
+    """A real 2-process run (Lightning DDP, gloo) of 2 epochs, once its first checkpoint is written."""
+    import time
+
+    args = ["pretrain", *tiny_argv(batch_size=32, epochs=2, knn_k=10), "--accelerator", "cpu", "--devices", "2",
+            "--strategy", "ddp", "--out", str(out)]
+    process = subprocess.Popen([sys.executable, "-m", "amcl.cli", *args], env=TWO_PROCESS_ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 200
+    while not (out / "last.ckpt").is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before its second epoch"
+    return process
+
+
 def test_sigterm_stops_both_processes_after_the_same_step(tmp_path):
     """SIGTERM to rank 0 of a real 2-process run: the processes agree to stop after the same step (no
     process waits in a collective for one that has gone) and rank 0 reports once. (A single-process run
     resumed after SIGTERM is tested in test_resume.py.)"""
     import signal
-    import time
 
     out = tmp_path / "run"
-    args = ["pretrain", *tiny_argv(batch_size=32, epochs=2, knn_k=10), "--accelerator", "cpu", "--devices", "2",
-            "--strategy", "ddp", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "amcl.cli", *args], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 200
-    while not (out / "last.ckpt").is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert process.poll() is None, "the run ended before it could be interrupted"
+    process = _two_processes_past_their_first_epoch(out)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=200)
     assert process.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr and stderr.count("interrupted by SIGTERM") == 1, stderr[-3000:]
     # 22 steps per epoch on each process, and the processes agree every 10 steps: epoch 1 ends at step 44
-    assert re.search(r"interrupted by SIGTERM at epoch 1 step (30|40) ", stderr), stderr[-3000:]
+    assert re.search(r"interrupted by SIGTERM in epoch 2/2 at step (30|40) ", stderr), stderr[-3000:]
     assert torch.load(out / "last.ckpt", weights_only=True)["epoch"] == 0
     assert "complete" not in json.loads((out / "metrics.json").read_text())
+
+
+def test_a_lost_process_is_one_line_on_the_survivor_and_the_run_resumes(tmp_path):
+    """SIGKILL to rank 1 of a real 2-process run: rank 0's next collective fails. It says so in one line (which
+    process it is, what the checkpoint holds, how to resume) instead of gloo's 80-line trace, and the run resumes."""
+    import signal
+
+    out = tmp_path / "run"
+    process = _two_processes_past_their_first_epoch(out)
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 1, children  # Lightning's launcher starts rank 1 as a child of rank 0
+    os.kill(int(children[0]), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=200)
+    assert process.returncode == 2, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("amcl: warning:")]
+    assert "Traceback" not in stderr and len(lines) == 1, stderr[-3000:]
+    assert lines[0].startswith("amcl pretrain: error: process 0 of this 2-process run lost another process in "
+                               "epoch 2"), lines[0]
+    assert f"holds its 1 finished epoch; continue with `amcl pretrain --resume {out}`" in lines[0]
+    done = subprocess.run([sys.executable, "-m", "amcl.cli", "pretrain", "--resume", str(out), "--accelerator", "cpu",
+                           "--devices", "2", "--strategy", "ddp"], capture_output=True, text=True, env=TWO_PROCESS_ENV,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["complete"]
 
 
 @pytest.fixture(scope="module")

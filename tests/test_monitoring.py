@@ -161,7 +161,7 @@ def test_siamese_temperatures_resting_on_a_bound_do_not_warn(tmp_path):
     for method in ("simsiam", "barlow_twins"):  # whatever the bounds (--tau-min 0.1 is a documented setting)
         for options in ({}, {"tau_min": 0.1}, {"tau_min": 1e-5}):
             assert warnings_for(method, "min", **options) == [] and warnings_for(method, "max", **options) == []
-    assert "90% of head1's temperatures sit at tau_min = 0.05 in epoch 3" in warnings_for("simclr", "min")[0]
+    assert "90% of head1's temperatures sit at tau_min = 0.05 in epoch 4" in warnings_for("simclr", "min")[0]
     assert warnings_for("moco", "max")
 
 
@@ -180,7 +180,7 @@ def test_similar_positives_and_negatives_warn_of_collapse_once_for_all_heads(tmp
         recorder._warn_about_collapse({**collapsed, "epoch": 1})  # said once
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1, messages
-    assert messages[0].startswith("projections are collapsing in epoch 0: mean similarity of positive and negative "
+    assert messages[0].startswith("projections are collapsing in epoch 1: mean similarity of positive and negative "
                                   "pairs head1 0.950 and 0.970; head2 0.990 and 0.930, so all images map")
     assert "head3" not in messages[0]
 

@@ -146,7 +146,7 @@ def test_sigterm_mid_epoch_stops_at_a_step_then_resume_ends_like_an_uninterrupte
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr[-2000:]
     line = _last_line(stderr)
-    assert line.startswith("amcl pretrain: interrupted by SIGTERM at epoch 1 step "), line
+    assert line.startswith("amcl pretrain: interrupted by SIGTERM in epoch 2/3 at step "), line
     assert "holds its 1 finished epoch" in line and f"continue with `amcl pretrain --resume {out}`" in line
     step = int(line.split(" step ")[1].split()[0])
     assert 44 < step < 88  # in epoch 1: the run stopped at a step boundary, not at the end of the epoch
@@ -168,7 +168,7 @@ def test_sigint_in_the_first_epoch_writes_nothing_and_the_resume_starts_again(re
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
     line = _last_line(stderr)
-    assert "interrupted by SIGINT at epoch 0 step" in line and "no checkpoint was written" in line, line
+    assert "interrupted by SIGINT in epoch 1/3 at step" in line and "no checkpoint was written" in line, line
     assert not (out / "last.ckpt").exists() and not (out / "metrics.json").exists()
     done = amcl("pretrain", "--resume", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -233,6 +233,25 @@ def test_lightning_requeue_is_off_under_slurm(monkeypatch):
     assert environment.auto_requeue is False
 
 
+def test_a_run_cut_off_while_writing_its_final_files_is_finished_by_resume(reference, tmp_path):
+    """metrics.json is marked complete last: a run killed before that (here: its run.json and curves.png not yet
+    written) is unfinished, and --resume writes its final files without training again."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "run.json").unlink()
+    (out / "curves.png").unlink()
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics.pop("complete")
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    refused = amcl("pretrain", *RUN, "--method", "moco", "--queue-size", "256", "--out", str(out))
+    assert refused.returncode == 2 and "holds an unfinished moco baseline run" in _last_line(refused.stderr)
+    done = amcl("pretrain", "--resume", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
+    assert (out / "curves.png").is_file() and json.loads((out / "run.json").read_text())["resumed"] is True
+    assert torch.load(out / "last.ckpt", weights_only=True)["global_step"] == 132  # no step was added
+
+
 # --------------------------------------------------------------------------- a full disk
 
 
@@ -285,9 +304,9 @@ def test_a_run_started_on_a_full_disk_writes_nothing_and_cannot_be_resumed(small
     assert done.returncode == 2
     line = _last_line(done.stderr)
     assert "No space left on device" in line and "config.yaml" in line and "it needs " in line, line
-    assert not (out / "config.yaml").exists() and not list(out.glob(".*"))
+    assert not out.exists()  # the folder the run made is removed again: no lock file, no empty folder
     again = amcl("pretrain", "--resume", str(out))
-    assert again.returncode == 2 and "has no config.yaml" in _last_line(again.stderr)
+    assert again.returncode == 2 and "does not exist" in _last_line(again.stderr)
 
 
 @pytest.mark.parametrize("command,target", [
@@ -302,7 +321,45 @@ def test_evaluation_outputs_on_a_full_disk_fail_with_one_line(reference, small_d
     assert done.returncode == 2, done.stderr[-2000:]
     line = _last_line(done.stderr)
     assert f"cannot write {small_disk / target}" in line and "No space left on device" in line, line
-    assert not [p for p in small_disk.rglob("*") if p.name.endswith(".tmp")]
+    assert not [p for p in small_disk.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".export-")]
+    assert not (small_disk / "export" / "encoder.pt").exists()  # no half export
+
+
+def test_resume_in_a_read_only_folder_is_one_line(reference, small_disk):
+    """The lock file cannot be made in a read-only folder: one line (it was a traceback after the right one)."""
+    out = small_disk / "run"
+    shutil.copytree(reference, out)
+    (out / "run.json").unlink()  # unfinished: the resume must write
+    assert subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True).returncode == 0
+    try:
+        done = amcl("pretrain", "--resume", str(out))
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], capture_output=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = _last_line(done.stderr)
+    assert len([x for x in done.stderr.splitlines() if "warning" not in x]) == 1, done.stderr
+    assert f"cannot lock {out}" in line and "read-only or not writable" in line, line
+
+
+def test_a_folder_made_immutable_mid_run_stops_with_one_line(tmp_path):
+    """chattr +i on the run's folder while it trains: the next write fails with EPERM; the lock file cannot be
+    removed either. One line, naming the folder as not writable (not "free some space")."""
+    out = tmp_path / "run"
+    process = _start(out)
+    _wait_for(out / "last.ckpt", process)
+    made = subprocess.run(["chattr", "+i", str(out)], capture_output=True, text=True)
+    if made.returncode != 0:
+        process.kill()
+        process.wait()
+        pytest.skip(f"cannot make a folder immutable here ({made.stderr.strip() or 'no chattr'})")
+    try:
+        _, stderr = process.communicate(timeout=200)
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], capture_output=True)
+    assert process.returncode == 2, stderr[-2000:]
+    line = _last_line(stderr)
+    assert "is read-only or not writable" in line and "free some space" not in line, line
+    assert "continue it with `amcl pretrain --resume" in line, line
 
 
 _WRITE_UNDER_A_SIZE_LIMIT = """

@@ -144,3 +144,185 @@ def test_resume_refuses_a_folder_whose_config_is_empty_instead_of_starting_a_def
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds no run's settings" in err and "--overwrite" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # nothing trained, nothing written
+
+
+# --------------------------------------------------------------------------- which folders a run may write into
+
+
+def _marked(folder, kind: str = "run") -> None:
+    from amcl.runs import write_marker
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_marker(folder, kind)
+
+
+def test_claim_refuses_a_folder_that_is_not_amcls_even_with_overwrite_and_deletes_nothing(tmp_path):
+    from amcl.runs import claim_folder
+
+    claim_folder(tmp_path / "new")  # a missing folder
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".amcl.lock").write_text("")  # a killed run's lock file does not count
+    claim_folder(tmp_path / "empty", overwrite=True, clear=True)
+    other = tmp_path / "thesis"
+    (other / "src").mkdir(parents=True)
+    (other / "config.yaml").write_text("title: mine\n")
+    (other / "src" / "thesis.tex").write_text("\\documentclass{article}\n")
+    for overwrite in (False, True):
+        with pytest.raises(AmclError) as refused:
+            claim_folder(other, overwrite=overwrite, clear=True)
+        assert "is not an amcl run (it holds config.yaml, src)" in str(refused.value)
+        assert ("--overwrite replaces only amcl runs" in str(refused.value)) == overwrite
+    assert (other / "src" / "thesis.tex").read_text() and (other / "config.yaml").read_text() == "title: mine\n"
+
+
+def test_overwrite_clears_an_amcl_run_without_following_its_links(tmp_path):
+    from amcl.runs import MARKER, claim_folder, held_run
+
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    _marked(run)
+    (run / "last.ckpt").write_bytes(b"weights")
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events").write_text("x")
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    (run / "data").symlink_to(outside)
+    assert held_run(run) == "an unfinished amcl run"
+    with pytest.raises(AmclError, match="holds an unfinished amcl run; continue it with"):
+        claim_folder(run, clear=True)
+    claim_folder(run, overwrite=True, clear=False)  # the early check clears nothing
+    assert (run / MARKER).exists()
+    claim_folder(run, overwrite=True, clear=True)
+    assert os.listdir(run) == [] and (outside / "keep.txt").read_text() == "mine"
+
+
+def test_runs_of_versions_before_the_marker_are_recognised_by_what_only_amcl_writes(tmp_path):
+    from amcl.runs import held_run
+
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "config.yaml").write_text("method: moco\namcl: true\n")
+    (finished / "run.json").write_text(json.dumps({"versions": {"amcl": "0.1.0"}, "time_s": 1.0}))
+    (finished / "metrics.json").write_text(json.dumps({"complete": True, "epochs": []}))
+    assert held_run(finished) == "a finished moco AMCL run"
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "summary.json").write_text(json.dumps({"runs": 2, "seeds": [0, 1]}))
+    assert held_run(series) == "a finished amcl --runs series"
+    grid = tmp_path / "grid"
+    grid.mkdir()
+    (grid / "results.json").write_text(json.dumps({"cells": []}))
+    assert held_run(grid) == "an amcl compare grid"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.yaml").write_text("method: simclr\n")  # a config.yaml alone is no run
+    (foreign / "run.json").write_text(json.dumps({"versions": {"othertool": "1"}}))
+    (foreign / "last.ckpt").write_bytes(b"not a checkpoint")
+    (foreign / "amcl-run.json").write_text(json.dumps({"written_by": "someone else", "kind": "run"}))
+    assert held_run(foreign) is None
+
+
+@pytest.mark.parametrize("out,why", [
+    ("", "--out is empty"),
+    (" ", "--out is empty"),
+    (".", "is the current folder"),
+    ("{cwd}", "is the current folder"),
+    ("..", "is a folder above the current one"),
+    ("/", "is a folder above the current one"),
+    ("~", "is the home folder"),
+    ("{cwd}/project", "is a git work tree"),
+])
+def test_outs_no_run_may_write_into_are_refused(tmp_path, monkeypatch, out, why):
+    from amcl.runs import refuse_unsafe_out
+
+    work = tmp_path / "work"
+    (work / "project" / ".git").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    with pytest.raises(AmclError, match=why):
+        refuse_unsafe_out(out.format(cwd=work))
+    for fine in ("runs/a", "project/runs/a", str(tmp_path / "home" / "runs")):  # a run inside a repository is fine
+        refuse_unsafe_out(fine)
+
+
+def test_a_resumed_config_must_be_whole_and_is_never_filled_with_defaults(tmp_path):
+    from amcl.runs import read_resumed_config
+
+    whole = PretrainConfig().resolved()
+    path = tmp_path / "config.yaml"
+    path.write_text(whole.to_yaml())
+    assert read_resumed_config(path, None)["epochs"] == whole.epochs
+    text = whole.to_yaml()
+    path.write_text(text[: text.index("backbone:") + len("backbone:")])  # cut off mid-file
+    with pytest.raises(AmclError, match=r"config.yaml lacks --epochs and \d+ more option\(s\)"):
+        read_resumed_config(path, None)
+    trained = {"method": "simclr", "epochs": 3, "seed": 0, "lr": 0.1}  # an older version's checkpoint config
+    path.write_text("method: simclr\nepochs: 3\nseed: 0\n")
+    with pytest.raises(AmclError, match="lacks --lr "):
+        read_resumed_config(path, trained)
+    path.write_text("method: simclr\nepochs: 3\nseed: 0\nlr: 0.1\n")
+    assert read_resumed_config(path, trained)["lr"] == 0.1  # what the older version recorded is enough
+
+
+def test_a_read_only_folder_is_not_said_to_be_full(tmp_path):
+    import errno
+
+    from amcl.files import write_failure
+
+    for number in (errno.EROFS, errno.EACCES, errno.EPERM):
+        message = str(write_failure(tmp_path / "last.ckpt", OSError(number, os.strerror(number))))
+        assert "is read-only or not writable: make it writable" in message and "free some space" not in message
+    message = str(write_failure(tmp_path / "last.ckpt", OSError(errno.ENOSPC, "No space left on device")))
+    assert "free some space" in message
+
+
+def test_a_signal_after_the_last_epoch_says_nothing_is_repeated():
+    import signal
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from amcl.checkpointing import StopOnSignal
+    from amcl.train import _interruption
+
+    stop = StopOnSignal()
+    stop.signal_number = signal.SIGTERM
+    trainer = SimpleNamespace(current_epoch=3, max_epochs=3, global_step=33, is_global_zero=True)
+    message = str(_interruption(stop, trainer, Path("runs/a")))
+    assert "after its last epoch (3/3, step 33)" in message and "holds all 3 epochs" in message
+    assert "repeats" not in message
+    trainer = SimpleNamespace(current_epoch=1, max_epochs=3, global_step=15, is_global_zero=True)
+    message = str(_interruption(stop, trainer, Path("runs/a")))
+    assert "in epoch 2/3 at step 15" in message and "holds its 1 finished epoch, and the resumed run repeats " \
+        "epoch 2 from its start" in message
+
+
+@pytest.mark.slow
+def test_overwrite_cannot_clear_a_folder_a_live_run_is_writing(tmp_path):
+    """The issue's case: `--overwrite` into the folder of a run still training. The folder is cleared only under
+    its lock, so the second run is refused and the first ends with its own files, unmixed."""
+    import subprocess
+    import sys
+    import time
+
+    from builders import tiny_argv
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "amcl.cli", "pretrain", *tiny_argv(batch_size=32, epochs=4),
+                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 200
+        while not (out / "last.ckpt").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before the second started"
+        second = subprocess.run([sys.executable, "-m", "amcl.cli", "pretrain", *tiny_argv(epochs=1, max_steps=2),
+                                 "--seed", "7", "--overwrite", "--out", str(out)], capture_output=True, text=True,
+                                env=env, timeout=300)
+        assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1, second.stderr
+        assert f"is in use by amcl process {first.pid}" in second.stderr
+    finally:
+        _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-2000:]
+    assert read_config(out / "config.yaml")["seed"] == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["complete"] and len(metrics["epochs"]) == 4

@@ -31,7 +31,7 @@ from amcl.compare_tables import metrics_text, write_results
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError, RunInterrupted
 from amcl.eval.protocols import evaluate_checkpoint
-from amcl.runs import locked_folder, write_config
+from amcl.runs import MARKER, folder_entries, held_run, locked_folder, refuse_unsafe_out, write_config, write_marker
 from amcl.train import pretrain_once
 
 __all__ = ["LINEAR_RESULT", "parse_variants", "run_comparison"]
@@ -72,10 +72,13 @@ def run_comparison(
     for run in grid.runs:
         run.metrics = finished_run_metrics(run)
         run.reused = run.metrics is not None
-    created = [p for p in (grid.out, grid.out / "results.md", grid.out / "results.json") if not p.exists()]
+    _check_grid_folder(grid.out)
+    created = [p for p in (grid.out, grid.out / "results.md", grid.out / "results.json", grid.out / MARKER)
+               if not p.exists()]
     write_config(grid.out)  # the folder, or one line naming --out
     try:
         with locked_folder(grid.out):  # one grid per folder at a time
+            write_marker(grid.out, "grid")
             paths = _run_grid(grid)
     except AmclError:
         if not any(r.metrics for r in grid.runs):  # the grid could not even start (e.g. bad data path)
@@ -123,6 +126,19 @@ def _add_linear(grid: Grid, run: Run) -> None:
     except (OSError, ValueError):
         result = evaluate_checkpoint(run.folder / "last.ckpt", "linear", out=result_path)
     run.metrics["linear_top1"] = result.get("top1")
+
+
+def _check_grid_folder(out: Path) -> None:
+    """A grid writes into a new or empty folder or its own earlier grid (which it continues); never into a run's
+    folder or one holding files that are not amcl's."""
+    refuse_unsafe_out(out)
+    entries = folder_entries(out)
+    held = held_run(out) if entries else None
+    if entries and (held is None or not held.endswith("compare grid")):
+        what = f"holds {held}" if held else \
+            f"is not empty and is not an amcl compare grid (it holds {', '.join(entries[:4])})"
+        raise AmclError(f"{out} {what}; a compare grid writes only into a new or empty folder, or continues its own "
+                        "earlier grid: choose another --out")
 
 
 def _remove_created(created: list[Path], run_folder: Path) -> None:

@@ -483,26 +483,73 @@ def coerce(name: str, value: Any) -> Any:
         raise AmclError(f"option {_flag(name)}: expected {kind.__name__}, got {value!r}") from None
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names one key twice (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # unhashable keys: YAML's own error
+            if key in lines:
+                raise _DuplicateKey(key, lines[key], key_node.start_mark.line + 1)
+            lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _optional(name: str) -> bool:
+    """Whether an option may be null (``None``: the method's or dataset's default, or unset)."""
+    return type(None) in typing.get_args(typing.get_type_hints(PretrainConfig)[name])
+
+
 def load_yaml(path: str | Path, extras: tuple[str, ...] = ()) -> dict[str, Any]:
     """Options from a YAML file (keys with - or _), checked against the known options. Keys named in
-    ``extras`` (e.g. ``amcl compare``'s ``variants``) are allowed too and returned as they are."""
+    ``extras`` (e.g. ``amcl compare``'s ``variants``) are allowed too and returned as they are. A file that
+    is not UTF-8 YAML, names an option twice (``epochs`` twice, or ``batch_size`` and ``batch-size``) or gives
+    null (``~``) for an option that needs a value is an :class:`AmclError` naming the key."""
     path = Path(path)
+    where = f"config file {str(path)!r}"
+    if path.is_dir():
+        raise AmclError(f"{where} is a folder, not a YAML file; give the path of a .yaml file")
     if not path.is_file():
-        raise AmclError(f"config file {str(path)!r} does not exist")
+        raise AmclError(f"{where} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AmclError(f"{where} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}); "
+                        "save it as UTF-8") from None
+    except OSError as exc:
+        raise AmclError(f"cannot read {where}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as dup:
+        raise AmclError(f"{where} names {dup.key!r} twice (lines {dup.first} and {dup.second}); keep one") from None
     except yaml.YAMLError as exc:
-        raise AmclError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise AmclError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise AmclError(f"config file {str(path)!r} must hold a mapping of option: value")
+        raise AmclError(f"{where} must hold a mapping of option: value")
     known = {f.name for f in dataclasses.fields(PretrainConfig)}
-    out = {}
+    out: dict[str, Any] = {}
+    spelled: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        if name in spelled:
+            raise AmclError(f"{where} names one option twice, as {spelled[name]!r} and {key!r}; keep one")
+        spelled[name] = key
         if name in extras:
             out[name] = value
             continue
         if name not in known:
-            raise AmclError(f"config file {str(path)!r}: unknown option {key!r}; valid: {', '.join(sorted(known))}")
+            raise AmclError(f"{where}: unknown option {key!r}; valid: {', '.join(sorted(known))}")
+        if value is None and not _optional(name):
+            raise AmclError(f"{where}: option {key} is empty (null or ~) but needs a value; give one, or leave the "
+                            "key out for its default")
         out[name] = coerce(name, value)
     return out

@@ -19,6 +19,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from torch import nn
 
 from amcl import __version__
 from amcl.data.module import ContrastiveDataModule
-from amcl.errors import AmclError
+from amcl.errors import AmclError, WriteError
 from amcl.eval.checkpoint import load_pretrained, resolve_device
 from amcl.eval.features import evaluation_config, evaluation_data
 from amcl.eval.options import ExportOptions
@@ -97,24 +99,33 @@ def export_encoder(
         data = evaluation_data(pretrained, evaluation_config(config, opts, unlabeled=True, stream_folder=True))
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
     except OSError as err:
         raise AmclError(f"cannot create the output folder {folder}: {err.strerror}; choose a writable --out") from None
-    write_torch(files[0], state)
-    if opts.features:
-        info["features"] = {}
-        for split in opts.splits:
-            feats, labels, paths = _split_features(data, split, backbone, next(backbone.parameters()).device)
-            names = {"features": folder / f"features-{split}.npy", "labels": folder / f"labels-{split}.npy"}
-            write_atomic(names["features"], _npy_bytes(feats))
-            write_atomic(names["labels"], _npy_bytes(labels))
-            files += list(names.values())
-            if paths is not None:
-                names["paths"] = folder / f"paths-{split}.txt"
-                write_atomic(names["paths"], "".join(f"{x}\n" for x in paths))
-                files.append(names["paths"])
-            info["features"][split] = {"count": int(len(labels)), "labelled": int((labels >= 0).sum()),
-                                       **{k: v.name for k, v in names.items()}}
-    write_atomic(files[1], lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
+    # every file is written into a staging folder first and moved into place at the end, encoder.json last: a
+    # command stopped on the way (Ctrl+C, a full disk) leaves the previous export as it was, not half a new one
+    try:
+        write_torch(stage / files[0].name, state)
+        if opts.features:
+            info["features"] = {}
+            for split in opts.splits:
+                feats, labels, paths = _split_features(data, split, backbone, next(backbone.parameters()).device)
+                names = {"features": folder / f"features-{split}.npy", "labels": folder / f"labels-{split}.npy"}
+                write_atomic(stage / names["features"].name, _npy_bytes(feats))
+                write_atomic(stage / names["labels"].name, _npy_bytes(labels))
+                if paths is not None:
+                    names["paths"] = folder / f"paths-{split}.txt"
+                    write_atomic(stage / names["paths"].name, "".join(f"{x}\n" for x in paths))
+                files += [names["features"], names["labels"], *([names["paths"]] if paths is not None else [])]
+                info["features"][split] = {"count": int(len(labels)), "labelled": int((labels >= 0).sum()),
+                                           **{k: v.name for k, v in names.items()}}
+        write_atomic(stage / files[1].name, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
+        for path in [f for f in files if f != files[1]] + [files[1]]:
+            os.replace(stage / path.name, path)
+    except WriteError as exc:  # named by the file it was to become
+        raise WriteError(str(exc).replace(str(stage), str(folder))) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return {**info, "files": [str(f) for f in files]}
 
 

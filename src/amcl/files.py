@@ -62,6 +62,8 @@ def _replace_atomically(target: Path, content: str | bytes | Callable[[Path], No
 
 #: The errors of a file system without room for a file: ENOSPC (disk full), EDQUOT (quota), EFBIG (file size limit).
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+#: The errors of a folder that may not be written: no permission, immutable (EPERM) or a read-only file system.
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _size_text(size: float) -> str:
@@ -89,7 +91,11 @@ def write_failure(path: str | os.PathLike[str], exc: OSError, needed: int | None
         text += f" (it needs {amount}, {where})"
     if target.is_file():
         text += f"; the previous {target.name} is kept"
-    return WriteError(text + "; free some space or choose another folder")
+    if exc.errno in _NOT_WRITABLE:
+        return WriteError(text + f"; {target.parent} is read-only or not writable: make it writable or choose "
+                                 "another folder")
+    return WriteError(text + ("; free some space or choose another folder" if exc.errno in _NO_ROOM else
+                              "; choose another folder"))
 
 
 def write_atomic(path: str | os.PathLike[str], content: str | bytes | Callable[[Path], None],

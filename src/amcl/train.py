@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import signal
 import sys
 import time
@@ -43,16 +42,20 @@ from amcl.knn import default_k
 from amcl.methods import METHOD_CLASSES
 from amcl.monitoring import plot_curves, write_csv
 from amcl.runs import (
+    MARKER,
     RESUMABLE_CHANGES,
+    claim_folder,
     config_differences,
     finished_metrics,
-    held_run,
     locked_folder,
     read_checkpoint,
-    read_config,
+    read_resumed_config,
+    refuse_unsafe_out,
     run_record,
     summarize_runs,
+    upgrade_config,
     write_config,
+    write_marker,
 )
 from amcl.specs import METHOD_SPECS
 
@@ -115,7 +118,8 @@ class MetricsRecorder(Callback):
             self._warned.add(key)
             head, bound = key.split("/")[0], key.rsplit("_", 1)[-1]
             value = config.tau_min if bound == "min" else config.tau_max
-            warn(f"{share:.0%} of {head}'s temperatures sit at tau_{bound} = {value:g} in epoch {record['epoch']}: "
+            epoch = int(record["epoch"]) + 1  # counted from 1, as the progress lines count
+            warn(f"{share:.0%} of {head}'s temperatures sit at tau_{bound} = {value:g} in epoch {epoch}: "
                  "AMCL may be collapsing (see 'Reading the curves' in the README); watch curves.png, or try "
                  f"another --tau-{bound}, --beta or --lr")
 
@@ -132,9 +136,9 @@ class MetricsRecorder(Callback):
                 self._warned.add(f"{head}/collapse")
                 collapsing.append(f"{head} {positive:.3f} and {negative:.3f}")
         if collapsing:  # one line for all heads of the epoch
-            warn(f"projections are collapsing in epoch {record['epoch']}: mean similarity of positive and negative "
-                 f"pairs {'; '.join(collapsing)}, so all images map close to one point (see 'Reading the curves' "
-                 "in the README and the similarity panel of curves.png); try a larger --tau-min or --beta, "
+            warn(f"projections are collapsing in epoch {int(record['epoch']) + 1}: mean similarity of positive and "
+                 f"negative pairs {'; '.join(collapsing)}, so all images map close to one point (see 'Reading the "
+                 "curves' in the README and the similarity panel of curves.png); try a larger --tau-min or --beta, "
                  "--temperature-input detached, or a smaller --lr")
 
     def state_dict(self) -> dict[str, Any]:
@@ -229,13 +233,17 @@ def cluster_plugins() -> list[Any]:
 SKIPPED_SHARE_WARNING = 0.05
 
 
-def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSplits | None = None) -> dict[str, Any]:
+def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSplits | None = None,
+                  overwrite: bool = False) -> dict[str, Any]:
     """One run of a resolved config; returns the metrics summary (plus ``time_s``, the wall-clock time).
     ``splits`` trains on images already in memory instead of ``config.dataset`` (e.g. benchmarks/epoch_speed.py).
 
     With ``resume``, a run already in ``config.out`` continues from its ``last.ckpt`` (model,
     optimiser, schedule, MoCo queue, random states, recorded epochs), a finished one is returned as
-    it is, and a folder without a checkpoint starts from scratch.
+    it is, and a folder without a checkpoint starts from scratch. What is resumed is checked first
+    (:func:`_resume_state`): ``config.yaml`` whole, and equal to ``config`` and to the checkpoint's own
+    config, and the checkpoint's tensors the model's. Without ``resume`` the folder must be new or empty,
+    or with ``overwrite`` an amcl run, which is cleared once the folder's lock is held (:func:`claim_folder`).
 
     SIGINT or SIGTERM stop the run at the next step boundary with :class:`RunInterrupted`; its
     ``last.ckpt`` then holds the finished epochs (written at each epoch's end, so never older than the
@@ -243,12 +251,12 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
     written (full disk) stops it with a :class:`WriteError`; the previous checkpoint is kept.
     """
     out = Path(config.out)
-    checkpoint = out / "last.ckpt"
+    saved: dict[str, Any] | None = None  # the checkpoint resumed from
     if resume:
-        finished = _finished_run(config, out)
+        finished, saved = _resume_state(config, out)
         if finished is not None:
             return finished
-    resuming = resume and checkpoint.is_file()
+    resuming = saved is not None
     splits = load_configured_dataset(config) if splits is None else splits
     n_train = len(splits.train_labels)
     if config.batch_size > n_train:
@@ -305,21 +313,32 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
                         f"batch of {config.global_batch} (--batch-size {config.batch_size} x "
                         f"{config.global_batch // config.batch_size} processes); resume it with as many --devices")
     config = ran
+    _check_model_memory(config, splits.num_classes)
     model = METHOD_CLASSES[config.method](config, splits.num_classes, data.normalization)
+    if saved is not None:
+        _check_checkpoint_fits(model, saved)
+        saved = None  # Lightning reads the file again; the tensors are not kept twice
     started = time.time()
     # one run per folder at a time (rank 0 holds the lock; the other processes write nothing there)
     with locked_folder(out) if trainer.is_global_zero else contextlib.nullcontext():
-        write_config(out, config if trainer.is_global_zero else None)
         if trainer.is_global_zero:
+            if not resume:  # under the lock: a run writing there now is never cleared or mixed with
+                claim_folder(out, overwrite, clear=True)
+            write_config(out, config)
+            write_marker(out, "run", config)
             remove_partial_checkpoints(out)
         try:
             with stop:
                 return _train(config, trainer, model, data, recorder, resuming, started)
         except SIGTERMException:  # Lightning's stop at a step boundary, raised by StopOnSignal's flag
             raise _interruption(stop, trainer, out) from None
+        except RuntimeError as exc:
+            if trainer.world_size > 1 and _lost_peer(exc):  # one line on the surviving process, not gloo's trace
+                raise _peer_lost(exc, trainer, out) from None
+            raise
         except WriteError as exc:  # a full disk: the previous checkpoint is kept and the run can continue
-            raise WriteError(f"{exc}; the run stopped in epoch {trainer.current_epoch}: once there is room, "
-                             f"continue it with `amcl pretrain --resume {out}`") from None
+            raise WriteError(f"{exc}; the run stopped in epoch {trainer.current_epoch + 1}: once the file can be "
+                             f"written, continue it with `amcl pretrain --resume {out}`") from None
 
 
 def _train(config: PretrainConfig, trainer: L.Trainer, model: L.LightningModule, data: ContrastiveDataModule,
@@ -344,27 +363,59 @@ def _train(config: PretrainConfig, trainer: L.Trainer, model: L.LightningModule,
         if share > SKIPPED_SHARE_WARNING:
             warn(f"{skipped} of the run's steps ({share:.1%}) had non-finite values and were skipped; its results "
                  "describe a partly trained model (see skipped_steps in metrics.json)")
-    if trainer.is_global_zero:
-        write_json(out / "metrics.json", summary)
+    if trainer.is_global_zero:  # metrics.json marked complete last: a run cut off before it is resumed to here
         write_csv(out / "metrics.csv", recorder.epochs)
-        write_json(out / "run.json", run_record(config, started, recorder.epoch_seconds, resumed=resuming))
         if recorder.epochs:
             mode = f"AMCL, {config.heads} heads" if config.amcl else "baseline"
             plot_curves(out / "curves.png", recorder.epochs, f"{config.method} {mode} on {config.dataset}",
                         METHOD_SPECS[config.method].pair_names)
+        write_json(out / "run.json", run_record(config, started, recorder.epoch_seconds, resumed=resuming))
+        write_json(out / "metrics.json", summary)
     return {**summary, "time_s": round(sum(recorder.epoch_seconds), 3)}
 
 
 def _interruption(stop: StopOnSignal, trainer: L.Trainer, out: Path) -> RunInterrupted:
-    """What a run stopped by a signal says: where it stopped and what its checkpoint holds."""
-    epochs = trainer.current_epoch  # the finished epochs: each one's end wrote last.ckpt
-    kept = (f"{out / 'last.ckpt'} holds its {epochs} finished epoch{'s' if epochs > 1 else ''}, and the "
-            f"resumed run repeats epoch {epochs} from its start" if epochs else
-            "no epoch had finished, so no checkpoint was written and the resumed run starts again")
+    """What a run stopped by a signal says: where it stopped and what its checkpoint holds (epochs counted
+    from 1, as the progress lines count them)."""
+    done, total = trainer.current_epoch, trainer.max_epochs or 0  # the finished epochs: each one's end wrote last.ckpt
+    if total and done >= total:
+        kept = (f"{out / 'last.ckpt'} holds all {done} epochs; the resumed run only writes the final files")
+        where = f"after its last epoch ({done}/{total}, step {trainer.global_step})"
+    else:
+        kept = (f"{out / 'last.ckpt'} holds its {done} finished epoch{'s' if done > 1 else ''}, and the resumed run "
+                f"repeats epoch {done + 1} from its start" if done else
+                "no epoch had finished, so no checkpoint was written and the resumed run starts again")
+        where = f"in epoch {done + 1}/{total} at step {trainer.global_step}"
     # a process of a multi-process run that was not signalled itself stops on rank 0's broadcast flag
     number = stop.signal_number if stop.signal_number is not None else signal.SIGTERM
-    return RunInterrupted(number, f"at epoch {epochs} step {trainer.global_step} ({kept})",
-                          f"`amcl pretrain --resume {out}`", report=trainer.is_global_zero)
+    return RunInterrupted(number, f"{where} ({kept})", f"`amcl pretrain --resume {out}`",
+                          report=trainer.is_global_zero)
+
+
+#: What a collective says when another process of the run has gone (gloo and NCCL).
+_PEER_GONE = ("connection reset by peer", "connection closed by peer", "broken pipe", "connection refused",
+              "timed out", "timeout", "nccl", "gloo")
+
+
+def _lost_peer(exc: RuntimeError) -> bool:
+    import torch.distributed as dist
+
+    text = str(exc).lower()
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(part in text for part in _PEER_GONE)
+
+
+def _peer_lost(exc: RuntimeError, trainer: L.Trainer, out: Path) -> AmclError:
+    """The one line a process of a multi-process run says when another process stopped (killed, out of
+    memory) and a collective operation failed: which process it is, what the checkpoint holds, how to resume."""
+    done = trainer.current_epoch
+    kept = (f"{out / 'last.ckpt'} holds its {done} finished epoch{'s' if done != 1 else ''}" if done else
+            "no epoch had finished, so the resumed run starts again")
+    reason = " ".join(str(exc).split())
+    reason = reason[reason.find("]") + 1:].strip() if reason.startswith("[") else reason  # gloo's source line
+    return AmclError(f"process {trainer.global_rank} of this {trainer.world_size}-process run lost another process in "
+                     f"epoch {done + 1} at step {trainer.global_step} ({reason[:120]}); that process stopped (killed "
+                     f"or out of memory: see its output). {kept}; continue with `amcl pretrain --resume {out}` and the "
+                     "same --devices")
 
 
 def _check_batch_memory(config: PretrainConfig) -> None:
@@ -382,22 +433,64 @@ def _check_batch_memory(config: PretrainConfig) -> None:
                         f"{memory / 1e9:.1f} GB of memory; use a smaller --image-size (or --batch-size)")
 
 
-def _finished_run(config: PretrainConfig, out: Path) -> dict[str, Any] | None:
-    """For ``--resume``: the summary of a run in ``out`` that already finished (None if it did not), after
-    checking that the run there has the same settings."""
-    saved_path = out / "config.yaml"
+def _resume_state(config: PretrainConfig, out: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """For ``--resume``: the summary of a run in ``out`` that already finished (None if it did not) and the
+    checkpoint to continue from (None if there is none), after checking that they are this run's: its
+    ``config.yaml`` whole (:func:`amcl.runs.read_resumed_config`) and equal to ``config``, and the checkpoint's
+    own config equal to both (a checkpoint of another method, seed or size is refused, naming the option)."""
+    saved_path, checkpoint_path = out / "config.yaml", out / "last.ckpt"
+    checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
     if not saved_path.is_file():
-        if (out / "last.ckpt").is_file():
+        if checkpoint is not None:
             raise AmclError(f"{out} has a checkpoint but no config.yaml; it was not written by amcl pretrain")
-        return None
-    differences = config_differences(read_config(saved_path), config)
+        return None, None
+    trained = upgrade_config(checkpoint["hyper_parameters"]["config"]) if checkpoint is not None else None
+    may_change = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_CHANGES if k != "out")
+    differences = config_differences(read_resumed_config(saved_path, trained), config)
     if differences:
-        may_change = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_CHANGES if k != "out")
         raise AmclError(f"cannot resume {out} with other settings ({'; '.join(differences[:3])}); resume with the "
                         f"run's own settings (only {may_change} may change)")
-    if (out / "last.ckpt").is_file():
-        read_checkpoint(out / "last.ckpt")  # a truncated or foreign file: a clear error, not a traceback
-    return finished_metrics(out)
+    if trained is not None:
+        differences = config_differences(trained, config, "in last.ckpt", "in config.yaml", recorded=False)
+        if differences:
+            raise AmclError(f"cannot resume {out}: its last.ckpt was trained with other settings than its "
+                            f"config.yaml says ({'; '.join(differences[:3])}), so it belongs to another run or the "
+                            "file was edited; restore config.yaml, or start the run again with --overwrite")
+    return finished_metrics(out), checkpoint
+
+
+def _check_checkpoint_fits(model: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose tensors are not this model's (names and shapes), in one line."""
+    saved, expected = checkpoint["state_dict"], model.state_dict()
+    problems = [f"{name} is missing" for name in expected if name not in saved]
+    problems += [f"{name} is not in this model" for name in saved if name not in expected]
+    problems += [f"{name} has shape {list(saved[name].shape)}, the model {list(tensor.shape)}"
+                 for name, tensor in expected.items() if name in saved and saved[name].shape != tensor.shape]
+    if problems:
+        raise AmclError(f"cannot resume from {checkpoint['path']}: it does not fit this run's model ({problems[0]}"
+                        f"{f', and {len(problems) - 1} more' if len(problems) > 1 else ''}); it was written by another "
+                        "method or model size: resume the run it belongs to, or start again with --overwrite")
+
+
+def _check_model_memory(config: PretrainConfig, num_classes: int) -> None:
+    """Refuse a model whose parameters, gradients and optimiser state (and MoCo's queues) would not fit in half
+    of this machine's memory (or of the GPU's), before allocating any of it: a --heads or head width too
+    large would otherwise end in an allocator error, or take other processes down with it."""
+    import torch
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = METHOD_CLASSES[config.method](config, num_classes, None)
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    needed = 3 * parameters + buffers  # weights, gradients, momentum (AdamW's second moment is about one more)
+    cuda = config.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    memory = torch.cuda.get_device_properties(0).total_memory if cuda else machine_memory()
+    if needed > memory // 2:
+        sizes = f"--heads {config.heads}, --proj-hidden {config.proj_hidden}, --proj-dim {config.proj_dim}"
+        where = "this GPU's" if cuda else "this machine's"
+        raise AmclError(f"the model needs about {needed / 1e9:.1f} GB for its {parameters // 4 / 1e6:.0f} million "
+                        f"parameters, their gradients and optimiser state ({sizes}), more than half of {where} "
+                        f"{memory / 1e9:.1f} GB of memory; use fewer --heads or narrower heads")
 
 
 def _tensorboard(out: Path):
@@ -428,36 +521,29 @@ def _devices(devices: str) -> int | list[int] | str:
     return int(text)
 
 
-def claim_folder(out: Path, overwrite: bool = False) -> None:
-    """Refuse to start a run in a folder that holds one (its outputs would mix with, or replace, another
-    run's) unless ``overwrite``, which deletes the whole folder first."""
-    held = held_run(out)
-    if held is None:
-        return
-    if not overwrite:
-        raise AmclError(f"{out} holds {held}; continue it with `amcl pretrain --resume {out}`, choose a new --out, "
-                        "or pass --overwrite to delete that folder first")
-    shutil.rmtree(out)
-
-
 def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run ``config.runs`` seeds (seed, seed + 1, ...); with several, also write ``summary.json``.
 
     ``resume`` continues each seed's run from its checkpoint, skips finished ones and starts the
-    missing ones (see :func:`pretrain_once`). Without it, a ``config.out`` that holds a run is refused,
-    or with ``overwrite`` deleted first (:func:`claim_folder`).
+    missing ones (see :func:`pretrain_once`). Without it, ``config.out`` must be new or empty; with
+    ``overwrite`` it may hold an amcl run or series, which is replaced once its lock is held
+    (:func:`amcl.runs.claim_folder`). A folder with anything else in it is never written into or deleted.
     """
     config = config.resolved()
     if not resume and rank_zero_only.rank == 0:  # the other processes of a multi-process run find rank 0's files
-        claim_folder(Path(config.out), overwrite)
+        refuse_unsafe_out(config.out)
+        claim_folder(config.out, overwrite)  # refused early, before the data is read; cleared under the lock
     if config.runs == 1:
-        return pretrain_once(config, resume)
+        return pretrain_once(config, resume, overwrite=overwrite)
     out = Path(config.out)
-    created = [p for p in (out, out / "config.yaml") if not p.exists()]
-    write_config(out, config)  # first, so a killed series can be resumed
+    created = [p for p in (out, out / "config.yaml", out / MARKER) if not p.exists()]
     results: list[dict[str, Any]] = []
     try:
         with locked_folder(out):  # one series per folder at a time
+            if not resume:
+                claim_folder(out, overwrite, clear=True)
+            write_config(out, config)  # first, so a killed series can be resumed
+            write_marker(out, "series", config)
             for seed in range(config.seed, config.seed + config.runs):
                 run = replace(config, seed=seed, runs=1, out=str(out / f"run-{seed}"))
                 try:
@@ -467,7 +553,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     except AmclError:
         if not results:  # the series could not even start (bad data): leave no trace of it
             for path in reversed(created):
-                path.unlink() if path.is_file() else _remove_if_empty(path)
+                path.unlink(missing_ok=True) if path.is_file() else _remove_if_empty(path)
         raise
     summary: dict[str, Any] = {"runs": config.runs, "seeds": [config.seed + r for r in range(config.runs)]}
     summary.update(summarize_runs(results))

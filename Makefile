@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench photos clean
+.PHONY: demo test test-fast lint bench photos fashion-mnist clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ lint: $(STAMP)
 photos: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[study]'
 	test -d data/photos/train || $(BIN)/python -m amcl.data.photos --out data/photos
+
+# Fashion-MNIST's four IDX files from the Debian/Ubuntu package (in /usr/share/datasets/fashion-mnist, where
+# --dataset fashion_mnist looks without --data-root); elsewhere, say what to install or where to point --data-root
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+fashion-mnist:
+	@if [ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST is in $(FASHION_MNIST)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; \
+	else echo "Fashion-MNIST is not installed: run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or put" \
+		"its train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-*.gz in a folder and pass --data-root DIR"; \
+		exit 1; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss_speed.py

@@ -224,3 +224,36 @@ def make_stl10(root: Path) -> dict[str, np.ndarray]:
     (folder / "class_names.txt").write_text("\n".join(names) + "\n")
     return data
 
+
+
+# --------------------------------------------------------------------------- the MNIST family's IDX files
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool | None = None) -> None:
+    """``array`` (uint8) as an IDX file: magic 00 00 08 <ndim>, big-endian sizes, the bytes; gzipped when
+    ``compress`` (default: when the name ends in .gz)."""
+    import gzip
+
+    data = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress if compress is not None else path.suffix == ".gz":
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_idx_dataset(folder: Path, train_per_class: int = 6, test_per_class: int = 2, classes: int = 10,
+                     gz: bool = True) -> dict[str, np.ndarray]:
+    """The four files of a tiny MNIST-family dataset (28x28 uint8, each class a brightness level) in ``folder``."""
+    rng = np.random.default_rng(0)
+    arrays: dict[str, np.ndarray] = {}
+    for split, per_class, stem in (("train", train_per_class, "train"), ("test", test_per_class, "t10k")):
+        labels = np.repeat(np.arange(classes, dtype=np.uint8), per_class)
+        rng.shuffle(labels)
+        images = (labels[:, None, None].astype(np.int64) * 25 + rng.integers(0, 20, (len(labels), 28, 28)))
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images.astype(np.uint8), labels
+        suffix = ".gz" if gz else ""
+        write_idx(folder / f"{stem}-images-idx3-ubyte{suffix}", arrays[f"{split}_images"])
+        write_idx(folder / f"{stem}-labels-idx1-ubyte{suffix}", labels)
+    return arrays

@@ -21,9 +21,11 @@ from amcl.errors import AmclError
 from amcl.policies import parse_policy
 from amcl.specs import AMCL_FORMS, FORM_DEFAULTS, METHOD_SPECS, METHODS, PAPER_TAU_BOUNDS, TEMPERATURE_MODES
 
-DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "stl10", "folder")
-#: Datasets read from --data-root, and those with an unlabeled split (--unlabeled).
-FILE_DATASETS = ("cifar10", "cifar100", "stl10", "folder")
+DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "stl10", "fashion_mnist", "mnist", "kmnist", "folder")
+#: Datasets read from --data-root, those that may be (Fashion-MNIST: from its system package without it), and
+#: those with an unlabeled split (--unlabeled).
+FILE_DATASETS = ("cifar10", "cifar100", "stl10", "mnist", "kmnist", "folder")
+OPTIONAL_ROOT_DATASETS = ("fashion_mnist",)
 UNLABELED_DATASETS = ("stl10", "folder")
 CACHE_CHOICES = ("auto", "always", "never")
 #: The negative side of the regulariser (see amcl.losses.NEGATIVE_REGULARIZERS; kept here so the
@@ -36,7 +38,8 @@ def _by_method(key: str) -> str:
     return "default: " + ", ".join(values)
 
 #: Image size used when ``image_size`` is unset.
-DATASET_IMAGE_SIZES = {"digits": 16, "synthetic": 32, "cifar10": 32, "cifar100": 32, "stl10": 96, "folder": 224}
+DATASET_IMAGE_SIZES = {"digits": 16, "synthetic": 32, "cifar10": 32, "cifar100": 32, "stl10": 96, "fashion_mnist": 28,
+                       "mnist": 28, "kmnist": 28, "folder": 224}
 #: From this image size on, the default backbone is ResNet-18 with the ImageNet stem (7x7/2 conv + max-pool).
 IMAGENET_STEM_FROM = 128
 
@@ -173,7 +176,20 @@ class PretrainConfig:
     barlow_lambda: float = _opt(5e-3, "Barlow Twins: weight lambda of the off-diagonal terms", valid=NON_NEGATIVE)
     # data
     dataset: str = _opt("digits", "dataset to pre-train on", DATASETS)
-    data_root: str | None = _opt(None, "folder holding the dataset files (not needed for digits, synthetic)")
+    data_root: str | None = _opt(
+        None, "folder holding the dataset files (not needed for digits, synthetic; fashion_mnist: default "
+        "/usr/share/datasets/fashion-mnist, where `apt-get install dataset-fashion-mnist` puts it)"
+    )
+    train_subset: int | None = _opt(
+        None, "train on this many training images, class-balanced and drawn with --split-seed (the test split is "
+        "kept whole), e.g. 10000 of Fashion-MNIST's 60,000 for CPU-sized runs", valid=AT_LEAST_1,
+    )
+    val_fraction: float = _opt(
+        0.0, "hold this share of each class's labelled training images out as a validation split, drawn with "
+        "--split-seed: their labels leave the kNN bank and the linear probe's training (pre-training still sees "
+        "the images), and val_* metrics are reported beside the test ones. Choose settings on validation, report "
+        "on test (0: none)", valid=Range(0, 1, high_included=False),
+    )
     image_size: int | None = _opt(
         None, "side of the training images in pixels (default: the dataset's: digits 16, cifar 32, stl10 96, "
         "folder 224)", valid=AT_LEAST_1,
@@ -236,8 +252,9 @@ class PretrainConfig:
     runs: int = _opt(1, "repeat the run with seeds seed, seed+1, ... and summarise mean and std", valid=AT_LEAST_1)
     seed: int = _opt(0, "random seed of the initialisation, the augmentations and the batch order", valid=SEEDS)
     split_seed: int = _opt(
-        0, "digits and synthetic: seed of the train/test split, kept apart from --seed so that runs with "
-        "several seeds share one split and can be compared pair by pair", valid=SEEDS,
+        0, "seed of the data split: digits' and synthetic's train/test split, --train-subset and --val-fraction; "
+        "kept apart from --seed so that runs with several seeds share one split and can be compared pair by pair",
+        valid=SEEDS,
     )
     out: str = _opt("runs/pretrain", "output folder (config.yaml, metrics.json, last.ckpt)")
     accelerator: str = _opt("auto", "Lightning accelerator: auto, cpu, gpu")
@@ -383,8 +400,9 @@ class PretrainConfig:
     def _validate_data(self) -> None:
         if self.dataset in FILE_DATASETS and not self.data_root:
             raise AmclError(f"--dataset {self.dataset} needs --data-root DIR (the folder holding its files)")
-        if self.data_root and self.dataset not in FILE_DATASETS:
-            raise AmclError(f"--data-root is for the datasets read from files ({', '.join(FILE_DATASETS)}); "
+        if self.data_root and self.dataset not in FILE_DATASETS + OPTIONAL_ROOT_DATASETS:
+            raise AmclError(f"--data-root is for the datasets read from files "
+                            f"({', '.join(FILE_DATASETS + OPTIONAL_ROOT_DATASETS)}); "
                             f"--dataset {self.dataset} takes none: give --dataset too, or drop --data-root")
         if self.unlabeled and self.dataset not in UNLABELED_DATASETS:
             raise AmclError(

@@ -149,14 +149,20 @@ class MetricsRecorder(Callback):
         self.knn_k = state.get("knn_k")  # checkpoints of versions before the recorded k have none
 
     def summary(self) -> dict[str, Any]:
+        """``metrics.json``: the epochs, and the final and best kNN accuracy on the test split (and with a
+        validation split, ``final_val_knn_acc`` and ``best_val_knn_acc``)."""
         knn = [e["knn_acc"] for e in self.epochs if "knn_acc" in e]
-        return {
+        summary = {
             "epochs": self.epochs,
             "final_loss": self.epochs[-1].get("loss") if self.epochs else None,
             "final_knn_acc": knn[-1] if knn else None,
             "best_knn_acc": max(knn) if knn else None,
             "knn_k": self.knn_k if knn else None,
         }
+        val = [e["val_knn_acc"] for e in self.epochs if "val_knn_acc" in e]
+        if val:
+            summary.update(final_val_knn_acc=val[-1], best_val_knn_acc=max(val))
+        return summary
 
 
 class EpochLog(Callback):
@@ -174,7 +180,8 @@ class EpochLog(Callback):
         done, total = int(record["epoch"]) + 1, trainer.max_epochs or 0
         parts = [f"loss {record.get('loss', float('nan')):.4g}"]
         if "knn_acc" in record:
-            parts.append(f"kNN {100 * record['knn_acc']:.1f}%")
+            val = f" (val {100 * record['val_knn_acc']:.1f}%)" if "val_knn_acc" in record else ""
+            parts.append(f"kNN {100 * record['knn_acc']:.1f}%{val}")
         if "lr" in record:
             parts.append(f"lr {record['lr']:.2g}")
         recent = seconds[-5:]  # the first epoch pays for start-up
@@ -353,7 +360,8 @@ def _train(config: PretrainConfig, trainer: L.Trainer, model: L.LightningModule,
                         "complete; start again with a larger --tau-min or a smaller --lr")
     if data.can_monitor and recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
         # the run stopped (max_steps, knn_every) without monitoring its final state: do it now
-        recorder.epochs[-1]["knn_acc"] = trainer.validate(model, datamodule=data, verbose=False)[0]["knn_acc"]
+        loaders = trainer.validate(model, datamodule=data, verbose=False)  # one result per query split
+        recorder.epochs[-1].update({k: v for loader in loaders for k, v in loader.items() if k.endswith("knn_acc")})
         recorder.knn_k = model.knn_k
     summary = recorder.summary()
     summary["complete"] = True  # the run ended normally (amcl compare and --resume skip such runs)

@@ -103,9 +103,15 @@ class ContrastiveDataModule(L.LightningDataModule):
         s = self.splits
         return s.num_classes > 0 and bool((s.train_labels >= 0).any()) and len(s.test_labels) > 0
 
+    @property
+    def query_splits(self) -> tuple[str, ...]:
+        """The kNN monitor's query splits, in the order of its loaders: the test split, and the validation
+        split when there is one (``--val-fraction``)."""
+        return ("test", "val") if getattr(self.splits, "val", None) is not None else ("test",)
+
     def split(self, name: str) -> Split:
-        """The ``"train"`` or ``"test"`` split."""
-        return self.splits.train if name == "train" else self.splits.test
+        """The ``"train"``, ``"test"`` or ``"val"`` split."""
+        return {"train": self.splits.train, "test": self.splits.test}.get(name) or getattr(self.splits, name)
 
     def _stats_sample(self) -> Tensor:
         train = self.splits.train
@@ -132,10 +138,10 @@ class ContrastiveDataModule(L.LightningDataModule):
         cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
         return {"pin_memory": True} if cuda and self.streamed else {}
 
-    def _val_index(self) -> Tensor:
-        """This process's kNN queries: every world-th held-out image (the counts are summed over processes)."""
+    def _query_index(self, split: str) -> Tensor:
+        """This process's kNN queries of a split: every world-th image (the counts are summed over processes)."""
         rank, world = self._process()
-        return torch.arange(rank, len(self.splits.test), world)
+        return torch.arange(rank, len(self.split(split)), world)
 
     def train_dataloader(self) -> DataLoader:
         """Training batches; an unreadable file is replaced by the next image, so batches keep their size."""
@@ -144,10 +150,12 @@ class ContrastiveDataModule(L.LightningDataModule):
                             persistent_workers=train.streamed and self.workers > 0, **self._pin_memory(),
                             **self._train_sampling(len(train)))
 
-    def val_dataloader(self) -> DataLoader:
-        """The kNN monitor's queries; unreadable files are left out, as the in-memory cache does."""
-        return self.splits.test.loader(self.eval_batch_size, self._val_index(), workers=self.workers,
-                                       **self._pin_memory())
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The kNN monitor's queries (:attr:`query_splits`); unreadable files are left out, as the in-memory cache
+        does."""
+        loaders = [self.split(name).loader(self.eval_batch_size, self._query_index(name), workers=self.workers,
+                                           **self._pin_memory()) for name in self.query_splits]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     # ----------------------------------------------------------------- batches
 
@@ -171,12 +179,15 @@ class ContrastiveDataModule(L.LightningDataModule):
                 warn(f"unreadable image {path} ({reason}) replaced by the next file; --strict-data makes this an "
                      f"error{more}")
 
+    def _batch_split(self, dataloader_idx: int) -> str:
+        return "train" if self._training() else self.query_splits[dataloader_idx]
+
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        return self.split("train" if self._training() else "test").before_transfer(batch, self.note_unreadable)
+        return self.split(self._batch_split(dataloader_idx)).before_transfer(batch, self.note_unreadable)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         training = self._training()
-        images, labels = self.split("train" if training else "test").after_transfer(batch)
+        images, labels = self.split(self._batch_split(dataloader_idx)).after_transfer(batch)
         if training:
             views = self.two_views(images)
             if self.channels_last and images.device.type == "cuda":

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-__all__ = ["ImageSplits", "MemorySplit", "Split", "UnreadableHandler"]
+__all__ = ["ImageSplits", "MemorySplit", "Split", "UnreadableHandler", "balanced_counts", "per_class_draw",
+           "train_subset", "with_validation"]
 
 #: Called with the paths of files that could not be decoded in one batch.
 UnreadableHandler = Callable[[list[str]], None]
@@ -124,7 +125,9 @@ class MemorySplit(Split):
 
 @dataclass(frozen=True)
 class ImageSplits:
-    """Train and test images (uint8 ``[N, C, H, W]``) with int64 labels (-1 = unlabeled), in memory."""
+    """Train and test images (uint8 ``[N, C, H, W]``) with int64 labels (-1 = unlabeled), in memory, and
+    optionally a validation split (:func:`with_validation`): labelled training images whose labels are held
+    out of the training split, for choosing settings without looking at the test split."""
 
     name: str
     train_images: Tensor
@@ -132,6 +135,8 @@ class ImageSplits:
     test_images: Tensor
     test_labels: Tensor
     classes: tuple[str, ...]
+    val_images: Tensor | None = None
+    val_labels: Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -144,3 +149,68 @@ class ImageSplits:
     @cached_property
     def test(self) -> MemorySplit:
         return MemorySplit(self.test_images, self.test_labels)
+
+    @cached_property
+    def val(self) -> MemorySplit | None:
+        """The validation split, or None without one."""
+        if self.val_images is None or self.val_labels is None:
+            return None
+        return MemorySplit(self.val_images, self.val_labels)
+
+
+def per_class_draw(labels: Tensor, counts: Tensor, seed: int) -> Tensor:
+    """Sorted indices of ``counts[c]`` images of each class ``c`` among ``labels``, drawn with ``seed``
+    (a class with fewer images gives all of them). The same labels, counts and seed give the same draw,
+    whatever else a run does."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
+    shuffled = labels[order]
+    chosen = []
+    for c in range(len(counts)):
+        chosen.append(order[shuffled == c][: int(counts[c])])
+    return torch.cat(chosen).sort().values if chosen else torch.zeros(0, dtype=torch.long)
+
+
+def balanced_counts(total: int, classes: int, seed: int) -> Tensor:
+    """``total`` split over ``classes`` as evenly as possible; the remainder goes to classes drawn with ``seed``."""
+    counts = torch.full((classes,), total // classes, dtype=torch.long)
+    extra = torch.randperm(classes, generator=torch.Generator().manual_seed(seed + 1))[: total % classes]
+    counts[extra] += 1
+    return counts
+
+
+def train_subset(splits: ImageSplits, count: int, seed: int) -> ImageSplits:
+    """The splits with ``count`` training images, class-balanced and drawn with ``seed`` (``--train-subset``);
+    the test split is kept whole. Raises ValueError (with the reason) when the classes are too small."""
+    labels = splits.train_labels
+    if bool((labels < 0).any()):
+        raise ValueError("--train-subset draws labelled images per class, and this training split has unlabeled "
+                         "images: drop --unlabeled or --train-subset")
+    sizes = torch.bincount(labels, minlength=splits.num_classes)
+    counts = balanced_counts(count, splits.num_classes, seed)
+    short = (counts > sizes).nonzero().flatten()
+    if count > len(labels) or len(short):
+        raise ValueError(f"--train-subset {count} needs {int(counts.max())} images of every class, and "
+                         f"{splits.name} has {int(sizes.min())} of its smallest; use --train-subset <= "
+                         f"{int(sizes.min()) * splits.num_classes}")
+    index = per_class_draw(labels, counts, seed)
+    return ImageSplits(splits.name, splits.train_images[index], labels[index], splits.test_images,
+                       splits.test_labels, splits.classes)
+
+
+def with_validation(splits: ImageSplits, fraction: float, seed: int) -> ImageSplits:
+    """The splits with a validation split (``--val-fraction``): ``fraction`` of each class's labelled training
+    images (at least one), drawn with ``seed``. They keep their place in the training split with their label
+    removed (-1): pre-training still sees them, while the kNN bank and the linear probe, which use labelled
+    training images only, do not."""
+    labels = splits.train_labels
+    sizes = torch.bincount(labels[labels >= 0], minlength=splits.num_classes)
+    counts = (sizes.double() * fraction).round().long().clamp(min=1)
+    if bool((counts >= sizes).any()):
+        raise ValueError(f"--val-fraction {fraction:g} would leave a class of {splits.name} without labelled training "
+                         f"images (its smallest class has {int(sizes.min())}); use a smaller --val-fraction")
+    index = per_class_draw(labels, counts, seed + 2)  # unlabeled images (-1) are never drawn
+    train_labels = labels.clone()
+    train_labels[index] = -1
+    return ImageSplits(splits.name, splits.train_images, train_labels, splits.test_images, splits.test_labels,
+                       splits.classes, splits.train_images[index], labels[index])

@@ -193,19 +193,24 @@ class PretrainMethod(L.LightningModule):
         self._bank = (gather_rows(bank.float()), gather_rows(bank_labels))
         if self.config.knn_k is None:  # one host synchronisation per monitoring pass
             self.knn_k = default_k(int((self._bank[1] >= 0).sum()))
-        self._knn_correct = torch.zeros((), device=self.device)
-        self._knn_total = torch.zeros((), device=self.device)
+        queries = len(self.trainer.datamodule.query_splits)
+        self._knn_correct = torch.zeros(queries, device=self.device)  # per query split: test, then val
+        self._knn_total = torch.zeros(queries, device=self.device)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         images, labels = batch
         scores = knn_predict(self.backbone(images), *self._bank, self.num_classes, self.knn_k, self.config.knn_t)
-        self._knn_correct += (scores.argmax(1) == labels).sum()
-        self._knn_total += labels.numel()
+        self._knn_correct[dataloader_idx] += (scores.argmax(1) == labels).sum()
+        self._knn_total[dataloader_idx] += labels.numel()
 
     def on_validation_epoch_end(self) -> None:
         correct, total = sum_across(self._knn_correct), sum_across(self._knn_total)
-        # the same value on every process (sync_dist only keeps Lightning's distributed logging consistent)
-        self.log("knn_acc", correct / total.clamp_min(1), prog_bar=True, sync_dist=True)
+        accuracy = correct / total.clamp_min(1)
+        # the same value on every process (sync_dist only keeps Lightning's distributed logging consistent);
+        # knn_acc on the test split, val_knn_acc on the validation split (--val-fraction)
+        for index, split in enumerate(self.trainer.datamodule.query_splits):
+            name = "knn_acc" if split == "test" else f"{split}_knn_acc"
+            self.log(name, accuracy[index], prog_bar=True, sync_dist=True, add_dataloader_idx=False)
         self._bank = None
 
     def configure_optimizers(self):

@@ -281,3 +281,44 @@ def test_eval_accepts_a_copied_checkpoint_folder(checkpoint, tmp_path):
     result = evaluate_checkpoint(copy, "knn", knn_k=5, knn_t=0.5, device="cpu")
     assert Path(result["json"]) == copy / "eval-knn.json" and (copy / "eval-knn.json").is_file()
     assert (result["k"], result["t"]) == (5, 0.5) and 0.5 < result["top1"] <= result["top5"]
+
+
+# --------------------------------------------------------------------------- the few-label protocol, validation
+
+
+@pytest.mark.slow
+def test_few_labels_per_class_draw_seeded_stratified_banks_and_average_over_draws(checkpoint, tmp_path):
+    full = evaluate_checkpoint(checkpoint, "knn", device="cpu", out=tmp_path / "all.json")
+    few = evaluate_checkpoint(checkpoint, "knn", labels_per_class=3, label_draws=4, device="cpu")
+    assert Path(few["json"]).name == "eval-knn-3-per-class.json" and few["train_images"] == 30
+    assert few["labels_per_class"] == 3 and few["label_seeds"] == [0, 1, 2, 3] and few["k"] == 1
+    assert few["top1"] == pytest.approx(sum(few["top1_draws"]) / 4) and len(set(few["top1_draws"])) > 1
+    assert few["top1_std"] > 0 and 0.1 < few["top1"] < full["top1"]  # 30 labels: above chance, below 1438
+    assert few["test_images"] == full["test_images"]  # every draw is scored on the whole test split
+    again = evaluate_checkpoint(checkpoint, "knn", labels_per_class=3, label_draws=4, device="cpu",
+                                out=tmp_path / "again.json")
+    assert again["top1_draws"] == few["top1_draws"]
+    shifted = evaluate_checkpoint(checkpoint, "knn", labels_per_class=3, label_draws=1, seed=2, device="cpu",
+                                  out=tmp_path / "shifted.json")
+    assert shifted["top1"] == few["top1_draws"][2]  # draw d is seeded with seed + d
+    linear = evaluate_checkpoint(checkpoint, "linear", labels_per_class=10, label_draws=2, epochs=30, device="cpu")
+    assert Path(linear["json"]).name == "eval-linear-10-per-class.json" and linear["train_images"] == 100
+    assert 0.1 < linear["top1"] <= 1 and len(linear["top1_draws"]) == 2
+    with pytest.raises(AmclError, match="--labels-per-class 500: digits has .* in its smallest class"):
+        evaluate_checkpoint(checkpoint, "knn", labels_per_class=500, device="cpu")
+    with pytest.raises(AmclError, match="--label-draws 3 draws labelled images for --labels-per-class N"):
+        evaluate_checkpoint(checkpoint, "knn", label_draws=3, device="cpu")
+    with pytest.raises(AmclError, match="drop --augment"):
+        evaluate_checkpoint(checkpoint, "linear", labels_per_class=5, augment=True, device="cpu")
+
+
+@pytest.mark.slow
+def test_eval_reports_the_validation_split_of_the_run(tmp_path):
+    out = tmp_path / "run"
+    summary = pretrain(tiny_config(epochs=1, max_steps=6, val_fraction=0.2, out=str(out)))
+    knn = evaluate_checkpoint(out, "knn", device="cpu")
+    assert knn["val_images"] == 289 and knn["train_images"] == 1438 - 289  # 20% of each class, rounded
+    assert knn["val_top1"] == pytest.approx(summary["final_val_knn_acc"], abs=1 / 289)
+    assert knn["top1"] == pytest.approx(summary["final_knn_acc"], abs=1 / 359)
+    linear = evaluate_checkpoint(out, "linear", epochs=20, device="cpu")
+    assert 0.1 < linear["val_top1"] <= linear["val_top5"] <= 1

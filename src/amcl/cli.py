@@ -155,7 +155,8 @@ def _eval(args: argparse.Namespace) -> int:
     from amcl.eval.protocols import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, **_options(args, EvalOptions))
-    _print_json_summary(result, ("protocol", "top1", "top5"))
+    _print_json_summary(result, ("protocol", "labels_per_class", "top1", "top1_std", "top5", "val_top1",
+                                 "val_top1_std"))
     print(f"wrote {result['json']}")
     return 0
 

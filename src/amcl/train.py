@@ -15,7 +15,7 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -240,14 +240,34 @@ def cluster_plugins() -> list[Any]:
 SKIPPED_SHARE_WARNING = 0.05
 
 
+def model_seed(seed: int) -> int:
+    """The seed of a run's initial weights, derived from ``--seed`` and apart from the data's random stream."""
+    return (seed * 0x9E3779B97F4A7C15 + 0x5851F42D4C957F2D) % 2**63
+
+
+def build_model(config: PretrainConfig, num_classes: int, normalization: dict[str, list[float]] | None,
+                device: str | None = None) -> L.LightningModule:
+    """The method's model, its initial weights drawn from a generator of their own (:func:`model_seed`).
+
+    Exact pairing (common random numbers): the global random stream, seeded with ``--seed``, is left as it
+    was, so the batch order and every augmentation a run draws from it are the same whatever the model
+    draws: a baseline, AMCL with any form and any number of heads see the same views in the same order."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]), (torch.device(device) if device else contextlib.nullcontext()):
+        torch.manual_seed(model_seed(config.seed))
+        return METHOD_CLASSES[config.method](config, num_classes, normalization)
+
+
 def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSplits | None = None,
-                  overwrite: bool = False) -> dict[str, Any]:
+                  overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """One run of a resolved config; returns the metrics summary (plus ``time_s``, the wall-clock time).
     ``splits`` trains on images already in memory instead of ``config.dataset`` (e.g. benchmarks/epoch_speed.py).
 
     With ``resume``, a run already in ``config.out`` continues from its ``last.ckpt`` (model,
     optimiser, schedule, MoCo queue, random states, recorded epochs), a finished one is returned as
-    it is, and a folder without a checkpoint starts from scratch. What is resumed is checked first
+    it is, and a folder without a checkpoint starts from scratch. ``callbacks`` are more Lightning callbacks
+    (e.g. to observe a run). What is resumed is checked first
     (:func:`_resume_state`): ``config.yaml`` whole, and equal to ``config`` and to the checkpoint's own
     config, and the checkpoint's tensors the model's. Without ``resume`` the folder must be new or empty,
     or with ``overwrite`` an amcl run, which is cleared once the folder's lock is held (:func:`claim_folder`).
@@ -286,10 +306,10 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
     recorder = MetricsRecorder(out / "metrics.json")
     stop = StopOnSignal()
     # order matters: the epoch is recorded and checked before the checkpoint that includes it is written
-    callbacks = [recorder, NonFiniteGuard(), RandomStates(), stop,
-                 # one checkpoint, last.ckpt, rewritten at the end of every epoch
-                 ModelCheckpoint(dirpath=out, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
-                                 save_on_train_epoch_end=True, enable_version_counter=False)]
+    run_callbacks = [recorder, NonFiniteGuard(), RandomStates(), stop,
+                     # one checkpoint, last.ckpt, rewritten at the end of every epoch
+                     ModelCheckpoint(dirpath=out, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                                     save_on_train_epoch_end=True, enable_version_counter=False)]
     trainer = _trainer(
         config,
         accelerator=config.accelerator,
@@ -311,7 +331,7 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
         logger=_tensorboard(out),
         enable_progress_bar=shows_bar(config),
         enable_model_summary=False,
-        callbacks=callbacks + ([TrainingProgressBar()] if shows_bar(config) else [EpochLog(recorder)]),
+        callbacks=[*callbacks, *run_callbacks, TrainingProgressBar() if shows_bar(config) else EpochLog(recorder)],
         default_root_dir=out,
     )
     ran = config.with_global_batch(trainer.world_size)  # what runs, in config.yaml and the checkpoint
@@ -321,7 +341,7 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
                         f"{config.global_batch // config.batch_size} processes); resume it with as many --devices")
     config = ran
     _check_model_memory(config, splits.num_classes)
-    model = METHOD_CLASSES[config.method](config, splits.num_classes, data.normalization)
+    model = build_model(config, splits.num_classes, data.normalization)
     if saved is not None:
         _check_checkpoint_fits(model, saved)
         saved = None  # Lightning reads the file again; the tensors are not kept twice
@@ -486,8 +506,7 @@ def _check_model_memory(config: PretrainConfig, num_classes: int) -> None:
     large would otherwise end in an allocator error, or take other processes down with it."""
     import torch
 
-    with torch.device("meta"):  # shapes only: nothing is allocated
-        model = METHOD_CLASSES[config.method](config, num_classes, None)
+    model = build_model(config, num_classes, None, device="meta")  # shapes only: nothing is allocated
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     needed = 3 * parameters + buffers  # weights, gradients, momentum (AdamW's second moment is about one more)

@@ -14,7 +14,7 @@ report top-1 and top-5 accuracy on the plain test features.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -90,13 +90,17 @@ def _check_options(epochs: int, lr: float, batch_size: int, weight_decay: float)
 
 
 def _result(probe: _Probe, train_loss: float, train_features: Tensor, train_labels: Tensor, test_features: Tensor,
-            test_labels: Tensor, epochs: int) -> dict:
+            test_labels: Tensor, epochs: int, also: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> dict:
     device = probe.mean.device
     test = topk_accuracies(probe.scores(test_features), test_labels.to(device))
     train_top1 = topk_accuracies(probe.scores(train_features), train_labels.to(device), (1,))[1]
     train_loss = train_loss if math.isfinite(train_loss) else None  # diverged (lr too high): JSON has no NaN
-    return {"top1": test[1], "top5": test[5], "train_loss": train_loss, "train_top1": train_top1, "epochs": epochs,
-            "steps": probe.step_count}
+    result = {"top1": test[1], "top5": test[5], "train_loss": train_loss, "train_top1": train_top1, "epochs": epochs,
+              "steps": probe.step_count}
+    for name, (features, labels) in (also or {}).items():  # e.g. the validation split
+        accuracy = topk_accuracies(probe.scores(features), labels.to(device))
+        result.update({f"{name}_top1": accuracy[1], f"{name}_top5": accuracy[5]})
+    return result
 
 
 def linear_probe(
@@ -112,8 +116,10 @@ def linear_probe(
     weight_decay: float = 0.0,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    also: Mapping[str, tuple[Tensor, Tensor]] | None = None,
 ) -> dict:
-    """Train a linear classifier on precomputed ``[N, D]`` features; evaluate it on the test features.
+    """Train a linear classifier on precomputed ``[N, D]`` features; evaluate it on the test features (and on
+    each ``also`` set of features and labels, as ``<name>_top1`` and ``<name>_top5``).
 
     Returns ``{"top1", "top5"}`` (test accuracy, 0-1; top-5 is capped at the number of classes),
     ``"train_loss"`` (mean cross-entropy of the last epoch; None if it diverged), ``"train_top1"`` (accuracy on the
@@ -138,7 +144,7 @@ def linear_probe(
             index = index.to(device)
             total += probe.step(x[index], y[index]) * len(index)
         train_loss = total / n
-    return _result(probe, train_loss, x, y, test_features, test_labels, epochs)
+    return _result(probe, train_loss, x, y, test_features, test_labels, epochs, also)
 
 
 def linear_probe_augmented(

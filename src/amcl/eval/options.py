@@ -56,11 +56,26 @@ class EvalOptions(CheckpointOptions):
     weight_decay: float = _opt(0.0, "linear probe weight decay")
     augment: bool = _opt(False, "train the probe on augmented views (crop + flip) through the frozen encoder each "
                                 "epoch, instead of on precomputed features (slower)")
-    out: str | None = _opt(None, "result file [default: eval-<protocol>.json beside the checkpoint]",
-                           metavar="FILE.json")
+    labels_per_class: int | None = _opt(
+        None, "the paper's few-label protocol: the bank (kNN) or the probe's training set is this many labelled "
+        "training images per class, drawn class by class with --seed (+ d for draw d); evaluated on the whole test "
+        "split [default: every label]", metavar="N")
+    label_draws: int = _opt(1, "with --labels-per-class: independent draws of the labelled images; the result is "
+                               "their mean, with the std and every draw's value", metavar="K")
+    out: str | None = _opt(None, "result file [default: eval-<protocol>.json beside the checkpoint, or "
+                                 "eval-<protocol>-<N>-per-class.json]", metavar="FILE.json")
 
     def validate(self) -> None:
         super().validate()
+        if self.labels_per_class is not None:
+            _at_least("labels-per-class", self.labels_per_class, 1)
+            if self.augment:
+                raise AmclError("--augment reads every training image through the encoder; with --labels-per-class "
+                                "use the probe on precomputed features (drop --augment)")
+        _at_least("label-draws", self.label_draws, 1)
+        if self.label_draws > 1 and self.labels_per_class is None:
+            raise AmclError(f"--label-draws {self.label_draws} draws labelled images for --labels-per-class N; give "
+                            "--labels-per-class too (with every label there is one evaluation)")
         if self.protocol not in PROTOCOLS:
             raise AmclError(f"unknown --protocol {self.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
         if self.knn_k is not None:

@@ -1,6 +1,7 @@
 """`amcl compare` on the bundled digits: a tiny grid whose table matches its runs, resuming, bad grids."""
 
 import json
+import math
 import re
 import shutil
 import statistics
@@ -93,7 +94,14 @@ def test_table_cells_match_the_individual_runs(grid):
         mean = f"{statistics.fmean(differences):+.2f}"
         mean = mean.lstrip("+-") if float(mean) == 0 else mean
         record = (sum(d > 0 for d in differences), sum(d == 0 for d in differences), sum(d < 0 for d in differences))
-        assert delta == f"{mean} ± {statistics.stdev(differences):.2f} ({record[0]}/{record[1]}/{record[2]})"
+        # two seeds: Student's t with one degree of freedom is the Cauchy distribution, written out here
+        std = statistics.stdev(differences)
+        half = math.tan(math.pi * 0.475) * std / math.sqrt(2)  # t(0.975, 1) = 12.706
+        centre = statistics.fmean(differences)
+        p = 1.0 if std == 0 and centre == 0 else 2 * (0.5 - math.atan(abs(centre) / (std / math.sqrt(2))) / math.pi)
+        verdict = "no difference detected" if p >= 0.05 else "better" if centre > 0 else "worse"
+        assert delta == (f"{mean} ± {std:.2f} [{centre - half:+.2f}, {centre + half:+.2f}] p {p:.3f}, {verdict} "
+                         f"({record[0]}/{record[1]}/{record[2]})")
         paired = cells[("amcl", policy)]["paired"]
         assert paired["reference"] == "baseline" and paired["seeds"] == [0, 1]
         assert paired["differences"] == pytest.approx([d / 100 for d in differences])
@@ -350,3 +358,45 @@ def test_unknown_mode_names_the_variants(tmp_path):
     with pytest.raises(AmclError, match=r"unknown mode 'sm'.*variant \(softmax\)"):
         run_comparison(PretrainConfig(**TINY), out=str(tmp_path / "g"), modes=["baseline", "sm"],
                        variants={"softmax": {"amcl-form": "softmax"}}, **GRID)
+
+
+# --------------------------------------------------------------------------- intervals, validation, few labels
+
+
+@pytest.mark.slow
+def test_a_grid_with_a_validation_split_and_few_labels_reports_intervals_verdicts_and_a_figure(tmp_path, capsys):
+    from amcl.stats import holm, paired_test
+
+    out = tmp_path / "grid"
+    args = ["compare", "--methods", "simclr", "--augs", "a", "--seeds", "0", "1", "2", "--out", str(out), *CLI_TINY,
+            "--val-fraction", "0.2", "--metric", "final_val_knn_acc", "--labels-per-class", "5", "10",
+            "--label-protocol", "knn", "--label-draws", "2", "--holm", "--equivalence-margin", "50"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'results.md'}, {out / 'results.json'} and {out / 'few-labels.png'}" in printed
+    data = json.loads((out / "results.json").read_text())
+    assert data["metrics"] == ["final_val_knn_acc", "knn_top1_5_per_class", "knn_val_top1_5_per_class",
+                               "knn_top1_10_per_class", "knn_val_top1_10_per_class"]
+    assert data["holm"] is True and data["equivalence_margin"] == 50 and data["labels_per_class"] == [5, 10]
+    cells = {c["mode"]: c for c in data["cells"]}
+    for metric in data["metrics"]:
+        block = cells["amcl"] if metric == data["metric"] else cells["amcl"][metric]
+        paired, test = block["paired"], paired_test(block["paired"]["differences"], margin=0.5)
+        assert paired["ci95"] == pytest.approx([test.low, test.high]) and paired["p"] == pytest.approx(test.p)
+        assert paired["p_holm"] == pytest.approx(holm([test.p])[0])  # one cell per table: Holm changes nothing
+        assert paired["equivalence_p"] == pytest.approx(test.equivalence_p)
+        expected = ("better" if test.mean > 0 else "worse") if test.p < 0.05 else \
+            "equivalent within ±50 points" if test.equivalence_p < 0.05 else "no difference detected"
+        assert paired["verdict"] == expected
+    few = json.loads((out / "simclr-amcl-a" / "seed-1" / "eval-knn-5-per-class.json").read_text())
+    assert few["label_draws"] == 2 and few["train_images"] == 50 and "val_top1" in few
+    assert cells["amcl"]["knn_top1_5_per_class"]["values"][1] == pytest.approx(few["top1"])
+    assert (out / "few-labels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (out / "results.md").read_text()
+    assert "kNN top-1 accuracy with 10 labelled images per class" in markdown and "Holm-adjusted" in markdown
+    assert re.search(r"\| simclr \| a \| .* \| [+-]?\d+\.\d\d ± \d+\.\d\d \[[+-]?\d+\.\d\d, [+-]?\d+\.\d\d\] p "
+                     r"(< 0\.001|\d\.\d{3}), (better|worse|no difference detected|equivalent within ±50 points) "
+                     r"\(\d/\d/\d\) \|", markdown)
+    assert main([*args[:-8], "--labels-per-class", "5", "--label-protocol", "knn", "--label-draws", "3"]) == 0
+    assert json.loads((out / "simclr-amcl-a" / "seed-1" / "eval-knn-5-per-class.json").read_text())[
+        "label_draws"] == 3  # another number of draws is evaluated again, not read back

@@ -195,9 +195,11 @@ def _compare(args: argparse.Namespace) -> int:
     for name, *options in args.variant or []:
         variants[name] = _variant_options(name, options)
     result = run_comparison(base, args.methods, _split_policies(args.policies), args.seeds, args.modes, args.out,
-                            args.metric, variants, args.linear)
+                            args.metric, variants, args.linear, args.holm, args.equivalence_margin,
+                            args.labels_per_class or (), args.label_protocol, args.label_draws)
     print(result["table"])
-    print(f"wrote {result['markdown']} and {result['json']}")
+    files = [result["markdown"], result["json"], *([result["figure"]] if "figure" in result else [])]
+    print(f"wrote {', '.join(files[:-1])} and {files[-1]}")
     return 0
 
 
@@ -292,10 +294,25 @@ def _add_commands(commands) -> None:
     compare.add_argument("--augs", dest="policies", type=_policy_list, default="default",
                          help="comma-separated augmentation policies, e.g. a,ab,abc,abcd,abcde [default: default]")
     compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="[default: 0 1 2]")
-    compare.add_argument("--metric", default="final_knn_acc",
-                         choices=("final_knn_acc", "best_knn_acc", "linear_top1"),
-                         help="the metric the (first) table reports; linear_top1 implies --linear "
+    compare.add_argument("--metric", default="final_knn_acc", metavar="METRIC",
+                         help="the metric the first table reports: final_knn_acc, best_knn_acc, final_loss, "
+                              "linear_top1 (implies --linear), their validation-split counterparts final_val_knn_acc, "
+                              "best_val_knn_acc, linear_val_top1 (need --val-fraction: choose settings on them), or a "
+                              "few-label one such as linear_top1_10_per_class (with --labels-per-class 10) "
                               "[default: final_knn_acc]")
+    compare.add_argument("--holm", action="store_true",
+                         help="adjust the p-values of each table's paired differences for the number of cells "
+                              "compared (Holm), so that a table's verdicts hold together at 5%%")
+    compare.add_argument("--equivalence-margin", type=float, metavar="M",
+                         help="also test equivalence within ±M (percentage points for accuracies) with two "
+                              "one-sided tests; a cell then reads 'equivalent within ±M' when the data say so")
+    compare.add_argument("--labels-per-class", type=int, nargs="+", metavar="N",
+                         help="the paper's few-label protocol: evaluate every run with N labelled images per class "
+                              "(each N its own table; few-labels.png draws accuracy against N), e.g. 10 20 50 100")
+    compare.add_argument("--label-protocol", default="linear", choices=("linear", "knn"),
+                         help="the few-label evaluation: a linear probe or kNN [default: linear]")
+    compare.add_argument("--label-draws", type=int, default=5, metavar="K",
+                         help="draws of the labelled images per run and N; a run's value is their mean [default: 5]")
     compare.add_argument("--out", default="runs/compare", metavar="DIR", help="[default: runs/compare]")
     _add_config_options(compare, COMPARE_OPTIONS)
     compare.set_defaults(parser=compare, func=_compare)

@@ -26,18 +26,24 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from amcl.compare_grid import MODES, REFERENCE, Grid, Run, finished_run_metrics, parse_variants, plan_grid
+from amcl.compare_grid import (
+    MODES,
+    REFERENCE,
+    Grid,
+    Run,
+    few_label_metric,
+    finished_run_metrics,
+    parse_variants,
+    plan_grid,
+)
 from amcl.compare_tables import metrics_text, write_results
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError, RunInterrupted
-from amcl.eval.protocols import evaluate_checkpoint
+from amcl.eval.protocols import evaluate_checkpoint, result_name
 from amcl.runs import MARKER, folder_entries, held_run, locked_folder, refuse_unsafe_out, write_config, write_marker
 from amcl.train import pretrain_once
 
-__all__ = ["LINEAR_RESULT", "parse_variants", "run_comparison"]
-
-#: Where the linear-probe result of a run is kept (beside its checkpoint, as ``amcl eval`` writes it).
-LINEAR_RESULT = "eval-linear.json"
+__all__ = ["parse_variants", "run_comparison"]
 
 
 def run_comparison(
@@ -50,6 +56,11 @@ def run_comparison(
     metric: str = "final_knn_acc",
     variants: dict[str, dict[str, Any]] | None = None,
     linear: bool = False,
+    holm: bool = False,
+    margin: float | None = None,
+    labels_per_class: Sequence[int] = (),
+    label_protocol: str = "linear",
+    label_draws: int = 5,
 ) -> dict[str, Any]:
     """Pre-train (or read back) every run of the grid and write ``results.md`` and ``results.json``.
 
@@ -58,17 +69,21 @@ def run_comparison(
     options over ``base`` (AMCL unless it sets ``amcl: false``); ``modes`` picks the modes to run
     (default: baseline and amcl, or baseline and every variant). With ``linear`` every run is also
     evaluated with the linear probe (:func:`amcl.eval.protocols.evaluate_checkpoint`, kept as
-    ``eval-linear.json`` beside its checkpoint), reported in a second table. Every run's config is
+    ``eval-linear.json`` beside its checkpoint), reported in a second table; with ``labels_per_class`` also
+    with the few-label protocol at each N (``label_protocol``, ``label_draws`` draws per run; kept as
+    ``eval-<protocol>-<N>-per-class.json``), one table per N, and ``few-labels.png`` draws accuracy against N.
+    Each paired difference gets its t-interval, p-value and verdict (:mod:`amcl.stats`); ``holm`` adjusts the
+    p-values across the cells of each table, ``margin`` (points) allows "equivalent". Every run's config is
     checked, and finished runs in ``out`` are compared with it, before anything is trained. Returns
     ``table`` (the markdown tables and their legends), ``markdown`` and ``json`` (the files' paths),
     ``cells`` (one record per method x mode x policy, as in results.json), ``trained`` and ``reused``
     (run counts).
     """
     variants = parse_variants(variants or {})
-    linear = linear or metric == "linear_top1"
     if modes is None:
         modes = [REFERENCE, *variants] if variants else list(MODES)
-    grid = plan_grid(base, methods, policies, seeds, modes, out, metric, variants, linear)
+    grid = plan_grid(base, methods, policies, seeds, modes, out, metric, variants, linear, holm, margin,
+                     labels_per_class, label_protocol, label_draws)
     for run in grid.runs:
         run.metrics = finished_run_metrics(run)
         run.reused = run.metrics is not None
@@ -99,7 +114,7 @@ def _run_grid(grid: Grid) -> dict[str, Any]:
     for i, run in enumerate(grid.runs, 1):
         prefix = f"[{i}/{total}] {run.label}"
         if run.reused:
-            _add_linear(grid, run)
+            _add_evaluations(grid, run)
             print(f"{prefix}: skipped (finished earlier), {metrics_text(run.metrics, grid.metrics)}", flush=True)
             continue
         resumed = (run.folder / "last.ckpt").is_file()
@@ -109,23 +124,42 @@ def _run_grid(grid: Grid) -> dict[str, Any]:
             run.metrics = pretrain_once(run.config, resume=True)  # an unfinished run continues where it stopped
         except RunInterrupted as stopped:  # the grid continues as a whole: its finished runs are kept
             raise stopped.continued_by("the same `amcl compare` command (finished runs are reused)") from None
-        _add_linear(grid, run)
+        _add_evaluations(grid, run)
         print(f"{prefix}: done in {time.perf_counter() - started:.1f} s, {metrics_text(run.metrics, grid.metrics)}",
               flush=True)
         write_results(grid)
     return write_results(grid)  # with the linear probes of reused runs
 
 
-def _add_linear(grid: Grid, run: Run) -> None:
-    """With ``--linear``: the run's linear-probe top-1 into its metrics (read back, or evaluated once now)."""
-    if not grid.linear or run.metrics is None:
+def _add_evaluations(grid: Grid, run: Run) -> None:
+    """The run's evaluations into its metrics, each read back from its file beside the checkpoint (as ``amcl
+    eval`` writes it) or evaluated once now: with ``--linear`` the linear probe (``linear_top1``), with
+    ``--labels-per-class`` the few-label protocol at each N (:func:`few_label_metric`); with a validation split
+    their validation-split values too."""
+    if run.metrics is None:
         return
-    result_path = run.folder / LINEAR_RESULT
+    if grid.linear:
+        result = _evaluation(run, "linear", None, 1)
+        run.metrics["linear_top1"] = result.get("top1")
+        if "val_top1" in result:
+            run.metrics["linear_val_top1"] = result["val_top1"]
+    for n in grid.labels_per_class:
+        result = _evaluation(run, grid.label_protocol, n, grid.label_draws)
+        run.metrics[few_label_metric(grid.label_protocol, n)] = result.get("top1")
+        if "val_top1" in result:
+            run.metrics[few_label_metric(grid.label_protocol, n, val=True)] = result["val_top1"]
+
+
+def _evaluation(run: Run, protocol: str, labels_per_class: int | None, draws: int) -> dict[str, Any]:
+    path = run.folder / result_name(protocol, labels_per_class)
     try:
-        result = json.loads(result_path.read_text())
+        result = json.loads(path.read_text())
     except (OSError, ValueError):
-        result = evaluate_checkpoint(run.folder / "last.ckpt", "linear", out=result_path)
-    run.metrics["linear_top1"] = result.get("top1")
+        result = None
+    if not isinstance(result, dict) or (labels_per_class and result.get("label_draws") != draws):
+        options = {"labels_per_class": labels_per_class, "label_draws": draws} if labels_per_class else {}
+        result = evaluate_checkpoint(run.folder / "last.ckpt", protocol, out=path, **options)
+    return result
 
 
 def _check_grid_folder(out: Path) -> None:

@@ -26,13 +26,61 @@ MODE_TITLES = {"baseline": "baseline", "amcl": "AMCL"}
 #: The mode every other one is compared with, seed by seed.
 REFERENCE = "baseline"
 
-#: Metrics the table can report: (description, shown in %, higher is better).
+#: Metrics the table can report: (description, shown in %, higher is better). Besides these, the few-label
+#: metrics of ``--labels-per-class`` (:func:`few_label_metric`).
 METRICS: dict[str, tuple[str, bool, bool]] = {
     "final_knn_acc": ("final kNN accuracy (after the last epoch)", True, True),
     "best_knn_acc": ("best kNN accuracy over the epochs", True, True),
     "final_loss": ("final training loss", False, False),
     "linear_top1": ("linear-probe top-1 accuracy (frozen features)", True, True),
+    "final_val_knn_acc": ("final kNN accuracy on the validation split", True, True),
+    "best_val_knn_acc": ("best kNN accuracy on the validation split over the epochs", True, True),
+    "linear_val_top1": ("linear-probe top-1 accuracy on the validation split", True, True),
 }
+#: Each test-split metric's validation-split counterpart (reported beside it when the runs have a validation split).
+VAL_METRICS = {"final_knn_acc": "final_val_knn_acc", "best_knn_acc": "best_val_knn_acc",
+               "linear_top1": "linear_val_top1"}
+#: The protocols of ``--labels-per-class``.
+LABEL_PROTOCOLS = ("linear", "knn")
+
+
+def few_label_metric(protocol: str, labels_per_class: int, val: bool = False) -> str:
+    """The name of a few-label metric: ``linear_top1_10_per_class``, ``knn_val_top1_50_per_class``."""
+    return f"{protocol}_{'val_' if val else ''}top1_{labels_per_class}_per_class"
+
+
+def _few_label(name: str) -> tuple[str, bool, int] | None:
+    """(protocol, validation split, labels per class) of a few-label metric's name, or None."""
+    parts = name.split("_")
+    if len(parts) < 5 or parts[0] not in LABEL_PROTOCOLS or parts[-2:] != ["per", "class"]:
+        return None
+    val = parts[1] == "val"
+    if parts[1 + val] != "top1" or len(parts) != 5 + val or not parts[2 + val].isdigit():
+        return None
+    return parts[0], val, int(parts[2 + val])
+
+
+def metric_info(name: str) -> tuple[str, bool, bool]:
+    """A metric's (description, shown in %, higher is better); AmclError for an unknown name."""
+    if name in METRICS:
+        return METRICS[name]
+    few = _few_label(name)
+    if few is None:
+        raise AmclError(f"unknown metric {name!r}; choose one of: {', '.join(METRICS)}, or "
+                        f"{few_label_metric('linear', 10)} (with --labels-per-class 10)")
+    protocol, val, n = few
+    what = "linear-probe top-1" if protocol == "linear" else "kNN top-1"
+    split = " on the validation split" if val else ""
+    return f"{what} accuracy{split} with {n} labelled images per class (mean over draws)", True, True
+
+
+def val_metric(name: str) -> str | None:
+    """The validation-split counterpart of a test-split metric (None for those without one)."""
+    few = _few_label(name)
+    if few is not None:
+        return None if few[1] else few_label_metric(few[0], few[2], val=True)
+    return VAL_METRICS.get(name)
+
 
 #: Options the grid sets per run (they are not shared settings); a variant may set none but amcl.
 GRID_OPTIONS = ("method", "amcl", "augs", "seed", "runs", "out")
@@ -79,10 +127,25 @@ class Grid:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # each mode's options (MODE_OPTIONS too)
     linear: bool = False  # also report the linear probe (``linear_top1``)
     runs: list[Run] = field(default_factory=list)
+    holm: bool = False  # Holm-adjust the p-values across the cells of each table
+    margin: float | None = None  # equivalence margin, in the table's units (points for accuracies)
+    labels_per_class: list[int] = field(default_factory=list)  # the few-label protocol's N (one table each)
+    label_protocol: str = "linear"
+    label_draws: int = 5
 
     @property
     def metrics(self) -> list[str]:
-        return [self.metric] + (["linear_top1"] if self.linear and self.metric != "linear_top1" else [])
+        """The tables' metrics, in order: the chosen one, the linear probe's, the few-label ones; each with its
+        validation-split counterpart when the runs have a validation split."""
+        names = [self.metric] + (["linear_top1"] if self.linear else [])
+        names += [few_label_metric(self.label_protocol, n) for n in self.labels_per_class]
+        shown: list[str] = []
+        for name in names:
+            shown.append(name)
+            partner = val_metric(name)
+            if partner is not None and self.base.val_fraction:
+                shown.append(partner)
+        return list(dict.fromkeys(shown))
 
     def cell_runs(self, method: str, mode: str, policy: str) -> list[Run]:
         return [r for r in self.runs if (r.method, r.mode, r.policy) == (method, mode, policy)]
@@ -117,11 +180,14 @@ def parse_variants(variants: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def plan_grid(base: PretrainConfig, methods: Sequence[str], policies: Sequence[str], seeds: Sequence[int],
-          modes: Sequence[str], out: str | os.PathLike, metric: str, variants: dict[str, dict[str, Any]],
-          linear: bool) -> Grid:
+              modes: Sequence[str], out: str | os.PathLike, metric: str, variants: dict[str, dict[str, Any]],
+              linear: bool, holm: bool = False, margin: float | None = None,
+              labels_per_class: Sequence[int] = (), label_protocol: str = "linear", label_draws: int = 5) -> Grid:
     """Check the grid's inputs and resolve every run's config (raises AmclError, trains nothing)."""
-    if metric not in METRICS:
-        raise AmclError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    metric_info(metric)
+    few = _few_label(metric)
+    if ("_val_" in metric or metric.startswith("val_")) and not base.val_fraction:
+        raise AmclError(f"--metric {metric} reads the validation split: give --val-fraction (e.g. 0.1) too")
     methods = _unique("--methods", methods, "a method, e.g. simclr")
     for method in methods:
         if method not in METHODS:
@@ -149,7 +215,21 @@ def plan_grid(base: PretrainConfig, methods: Sequence[str], policies: Sequence[s
             warn(f"augmentation policy {text!r} is the same as {same!r}; it is run once, as {same!r}")
             continue
         canonical[text] = key
-    grid = Grid(base, methods, modes, list(canonical), seeds, Path(out), metric, options, linear)
+    if few is not None and (few[0], few[2]) not in [(label_protocol, n) for n in labels_per_class]:
+        raise AmclError(f"--metric {metric} needs --labels-per-class {few[2]} with --label-protocol {few[0]}")
+    if label_protocol not in LABEL_PROTOCOLS:
+        raise AmclError(f"unknown --label-protocol {label_protocol!r}; choose one of: {', '.join(LABEL_PROTOCOLS)}")
+    for n in labels_per_class:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise AmclError(f"--labels-per-class: {n!r} is not a number of images; use whole numbers >= 1")
+    if label_draws < 1:
+        raise AmclError(f"--label-draws must be at least 1, got {label_draws}")
+    if margin is not None and not (margin > 0 and margin < float("inf")):
+        raise AmclError(f"--equivalence-margin must be a positive number (in points for accuracies), got {margin}")
+    grid = Grid(base, methods, modes, list(canonical), seeds, Path(out), metric, options,
+                linear or metric in ("linear_top1", "linear_val_top1"), holm=holm, margin=margin,
+                labels_per_class=sorted(set(labels_per_class)), label_protocol=label_protocol,
+                label_draws=label_draws)
     for method in grid.methods:
         for policy in grid.policies:
             for seed in grid.seeds:

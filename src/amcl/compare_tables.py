@@ -12,22 +12,25 @@ import dataclasses
 import json
 import math
 import statistics
+from pathlib import Path
 from typing import Any, Sequence
 
 from amcl.compare_grid import (
     GRID_OPTIONS,
     KEY_SETTINGS,
-    METRICS,
     MODE_OPTIONS,
     MODE_TITLES,
     PER_METHOD,
     REFERENCE,
     Grid,
     Run,
+    few_label_metric,
+    metric_info,
 )
 from amcl.config import PretrainConfig
 from amcl.files import write_atomic
 from amcl.runs import RESUMABLE_CHANGES, summarize_runs
+from amcl.stats import holm, paired_test, verdict
 
 __all__ = ["metrics_text", "write_results"]
 
@@ -70,7 +73,7 @@ def _paired(grid: Grid, method: str, mode: str, policy: str, metric: str) -> dic
     itself, or without one in the grid."""
     if mode == REFERENCE or REFERENCE not in grid.modes:
         return None
-    higher = METRICS[metric][2]
+    higher = metric_info(metric)[2]
     reference = {r.seed: _metric_value(r.metrics, metric) for r in grid.cell_runs(method, REFERENCE, policy)}
     seeds, differences = [], []
     for run in grid.cell_runs(method, mode, policy):
@@ -80,17 +83,44 @@ def _paired(grid: Grid, method: str, mode: str, policy: str, metric: str) -> dic
             differences.append(value - base)
     better = [d > 0 if higher else d < 0 for d in differences]
     ties = sum(d == 0 for d in differences)
+    test = paired_test(differences, _margin(grid, metric))
     return {
         "reference": REFERENCE,
         "seeds": seeds,
         "differences": differences,
         "n": len(differences),
-        "mean": statistics.fmean(differences) if differences else None,
-        "std": statistics.stdev(differences) if len(differences) > 1 else None,
+        "mean": test.mean,
+        "std": test.std,
+        "ci95": [test.low, test.high] if test.low is not None else None,  # Student's t, n - 1 degrees of freedom
+        "p": test.p,
+        "equivalence_p": test.equivalence_p,
         "wins": sum(better),
         "ties": ties,
         "losses": len(differences) - sum(better) - ties,
     }
+
+
+def _margin(grid: Grid, metric: str) -> float | None:
+    """The equivalence margin in the metric's own units (the option is in the table's: points for accuracies)."""
+    if grid.margin is None:
+        return None
+    return grid.margin / 100 if metric_info(metric)[1] else grid.margin
+
+
+def _judge(grid: Grid, cells: dict[tuple[str, str, str], dict[str, Any]], metric: str) -> None:
+    """Each paired difference of a table gets its verdict; with ``grid.holm`` after Holm's adjustment of the
+    p-values (and of the equivalence p-values) across the table's cells (``p_holm``, ``equivalence_p_holm``)."""
+    blocks = [_metric_block(c, metric)["paired"] for c in cells.values()]
+    blocks = [b for b in blocks if b is not None]
+    adjusted = holm([b["p"] for b in blocks]) if grid.holm else [b["p"] for b in blocks]
+    equivalent = holm([b["equivalence_p"] for b in blocks]) if grid.holm else [b["equivalence_p"] for b in blocks]
+    percent = metric_info(metric)[1]
+    margin = None if grid.margin is None else f"{grid.margin:g}{' points' if percent else ''}"
+    for block, p, equivalence_p in zip(blocks, adjusted, equivalent):
+        if grid.holm:
+            block.update(p_holm=p, equivalence_p_holm=equivalence_p)
+        test = paired_test(block["differences"], _margin(grid, metric))
+        block["verdict"] = verdict(test, metric_info(metric)[2], p, equivalence_p, margin)
 
 
 def _cell_record(grid: Grid, method: str, mode: str, policy: str) -> dict[str, Any]:
@@ -139,7 +169,7 @@ def _format(cell: dict[str, Any], metric: str) -> str:
         return "pending"
     if block["mean"] is None:
         return "n/a"
-    _, percent, _ = METRICS[metric]
+    _, percent, _ = metric_info(metric)
     scale, digits = (100.0, 2) if percent else (1.0, 4)
     text = f"{scale * block['mean']:.{digits}f}"
     if block["std"] is not None:
@@ -155,15 +185,26 @@ def _signed(value: float, digits: int) -> str:
 
 
 def _format_paired(paired: dict[str, Any], metric: str) -> str:
-    scale, digits = (100.0, 2) if METRICS[metric][1] else (1.0, 4)
+    """``+1.23 ± 0.80 [+0.45, +2.01] p 0.004, better (8/0/2)``."""
+    scale, digits = (100.0, 2) if metric_info(metric)[1] else (1.0, 4)
     text = _signed(scale * paired["mean"], digits)
     if paired["std"] is not None:
         text += f" ± {scale * paired['std']:.{digits}f}"
+    if paired.get("ci95") is not None:
+        low, high = paired["ci95"]
+        p = paired.get("p_holm", paired["p"])
+        text += f" [{_signed(scale * low, digits)}, {_signed(scale * high, digits)}] p {_p_text(p)}"
+    if paired.get("verdict"):
+        text += f", {paired['verdict']}"
     return text + f" ({paired['wins']}/{paired['ties']}/{paired['losses']})"
 
 
+def _p_text(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def _table(grid: Grid, cells: dict[tuple[str, str, str], dict[str, Any]], metric: str) -> str:
-    description, percent, higher = METRICS[metric]
+    description, percent, higher = metric_info(metric)
     scale, digits = (100.0, 2) if percent else (1.0, 4)
     paired = REFERENCE in grid.modes and len(grid.modes) > 1
     header = ["method", "augs"]
@@ -194,15 +235,20 @@ def _table(grid: Grid, cells: dict[tuple[str, str, str], dict[str, Any]], metric
             lines.append("| " + " | ".join([method, policy, *values]) + " |")
     n = len(grid.seeds)
     unit = " in %" if percent else ""
-    legend = (f"{description[0].upper()}{description[1:]}{unit}, mean ± sample std over {n} seed{'s' * (n > 1)} "
+    legend = (f"{_capital(description)}{unit}, mean ± sample std over {n} seed{'s' * (n > 1)} "
               f"({', '.join(map(str, grid.seeds))}), {digits} decimals; pending: not run yet; n/a: the runs did "
               f"not report {metric}")
     if len(grid.modes) > 1:
         legend += f". Bold: the best mean of the row ({'higher' if higher else 'lower'} is better; none on a tie)"
     if paired:
+        adjusted = " (Holm-adjusted across this table's cells)" if grid.holm else ""
+        equivalence = (f", 'equivalent within ±{grid.margin:g}' when both one-sided tests reject a difference of "
+                       f"that size (TOST at 0.05)" if grid.margin is not None else "")
         legend += (f"; Δ (paired) = the mode minus the baseline of the same seed{' in percentage points' * percent}"
-                   f", mean ± sample std of those differences, then (wins/ties/losses) over the seeds, shown when "
-                   f"both cells have every seed")
+                   f": mean ± sample std of those differences, their 95% t-interval [low, high] and the p-value of "
+                   f"no difference{adjusted}, the verdict ('better' or 'worse' when p < 0.05{equivalence}, else 'no "
+                   f"difference detected', which is not evidence of equality: see the interval), then "
+                   f"(wins/ties/losses) over the seeds, shown when both cells have every seed")
     return "\n".join(lines) + "\n\n" + legend + "."
 
 
@@ -244,6 +290,11 @@ def _settings(grid: Grid) -> list[str]:
     return lines
 
 
+def _capital(text: str) -> str:
+    """``text`` starting with a capital, names such as kNN left as they are."""
+    return text if text.startswith("kNN") else text[:1].upper() + text[1:]
+
+
 def _value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -251,9 +302,11 @@ def _value(value: Any) -> str:
 def write_results(grid: Grid) -> dict[str, Any]:
     cells = {(m, mode, p): _cell_record(grid, m, mode, p)
              for m in grid.methods for p in grid.policies for mode in grid.modes}
+    for metric in grid.metrics:
+        _judge(grid, cells, metric)
     tables = [_table(grid, cells, metric) for metric in grid.metrics]
     finished = sum(r.metrics is not None for r in grid.runs)
-    description = METRICS[grid.metric][0]
+    description = metric_info(grid.metric)[0]
     title = f"# amcl compare: {' vs '.join(_title(m) for m in grid.modes)}, {description.split(' (')[0]}"
     lines = [title, "",
              f"Methods {', '.join(grid.methods)}; augmentation policies {', '.join(grid.policies)}; "
@@ -261,7 +314,8 @@ def write_results(grid: Grid) -> dict[str, Any]:
              *_settings(grid), ""]
     for metric, table in zip(grid.metrics, tables):
         if len(tables) > 1:
-            lines += [f"## {METRICS[metric][0][0].upper()}{METRICS[metric][0][1:]}", ""]
+            title = metric_info(metric)[0]
+            lines += [f"## {_capital(title)}", ""]
         lines += [table, ""]
     if finished < len(grid.runs):
         lines += ["The grid is not finished: the same `amcl compare` command with the same --out resumes it.", ""]
@@ -276,6 +330,11 @@ def write_results(grid: Grid) -> dict[str, Any]:
         "reference": REFERENCE if REFERENCE in grid.modes else None,
         "policies": grid.policies,
         "seeds": grid.seeds,
+        "holm": grid.holm,
+        "equivalence_margin": grid.margin,
+        "labels_per_class": grid.labels_per_class,
+        "label_protocol": grid.label_protocol if grid.labels_per_class else None,
+        "label_draws": grid.label_draws if grid.labels_per_class else None,
         "config": shared,  # None: each method's default (see each cell's "config")
         "runs_finished": finished,
         "runs_total": len(grid.runs),
@@ -284,4 +343,41 @@ def write_results(grid: Grid) -> dict[str, Any]:
     json_path, md_path = grid.out / "results.json", grid.out / "results.md"
     write_atomic(json_path, json.dumps(data, indent=2) + "\n")
     write_atomic(md_path, "\n".join(lines))
-    return {"table": "\n\n".join(tables), "cells": data["cells"], "markdown": str(md_path), "json": str(json_path)}
+    paths = {"markdown": str(md_path), "json": str(json_path)}
+    if grid.labels_per_class and any(r.metrics for r in grid.runs):
+        paths["figure"] = str(few_label_figure(grid, cells))
+    return {"table": "\n\n".join(tables), "cells": data["cells"], **paths}
+
+
+def few_label_figure(grid: Grid, cells: dict[tuple[str, str, str], dict[str, Any]]) -> Path:
+    """``few-labels.png``: accuracy against labelled images per class (log axis), one line per mode with the
+    std over seeds as error bars, one panel per method and policy (the test split, as the paper's figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    panels = [(m, p) for m in grid.methods for p in grid.policies]
+    fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (method, policy) in zip(axes, panels):
+        for mode in grid.modes:
+            points = []
+            for n in grid.labels_per_class:
+                block = _metric_block(cells[(method, mode, policy)], few_label_metric(grid.label_protocol, n))
+                if block["mean"] is not None:
+                    points.append((n, 100 * block["mean"], 100 * (block["std"] or 0.0)))
+            if points:
+                xs, ys, errors = zip(*points)
+                ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=_title(mode))
+        ax.set_xscale("log")
+        ax.set_xticks(grid.labels_per_class, [str(n) for n in grid.labels_per_class])
+        ax.set_xlabel("labelled images per class")
+        protocol = "linear-probe" if grid.label_protocol == "linear" else "kNN"
+        ax.set_ylabel(f"{protocol} top-1 on test (%), ± std over seeds", fontsize=8)
+        ax.set_title(f"{method}, augs {policy}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    path = grid.out / "few-labels.png"
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    return path

@@ -110,8 +110,9 @@ class PretrainConfig:
     )
     temperature_mode: str = _opt(
         "adaptive",
-        "AMCL temperatures: adaptive (learned, pair-wise), constant (--temperature), or adaptive only for "
-        "positive / negative pairs (the paper's ablations)",
+        "AMCL temperatures: adaptive (learned, pair-wise), constant (--temperature), adaptive only for "
+        "positive / negative pairs (the paper's ablations), or global (one learned temperature per head, in the "
+        "same bounds with the same regulariser: the control that separates a learned level from pair-adaptivity)",
         TEMPERATURE_MODES,
     )
     amcl_form: str | None = _opt(

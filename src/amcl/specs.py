@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 #: The AMCL loss forms of the contrastive methods (SimCLR, MoCo); the others have one, their paper equation.
 AMCL_FORMS = ("hardest", "infonce", "softmax")
-TEMPERATURE_MODES = ("adaptive", "constant", "positive", "negative")
+TEMPERATURE_MODES = ("adaptive", "constant", "positive", "negative", "global")
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ METHOD_SPECS: dict[str, MethodSpec] = {
         defaults={"lr": 0.05, "temperature": 1.0, "beta": 1e-4, "proj_hidden": 2048, "proj_dim": 2048,
                   "proj_layers": 3, "predictor_hidden": 512, "tau_min": 1.0, "tau_max": 2.0, "head_reduction": "mean"},
         paper_literal={"tau_min": 1e-5, "tau_max": 2.0, "head_reduction": "sum"},
-        temperature_modes=("adaptive", "constant", "positive"),
+        temperature_modes=("adaptive", "constant", "positive", "global"),
         bound_is_expected=True,
         pair_names=("positive pairs", None),
         temperature_note=("SimSiam: tau(p_a, z_b) of view a's prediction and view b's projection; its loss has no "

@@ -22,7 +22,7 @@ from amcl.distributed import gather_rows, sum_across
 from amcl.knn import default_k, knn_predict
 from amcl.losses import ContrastiveTerms
 from amcl.monitoring import EpochStatistics, masked_mean_min_max, temperature_statistics
-from amcl.nn import MultiHeadProjector, TemperatureNet, build_backbone
+from amcl.nn import GlobalTemperature, MultiHeadProjector, TemperatureNet, build_backbone
 from amcl.optim import build_optimizer, warmup_cosine, warmup_steps
 
 
@@ -59,8 +59,8 @@ class PretrainMethod(L.LightningModule):
         # AMCL's ablations (config.temperature_mode): which pairs get learned temperatures; the
         # others use the constant config.temperature. A baseline learns none.
         mode = config.temperature_mode if config.amcl else "constant"
-        self.adaptive_positive = mode in ("adaptive", "positive")
-        self.adaptive_negative = mode in ("adaptive", "negative")
+        self.adaptive_positive = mode in ("adaptive", "positive", "global")
+        self.adaptive_negative = mode in ("adaptive", "negative", "global")
         self.nonfinite = NonFiniteRecord(config)  # this step's loss terms, and the first non-finite step
         self.statistics = EpochStatistics()  # per-head temperatures and similarities, reduced per epoch
 
@@ -70,11 +70,14 @@ class PretrainMethod(L.LightningModule):
         hidden = [cfg.proj_hidden] * (cfg.proj_layers - 1)
         return MultiHeadProjector(self.backbone.out_dim, hidden, cfg.proj_dim, cfg.heads, batch_norm, last_batch_norm)
 
-    def make_temperature_net(self, dim: int) -> TemperatureNet | None:
-        """The shared temperature network phi over ``dim``-sized vectors, or None if nothing is learned."""
+    def make_temperature_net(self, dim: int) -> TemperatureNet | GlobalTemperature | None:
+        """The shared temperature network phi over ``dim``-sized vectors, with ``--temperature-mode global`` one
+        learned temperature per head instead (the same interface), or None if nothing is learned."""
         if not (self.adaptive_positive or self.adaptive_negative):
             return None
         cfg = self.config
+        if cfg.temperature_mode == "global":
+            return GlobalTemperature(cfg.heads, cfg.tau_min, cfg.tau_max)
         return TemperatureNet(dim, cfg.temperature_hidden, cfg.tau_min, cfg.tau_max)
 
     def temperature_input(self, features: Tensor) -> Tensor:

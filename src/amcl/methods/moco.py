@@ -9,11 +9,9 @@ from torch import Tensor
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_no_grad
 from amcl.losses import (
-    PairTemperatures,
     amcl_moco_terms,
     amcl_softmax_moco_terms,
     moco_infonce_loss,
-    paired_temperatures,
 )
 from amcl.methods.base import PretrainMethod, contrastive_extras, term_diagnostics
 from amcl.nn import FeatureQueue, momentum_copy, momentum_update_
@@ -55,11 +53,10 @@ class MoCo(PretrainMethod):
         positive = negative = cfg.temperature
         net = self.temperature_net
         if net is not None:  # phi runs on vectors; the loss computes the queue temperatures it uses from them
-            phi_q = net(self.temperature_input(q))
             if self.adaptive_positive:
-                positive = paired_temperatures(phi_q, net(k), net.tau_min, net.tau_max)  # [C, 2B]
+                positive = net.paired_temperatures(self.temperature_input(q), k)  # [C, 2B]
             if self.adaptive_negative:
-                negative = PairTemperatures(phi_q, net(queue), net.tau_min, net.tau_max)  # [C, 2B, K] as factors
+                negative = net.pair_factors(self.temperature_input(q), queue)  # [C, 2B, K] as factors
         if cfg.amcl_form == "softmax":
             terms = amcl_softmax_moco_terms(q, k, queue, positive, negative, cfg.beta,
                                             negative_regularizer=cfg.negative_regularizer)

@@ -15,7 +15,7 @@ from amcl.nn.criteria import (
 )
 from amcl.nn.heads import HeadwiseLinear, MultiHeadPredictor, MultiHeadProjector
 from amcl.nn.momentum import FeatureQueue, momentum_copy, momentum_update_
-from amcl.nn.temperature import Shard, TemperatureNet
+from amcl.nn.temperature import GlobalTemperature, Shard, TemperatureNet
 from amcl.nn.vit import VisionTransformer
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "NTXentLoss",
     "SimSiamLoss",
     "FeatureQueue",
+    "GlobalTemperature",
     "HeadwiseLinear",
     "MultiHeadPredictor",
     "MultiHeadProjector",

@@ -16,7 +16,7 @@ from amcl.losses.temperature import (
     temperature_from_scores,
 )
 
-__all__ = ["Shard", "TemperatureNet"]
+__all__ = ["GlobalTemperature", "Shard", "TemperatureNet"]
 
 
 class Shard(NamedTuple):
@@ -144,3 +144,54 @@ class TemperatureNet(nn.Module):
         with torch.autocast(a.device.type, enabled=False):
             scores = ((self._hidden(a) @ self._gram()) * self._hidden(b)).sum(-1)
             return temperature_from_scores(scores, self.tau_min, self.tau_max)
+
+
+class GlobalTemperature(nn.Module):
+    """One learned temperature per head, the control that separates a learned temperature level from
+    pair-adaptive temperatures (``--temperature-mode global``):
+
+        tau_c = tau_min + (tau_max - tau_min) * sigmoid(-s_c),
+
+    with a learned score s_c per head, inside the bounds of :class:`TemperatureNet` and the losses' same
+    regulariser. It has TemperatureNet's interface (:meth:`pair_temperatures`, :meth:`pair_factors`,
+    :meth:`paired_temperatures`), so every method and form uses it unchanged: its factors are ``[C, N, 1]``
+    columns of s_c against ones, whose product is s_c for every pair. With one head and the softmax form
+    this is NT-Xent with a learned temperature. s_c starts at 0 (the middle of the bounds).
+
+    Example:
+        >>> taus = GlobalTemperature(heads=3, tau_min=0.05, tau_max=2.0)
+        >>> z = torch.randn(3, 16, 128)
+        >>> taus.pair_temperatures(z).shape, round(taus.temperatures().tolist()[0], 4)
+        (torch.Size([3, 16, 16]), 1.025)
+    """
+
+    def __init__(self, heads: int, tau_min: float = 1e-5, tau_max: float = 2.0) -> None:
+        super().__init__()
+        if not 0 < tau_min < tau_max:
+            raise ValueError(f"need 0 < tau_min < tau_max, got tau_min={tau_min}, tau_max={tau_max}")
+        self.tau_min, self.tau_max = float(tau_min), float(tau_max)
+        self.score = nn.Parameter(torch.zeros(heads))
+
+    def temperatures(self) -> Tensor:
+        """tau_c of every head: ``[C]``."""
+        return temperature_from_scores(at_least_float32(self.score), self.tau_min, self.tau_max)
+
+    def _column(self, z: Tensor, values: Tensor) -> Tensor:
+        """``values[c]`` for every row of ``z`` ``[C, N, d]``: ``[C, N, 1]``."""
+        return at_least_float32(values).view(-1, 1, 1).expand(*z.shape[:-1], 1)
+
+    def pair_factors(self, a: Tensor, b: Tensor | None = None, shard: Shard | None = None) -> PairTemperatures:
+        """Factors whose product is s_c for every pair of rows of ``a`` ``[C, N, d]`` and ``b`` ``[C, M, d]``
+        (``shard`` is accepted for TemperatureNet's interface: the inputs' entries do not matter)."""
+        b = a if b is None else b
+        return PairTemperatures(self._column(a, self.score), self._column(b, torch.ones_like(self.score)),
+                                self.tau_min, self.tau_max)
+
+    def pair_temperatures(self, a: Tensor, b: Tensor | None = None) -> Tensor:
+        """tau_c for all pairs: ``[C, N, d] x [C, M, d] -> [C, N, M]``."""
+        b = a if b is None else b
+        return self.temperatures().view(-1, 1, 1).expand(*a.shape[:-1], b.shape[-2])
+
+    def paired_temperatures(self, a: Tensor, b: Tensor) -> Tensor:
+        """tau_c for row-wise pairs: ``[C, N, d] x [C, N, d] -> [C, N]``."""
+        return self.temperatures().view(-1, 1).expand(*a.shape[:-1])

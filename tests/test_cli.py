@@ -128,8 +128,8 @@ def test_every_preset_loads_and_resolves():
         for options in variants.values():  # every variant resolves too (as amcl compare builds it)
             from amcl.compare import parse_variants
 
-            for parsed in parse_variants({"v": options}).values():
-                assert PretrainConfig(**{**values, **parsed, **root}).resolved().amcl
+            for parsed in parse_variants({"v": options}).values():  # AMCL unless the variant says amcl: false
+                assert PretrainConfig(**{**values, **parsed, **root}).resolved().amcl == options.get("amcl", True)
     for method in ("simclr", "moco", "simsiam", "barlow_twins"):  # a baseline and an AMCL preset per method
         name = method.replace("_", "-")
         base = PretrainConfig(**load_yaml(presets[0].parent / f"{name}-cifar10.yaml"), data_root="DIR").resolved()

@@ -440,6 +440,13 @@ CASES = [
       "--class-list applies to --dataset folder, not stl10", setup=class_list_file),
     # ------------------------------------------------------------------ pretrain: data
     P("pretrain-cifar10-without-data-root", ["--dataset", "cifar10"], "--dataset cifar10 needs --data-root DIR"),
+    P("pretrain-mnist-without-data-root", ["--dataset", "mnist"], "--dataset mnist needs --data-root DIR"),
+    P("pretrain-fashion-mnist-missing-path", ["--dataset", "fashion_mnist", "--data-root", "{tmp}/nowhere"],
+      "Fashion-MNIST path", "nowhere does not exist", "train-images-idx3-ubyte"),
+    P("pretrain-train-subset-larger-than-the-classes", ["--train-subset", "5000"], "--train-subset 5000 needs 500 "
+      "images of every class", "use --train-subset <="),
+    P("pretrain-train-subset-0", ["--train-subset", "0"], "--train-subset must be at least 1, got 0"),
+    P("pretrain-val-fraction-1", ["--val-fraction", "1"], "--val-fraction must be in [0, 1), got 1.0"),
     P("pretrain-cifar10-missing-path", ["--dataset", "cifar10", "--data-root", "{tmp}/nowhere"],
       "CIFAR-10 path", "nowhere does not exist", "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}"),
     P("pretrain-stl10-given-a-cifar-folder", ["--dataset", "stl10", "--data-root", "{data}"],

@@ -13,6 +13,7 @@ from amcl.losses import (
     amcl_softmax_moco_terms,
     moco_infonce_loss,
 )
+from amcl.losses.temperature import temperature_from_scores
 from amcl.methods.base import PretrainMethod, contrastive_extras, term_diagnostics
 from amcl.nn import FeatureQueue, momentum_copy, momentum_update_
 
@@ -52,11 +53,13 @@ class MoCo(PretrainMethod):
             return moco_infonce_loss(q, k, queue, cfg.temperature), {}
         positive = negative = cfg.temperature
         net = self.temperature_net
-        if net is not None:  # phi runs on vectors; the loss computes the queue temperatures it uses from them
-            if self.adaptive_positive:
-                positive = net.paired_temperatures(self.temperature_input(q), k)  # [C, 2B]
-            if self.adaptive_negative:
-                negative = net.pair_factors(self.temperature_input(q), queue)  # [C, 2B, K] as factors
+        if net is not None:  # phi runs once on the queries and once on [keys; queue]; no pair is embedded
+            factors = net.pair_factors(self.temperature_input(q), torch.cat([k, queue], dim=1))
+            keys = factors.right[:, :k.shape[1]]
+            if self.adaptive_positive:  # tau(q_i, k_i): the row-wise products of the factors, [C, 2B]
+                positive = temperature_from_scores((factors.left * keys).sum(-1), net.tau_min, net.tau_max)
+            if self.adaptive_negative:  # tau(q_i, queue_j) as factors: the loss computes the entries it uses
+                negative = factors._replace(right=factors.right[:, k.shape[1]:])
         if cfg.amcl_form == "softmax":
             terms = amcl_softmax_moco_terms(q, k, queue, positive, negative, cfg.beta,
                                             negative_regularizer=cfg.negative_regularizer)

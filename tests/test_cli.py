@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from PIL import Image
 
 from amcl.cli import main
@@ -28,6 +29,8 @@ from amcl.cli import main
         (["--heads", "three"], ["expected int", "'three'"]),
         (["--temperature", "-1"], ["--temperature must be a positive number"]),
         (["--no-such-option"], ["unrecognized arguments"]),
+        (["--epoch", "3"], ["unrecognized arguments: --epoch 3", "did you mean --epochs?"]),  # no prefix matching
+        (["--amc"], ["unrecognized arguments: --amc", "did you mean --amcl?"]),
         (["--accelerator", "gpu"], ["cannot set up training", "--accelerator gpu"]),
         (["--precision", "7"], ["cannot set up training", "Allowed precision values"]),
         (["--beta", "-1"], ["--beta must be a number >= 0"]),
@@ -93,6 +96,41 @@ def test_bad_config_files(tmp_path, capsys, content, fragment):
 def test_missing_config_file(tmp_path, capsys):
     assert main(["pretrain", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_several_config_files_merge_in_order_and_the_command_line_wins(tmp_path, capsys):
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("dataset: digits\nepochs: 3\nheads: 2\nbatch-size: 64\n")
+    second.write_text("epochs: 5\nimage_size: 12\n")
+    args = ["pretrain", "--config", str(first), "--config", str(second), "--heads", "4", "--print-config"]
+    assert main(args) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["epochs"] == 5 and printed["image_size"] == 12  # the second file wins over the first
+    assert printed["heads"] == 4 and printed["batch_size"] == 64  # the command line wins over both
+    assert printed["temperature"] == 0.5 and printed["backbone"] == "resnet18"  # resolved: defaults filled in
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("*/config.yaml"))  # nothing trained
+
+
+def test_compare_merges_the_variants_of_several_files(tmp_path, capsys):
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("dataset: digits\nvariants:\n  low: {lr: 0.03}\n  high: {lr: 0.12}\n")
+    second.write_text("epochs: 2\nvariants:\n  high: {lr: 0.24}\n")
+    assert main(["compare", "--config", str(first), "--config", str(second), "--variant", "one", "heads=1",
+                 "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["dataset"] == "digits" and printed["epochs"] == 2
+    assert printed["variants"] == {"low": {"lr": 0.03}, "high": {"lr": 0.24}, "one": {"heads": "1"}}
+
+
+def test_help_and_usage_errors_import_neither_torch_nor_lightning():
+    script = ("import sys\nfrom amcl.cli import main\n"
+              "for argv in (['--help'], ['pretrain', '--help'], ['compare', '--help'], ['eval', '--help'],"
+              " ['pretrain', '--epoch', '3']):\n"
+              "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+              "print(sorted(m for m in ('torch', 'lightning', 'kornia') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from amcl import __version__
 from amcl.compare_grid import GRID_OPTIONS
-from amcl.config import METHODS, PretrainConfig, coerce, field_types, load_yaml, option_names
+from amcl.config import METHODS, PretrainConfig, coerce, field_types, load_yaml_files, option_names
 from amcl.errors import AmclError, RunInterrupted, warnings_on_one_line
 from amcl.eval.options import AnalyzeOptions, EvalOptions, ExportOptions
 
@@ -26,7 +26,12 @@ PREVIEW_OPTIONS = ("dataset", "data_root", "image_size", "unlabeled", "class_lis
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes end in one line on stderr and exit status 2, never a traceback."""
+    """Usage mistakes end in one line on stderr and exit status 2, never a traceback; options are matched
+    whole (argparse would read ``--epoch 3`` as ``--epochs 3``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -67,13 +72,13 @@ def _typed(name: str):
 def config_from_args(
     args: argparse.Namespace, names: Sequence[str] | None = None, extras: tuple[str, ...] = ()
 ) -> PretrainConfig:
-    """The config file's values (if any) overridden by the options given on the command line.
+    """The config files' values (if any, merged in order) overridden by the options given on the command line.
 
     With ``names``, only those options are taken from the file (a pre-training preset can then
     feed a command that needs only its dataset options). ``extras`` are other keys the file may
     hold (compare's ``variants``); they are left out here.
     """
-    values = load_yaml(args.config, extras) if getattr(args, "config", None) else {}
+    values = load_yaml_files(getattr(args, "config", None) or [], extras)
     values = {k: v for k, v in values.items() if k not in extras}
     if names is not None:
         values = {k: v for k, v in values.items() if k in names}
@@ -93,6 +98,9 @@ def _pretrain(args: argparse.Namespace) -> int:
         config = _resumed_config(args)
     else:
         config = config_from_args(args).resolved()
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
     summary = pretrain(config, resume=bool(args.resume), overwrite=args.overwrite)
     if rank_zero_only.rank != 0:  # in multi-process training, one process reports
         return 0
@@ -187,13 +195,19 @@ def _compare(args: argparse.Namespace) -> int:
     from amcl.compare import run_comparison
 
     base = config_from_args(args, COMPARE_OPTIONS, extras=("variants",))
-    variants = load_yaml(args.config, extras=("variants",)).get("variants") or {} if args.config else {}
+    variants = load_yaml_files(args.config or [], extras=("variants",)).get("variants") or {}
     if not isinstance(variants, dict):
-        raise AmclError(f"config file {args.config!r}: variants must map names to options, e.g. "
+        raise AmclError(f"config file {args.config[-1]!r}: variants must map names to options, e.g. "
                         "variants: {softmax: {amcl-form: softmax}}")
     variants = dict(variants)
     for name, *options in args.variant or []:
         variants[name] = _variant_options(name, options)
+    if args.print_config:
+        import yaml
+
+        given = {k: v for k, v in dataclasses.asdict(base).items() if v is not None}
+        print(yaml.safe_dump({**given, **({"variants": variants} if variants else {})}, sort_keys=False), end="")
+        return 0
     result = run_comparison(base, args.methods, _split_policies(args.policies), args.seeds, args.modes, args.out,
                             args.metric, variants, args.linear, args.holm, args.equivalence_margin,
                             args.labels_per_class or (), args.label_protocol, args.label_draws)
@@ -278,7 +292,12 @@ def _add_commands(commands) -> None:
                     "resumes the grid. All pretrain options except --method, --amcl, --augs, --seed, --runs and --out"
                     " set every cell.",
     )
-    compare.add_argument("--config", metavar="FILE.yaml", help="read the shared pretrain options from a YAML file")
+    compare.add_argument("--config", metavar="FILE.yaml", action="append",
+                         help="read the shared pretrain options (and variants) from a YAML file; several files "
+                              "merge in order, a later one winning, and the command line wins over them all")
+    compare.add_argument("--print-config", action="store_true",
+                         help="print the shared options and the variants as YAML, as merged from the files and the "
+                              "command line, and exit")
     compare.add_argument("--methods", nargs="+", default=["simclr"], choices=METHODS,
                          help="methods [default: simclr]")
     compare.add_argument("--modes", nargs="+", default=None,
@@ -343,7 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pre-train an encoder. Every option can also come from --config FILE.yaml (keys as the "
                     "option names, with - or _); options on the command line win.",
     )
-    pretrain.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file")
+    pretrain.add_argument("--config", metavar="FILE.yaml", action="append",
+                          help="read options from a YAML file; several files merge in order, a later one winning, "
+                               "and the command line wins over them all")
+    pretrain.add_argument("--print-config", action="store_true",
+                          help="print the resolved configuration (every option, defaults filled in) as YAML and "
+                               "exit without training")
     pretrain.add_argument("--resume", metavar="DIR",
                           help="continue the run in DIR (its --out folder) from its last checkpoint, with its own "
                                "settings; finished runs are left as they are")
@@ -357,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a PNG grid: rows of dataset images, each un-augmented and as two random views under "
                     "every policy given. Dataset options as for pretrain; --config reads them from a YAML file.",
     )
-    preview.add_argument("--config", metavar="FILE.yaml", help="read the dataset options from a YAML file")
+    preview.add_argument("--config", metavar="FILE.yaml", action="append",
+                         help="read the dataset options from a YAML file (several merge in order)")
     preview.add_argument("--augs", dest="policies", type=_policy_list, default="a,b,c,d,e,default",
                          help="comma-separated policies, one pair of columns each (letters from abcde, 'default' "
                               "or 'color') [default: a,b,c,d,e,default]")
@@ -373,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:  # reported by the sub-command, whose --help lists its options
-        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}{_suggestion(args.parser, unknown)}")
     terminate = _take_sigterm()
     try:
         with warnings_on_one_line():
@@ -393,6 +418,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if terminate is not None:
             signal.signal(signal.SIGTERM, terminate)
+
+
+def _suggestion(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> str:
+    """"; did you mean --epochs?" for the first unknown option close to a known one (options are matched whole)."""
+    import difflib
+
+    known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    for word in unknown:
+        close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.75) if word.startswith("--") else []
+        if close:
+            return f"; did you mean {close[0]}?"
+    return ""
 
 
 class Terminated(KeyboardInterrupt):

@@ -572,3 +572,15 @@ def load_yaml(path: str | Path, extras: tuple[str, ...] = ()) -> dict[str, Any]:
                             "key out for its default")
         out[name] = coerce(name, value)
     return out
+
+
+def load_yaml_files(paths: "typing.Sequence[str | Path]", extras: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Several config files (:func:`load_yaml`) merged in order: a later file's options win, and an extra that
+    maps names (compare's ``variants``) merges name by name, so a file can add one variant to a preset's."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        for key, value in load_yaml(path, extras).items():
+            if key in extras and isinstance(value, dict) and isinstance(merged.get(key), dict):
+                value = {**merged[key], **value}
+            merged[key] = value
+    return merged

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from amcl.cli import main
 from amcl.config import PretrainConfig
@@ -35,11 +36,12 @@ def digits_run(tmp_path_factory) -> Path:
 def test_encoder_weights_load_plainly_and_match_the_checkpoint(digits_run, capsys):
     assert main(["export", "--checkpoint", str(digits_run / "last.ckpt")]) == 0
     folder = digits_run / "export"
-    assert "encoder.pt" in capsys.readouterr().out
+    assert "encoder.safetensors" in capsys.readouterr().out
     info = json.loads((folder / "encoder.json").read_text())
     assert info["backbone"] == "small_cnn" and info["image_size"] == 16 and info["method"] == "simclr"
     assert info["feature_dim"] == 128 and info["amcl"] is True and len(info["normalization"]["mean"]) == 3
-    state = torch.load(folder / "encoder.pt", weights_only=True)  # a plain state dict of tensors
+    assert info["weights"] == "encoder.safetensors" and info["names"] == "amcl"  # no library has this convnet
+    state = load_file(folder / "encoder.safetensors")  # a plain state dict of tensors
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     plain = build_backbone(info["backbone"])
     plain.load_state_dict(state)
@@ -49,6 +51,47 @@ def test_encoder_weights_load_plainly_and_match_the_checkpoint(digits_run, capsy
     with torch.no_grad():
         assert torch.equal(encoder(x), reference(x)) and torch.equal(plain.eval()(x), reference(x))
     assert loaded_info == info and not encoder.training
+
+
+def test_a_resnet_exports_under_torchvisions_names_with_a_model_card(tmp_path):
+    run = tmp_path / "run"
+    pretrain(PretrainConfig(**{**TINY, "backbone": "resnet18", "amcl": True, "out": str(run)}))
+    assert main(["eval", "--checkpoint", str(run), "--device", "cpu"]) == 0
+    result = export_encoder(run / "last.ckpt")
+    folder = run / "export"
+    assert result["names"] == "torchvision" and result["weights"] == "encoder.safetensors"
+    state = load_file(folder / "encoder.safetensors")
+    assert state["conv1.weight"].shape == (64, 3, 3, 3) and "layer2.0.downsample.0.weight" in state
+    assert not any(key.startswith(("stem", "stages", "fc.")) for key in state)
+    card = (folder / "README.md").read_text()
+    assert card.startswith("# resnet18 encoder pre-trained with simclr with AMCL (3 heads, softmax form")
+    assert "model = torchvision.models.resnet18(); model.fc = torch.nn.Identity()" in card
+    assert "model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False); model.maxpool = torch.nn.Identity()" in card
+    knn = json.loads((run / "eval-knn.json").read_text())["top1"]
+    assert f"| kNN top-1 (`amcl eval`) | {100 * knn:.2f}% |" in card and "16 px" in card
+    encoder, _ = load_encoder(folder)  # and amcl reads torchvision's names back into its own module
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(encoder(x), load_pretrained(run).backbone(x))
+    old = export_encoder(run / "last.ckpt", tmp_path / "own", format="amcl")
+    assert old["names"] == "amcl" and "stem.0.weight" in load_file(tmp_path / "own" / "encoder.safetensors")
+    with pytest.raises(AmclError, match="--format timm: a ResNet has no timm names"):
+        export_encoder(run / "last.ckpt", tmp_path / "timm", format="timm")
+
+
+def test_an_export_of_an_earlier_version_still_loads(digits_run, tmp_path):
+    folder = tmp_path / "old"
+    export_encoder(digits_run, folder, format="amcl")
+    info = json.loads((folder / "encoder.json").read_text())
+    torch.save(load_file(folder / "encoder.safetensors"), folder / "encoder.pt")
+    (folder / "encoder.safetensors").unlink()
+    for key in ("weights", "names"):  # encoder.json of earlier versions: encoder.pt under amcl's names
+        info.pop(key)
+    (folder / "encoder.json").write_text(json.dumps(info))
+    encoder, _ = load_encoder(folder)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(encoder(x), load_pretrained(digits_run).backbone(x))
 
 
 def test_features_equal_the_encoder_on_normalised_images(digits_run):
@@ -99,7 +142,7 @@ def test_bad_exports_are_one_line_errors(digits_run, tmp_path, capsys):
     with pytest.raises(AmclError, match="encoder.json"):
         load_encoder(tmp_path)
     export_encoder(digits_run, tmp_path / "exp")
-    weights = tmp_path / "exp" / "encoder.pt"
+    weights = tmp_path / "exp" / "encoder.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(AmclError, match="export the encoder again"):
         load_encoder(tmp_path / "exp")

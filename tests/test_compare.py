@@ -388,7 +388,7 @@ def test_a_grid_with_a_validation_split_and_few_labels_reports_intervals_verdict
         expected = ("better" if test.mean > 0 else "worse") if test.p < 0.05 else \
             "equivalent within ±50 points" if test.equivalence_p < 0.05 else "no difference detected"
         assert paired["verdict"] == expected
-    few = json.loads((out / "simclr-amcl-a" / "seed-1" / "eval-knn-5-per-class.json").read_text())
+    few = json.loads((out / "simclr-amcl-a" / "seed-1" / "eval-knn-5-per-class-draws2.json").read_text())
     assert few["label_draws"] == 2 and few["train_images"] == 50 and "val_top1" in few
     assert cells["amcl"]["knn_top1_5_per_class"]["values"][1] == pytest.approx(few["top1"])
     assert (out / "few-labels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -398,5 +398,6 @@ def test_a_grid_with_a_validation_split_and_few_labels_reports_intervals_verdict
                      r"(< 0\.001|\d\.\d{3}), (better|worse|no difference detected|equivalent within ±50 points) "
                      r"\(\d/\d/\d\) \|", markdown)
     assert main([*args[:-8], "--labels-per-class", "5", "--label-protocol", "knn", "--label-draws", "3"]) == 0
-    assert json.loads((out / "simclr-amcl-a" / "seed-1" / "eval-knn-5-per-class.json").read_text())[
+    assert json.loads((out / "simclr-amcl-a" / "seed-1" / "eval-knn-5-per-class-draws3.json").read_text())[
         "label_draws"] == 3  # another number of draws is evaluated again, not read back
+    assert (out / "simclr-amcl-a" / "seed-1" / "eval-knn-5-per-class-draws2.json").is_file()  # and kept beside

@@ -19,7 +19,8 @@ from amcl.data.module import ContrastiveDataModule
 from amcl.errors import AmclError
 from amcl.eval.knn import knn_accuracy, knn_predict, topk_accuracies
 from amcl.eval.linear import linear_probe, linear_probe_augmented
-from amcl.eval.protocols import evaluate_checkpoint
+from amcl.eval.options import EvalOptions
+from amcl.eval.protocols import evaluate_checkpoint, result_name, result_settings
 from amcl.train import pretrain
 from builders import tiny_config
 
@@ -221,7 +222,7 @@ def test_eval_knn_reproduces_the_training_monitor(checkpoint, capsys):
 def test_eval_linear_on_features_and_augmented(checkpoint, capsys, tmp_path):
     assert run_eval("--checkpoint", str(checkpoint.parent), "--protocol", "linear", "--epochs", "5") == 0
     assert "protocol linear, top1 " in capsys.readouterr().out
-    result = json.loads((checkpoint.parent / "eval-linear.json").read_text())
+    result = json.loads((checkpoint.parent / "eval-linear-epochs5.json").read_text())  # named by its settings
     assert 0.5 < result["top1"] <= result["top5"] <= 1.0
     assert (result["epochs"], result["lr"], result["batch_size"], result["augment"]) == (5, 0.1, 256, False)
     again = evaluate_checkpoint(checkpoint, "linear", epochs=5, device="cpu", out=tmp_path / "again.json")
@@ -279,18 +280,30 @@ def test_eval_accepts_a_copied_checkpoint_folder(checkpoint, tmp_path):
     copy.mkdir()
     shutil.copy(checkpoint, copy / "last.ckpt")
     result = evaluate_checkpoint(copy, "knn", knn_k=5, knn_t=0.5, device="cpu")
-    assert Path(result["json"]) == copy / "eval-knn.json" and (copy / "eval-knn.json").is_file()
+    assert Path(result["json"]) == copy / "eval-knn-k5-t0.5.json" and (copy / "eval-knn-k5-t0.5.json").is_file()
     assert (result["k"], result["t"]) == (5, 0.5) and 0.5 < result["top1"] <= result["top5"]
 
 
 # --------------------------------------------------------------------------- the few-label protocol, validation
 
 
+def test_result_files_are_named_by_every_setting_that_changes_the_result():
+    assert result_name("knn") == "eval-knn.json"
+    assert result_name("knn", None, result_settings(EvalOptions(knn_k=5, epochs=3))) == "eval-knn-k5.json"  # kNN
+    assert result_name("linear", None, result_settings(EvalOptions(protocol="linear", epochs=50, lr=0.2,
+                                                                   augment=True))) == \
+        "eval-linear-epochs50-lr0.2-augmented.json"
+    assert result_name("knn", 10, result_settings(EvalOptions(labels_per_class=10, label_draws=5, seed=3))) == \
+        "eval-knn-10-per-class-draws5-seed3.json"
+    assert result_name("knn", None, result_settings(EvalOptions(dataset="mnist")), "epoch-20") == \
+        "eval-knn-mnist-epoch-20.json"
+
+
 @pytest.mark.slow
 def test_few_labels_per_class_draw_seeded_stratified_banks_and_average_over_draws(checkpoint, tmp_path):
     full = evaluate_checkpoint(checkpoint, "knn", device="cpu", out=tmp_path / "all.json")
     few = evaluate_checkpoint(checkpoint, "knn", labels_per_class=3, label_draws=4, device="cpu")
-    assert Path(few["json"]).name == "eval-knn-3-per-class.json" and few["train_images"] == 30
+    assert Path(few["json"]).name == "eval-knn-3-per-class-draws4.json" and few["train_images"] == 30
     assert few["labels_per_class"] == 3 and few["label_seeds"] == [0, 1, 2, 3] and few["k"] == 1
     assert few["top1"] == pytest.approx(sum(few["top1_draws"]) / 4) and len(set(few["top1_draws"])) > 1
     assert few["top1_std"] > 0 and 0.1 < few["top1"] < full["top1"]  # 30 labels: above chance, below 1438
@@ -302,7 +315,8 @@ def test_few_labels_per_class_draw_seeded_stratified_banks_and_average_over_draw
                                   out=tmp_path / "shifted.json")
     assert shifted["top1"] == few["top1_draws"][2]  # draw d is seeded with seed + d
     linear = evaluate_checkpoint(checkpoint, "linear", labels_per_class=10, label_draws=2, epochs=30, device="cpu")
-    assert Path(linear["json"]).name == "eval-linear-10-per-class.json" and linear["train_images"] == 100
+    assert Path(linear["json"]).name == "eval-linear-10-per-class-epochs30-draws2.json"
+    assert linear["train_images"] == 100
     assert 0.1 < linear["top1"] <= 1 and len(linear["top1_draws"]) == 2
     with pytest.raises(AmclError, match="--labels-per-class 500: digits has .* in its smallest class"):
         evaluate_checkpoint(checkpoint, "knn", labels_per_class=500, device="cpu")

@@ -151,7 +151,7 @@ def _add_evaluations(grid: Grid, run: Run) -> None:
 
 
 def _evaluation(run: Run, protocol: str, labels_per_class: int | None, draws: int) -> dict[str, Any]:
-    path = run.folder / result_name(protocol, labels_per_class)
+    path = run.folder / result_name(protocol, labels_per_class, {"label_draws": draws} if draws != 1 else {})
     try:
         result = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -62,8 +62,10 @@ class EvalOptions(CheckpointOptions):
         "split [default: every label]", metavar="N")
     label_draws: int = _opt(1, "with --labels-per-class: independent draws of the labelled images; the result is "
                                "their mean, with the std and every draw's value", metavar="K")
-    out: str | None = _opt(None, "result file [default: eval-<protocol>.json beside the checkpoint, or "
-                                 "eval-<protocol>-<N>-per-class.json]", metavar="FILE.json")
+    out: str | None = _opt(None, "result file [default: beside the checkpoint, named by the protocol and every "
+                                 "setting not at its default, so that no earlier result is overwritten: "
+                                 "eval-knn.json, eval-knn-k5.json, eval-linear-10-per-class-draws5.json, "
+                                 "eval-knn-epoch-20.json for epoch-20.ckpt]", metavar="FILE.json")
 
     def validate(self) -> None:
         super().validate()
@@ -116,6 +118,9 @@ class AnalyzeOptions(CheckpointOptions):
 class ExportOptions(CheckpointOptions):
     """``amcl export``: the encoder as a plain state dict, and optionally features of the splits."""
 
+    format: str = _opt("auto", "the weights' names: torchvision's (ResNets), timm's (ViTs) or amcl's own; auto picks "
+                               "the library the backbone comes from (amcl for the small convnet)",
+                       ("auto", "torchvision", "timm", "amcl"))
     features: bool = _opt(False, "also write the features of the dataset's splits")
     splits: tuple[str, ...] = _opt(("train", "test"), "splits whose features to write", ("train", "test"))
     out: str | None = _opt(None, "output folder [default: export/ beside the checkpoint]", metavar="DIR")
@@ -125,3 +130,5 @@ class ExportOptions(CheckpointOptions):
         unknown = [s for s in self.splits if s not in ("train", "test")]
         if unknown or not self.splits:
             raise AmclError(f"--splits: choose from train and test, got {' '.join(map(str, self.splits)) or 'none'}")
+        if self.format not in ("auto", "torchvision", "timm", "amcl"):
+            raise AmclError(f"unknown --format {self.format!r}; choose one of: auto, torchvision, timm, amcl")

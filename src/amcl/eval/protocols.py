@@ -113,15 +113,41 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], protocol: str = "knn
         **settings,
         "time_s": round(time.perf_counter() - started, 3),
     })
-    path = Path(opts.out) if opts.out is not None else pretrained.path.parent / result_name(protocol,
-                                                                                          opts.labels_per_class)
+    path = Path(opts.out) if opts.out is not None else pretrained.path.parent / result_name(
+        protocol, opts.labels_per_class, result_settings(opts), pretrained.path.stem)
     _write_result(path, result)
     return {**result, "json": str(path)}
 
 
-def result_name(protocol: str, labels_per_class: int | None = None) -> str:
-    """The file ``amcl eval`` writes beside the checkpoint: ``eval-knn.json``, ``eval-linear-10-per-class.json``."""
-    return f"eval-{protocol}" + (f"-{labels_per_class}-per-class" if labels_per_class else "") + ".json"
+#: The evaluation options that change a result, with the word its file name carries when one is not at its
+#: default (the dataset's name stands alone); per protocol, those it reads.
+RESULT_SETTINGS = {"dataset": "", "knn_k": "k", "knn_t": "t", "epochs": "epochs", "lr": "lr", "batch_size": "batch",
+                   "weight_decay": "wd", "augment": "augmented", "label_draws": "draws", "seed": "seed"}
+_PROTOCOL_SETTINGS = {"knn": ("dataset", "knn_k", "knn_t", "label_draws", "seed"),
+                      "linear": ("dataset", "epochs", "lr", "batch_size", "weight_decay", "augment", "label_draws",
+                                 "seed")}
+
+
+def result_settings(opts: EvalOptions) -> dict[str, Any]:
+    """The options of ``opts`` that its protocol reads and that differ from their defaults."""
+    defaults = EvalOptions()
+    return {name: getattr(opts, name) for name in _PROTOCOL_SETTINGS[opts.protocol]
+            if getattr(opts, name) != getattr(defaults, name)}
+
+
+def result_name(protocol: str, labels_per_class: int | None = None, settings: dict[str, Any] | None = None,
+                checkpoint: str = "last") -> str:
+    """The file ``amcl eval`` writes beside the checkpoint, named by everything that changes the result, so that
+    evaluations with other settings are kept side by side: ``eval-knn.json`` (the defaults),
+    ``eval-linear-10-per-class-draws5.json``, ``eval-knn-k5.json``, ``eval-knn-epoch-20.json`` (of
+    ``epoch-20.ckpt``). ``settings`` are the non-default options (:func:`result_settings`)."""
+    words = [f"eval-{protocol}"] + ([f"{labels_per_class}-per-class"] if labels_per_class else [])
+    for name, value in (settings or {}).items():
+        shown = "" if value is True else f"{value:g}" if isinstance(value, float) else str(value)
+        words.append(f"{RESULT_SETTINGS[name]}{shown}")
+    if checkpoint != "last":
+        words.append(checkpoint)
+    return "-".join(words) + ".json"
 
 
 def _label_draws(labels: Tensor, num_classes: int, opts: EvalOptions, name: str) -> list[Tensor]:

@@ -20,7 +20,7 @@ from amcl.config import PretrainConfig
 from amcl.distributed import gather_rows, gather_views, gather_with_grad, sum_with_grad
 from amcl.losses import amcl_nt_xent_terms, amcl_softmax_nt_xent_terms, nt_xent_loss, process_anchors
 from amcl.methods import METHOD_CLASSES
-from amcl.nn import TemperatureNet
+from amcl.nn import AMCLBarlowTwinsLoss, AMCLNTXentLoss, BarlowTwinsLoss, NTXentLoss, TemperatureNet
 from builders import tiny_argv
 
 pytestmark = pytest.mark.slow  # every test runs two processes
@@ -88,7 +88,30 @@ def _step(case: str, world: int, rank: int, state: dict) -> dict:
     return out
 
 
-PURE_LOSSES = ("nt_xent", "nt_xent_decoupled", "hardest", "infonce", "softmax")
+PURE_LOSSES = ("nt_xent", "nt_xent_decoupled", "hardest", "infonce", "softmax", "nt_xent_criterion",
+               "hardest_criterion", "softmax_criterion", "barlow_criterion", "amcl_barlow_criterion")
+#: The losses that use no temperature net (phi's gradient stays zero).
+WITHOUT_PHI = ("nt_xent", "nt_xent_decoupled", "nt_xent_criterion", "barlow_criterion")
+
+
+def _criteria_losses(z: torch.Tensor, phi: TemperatureNet) -> dict[str, torch.Tensor]:
+    """The loss modules with ``gather_distributed=True``, fed as a user's DDP loop feeds them: this process's two
+    views only; their temperature net is ``phi`` (8 inputs: the feature size, and the global batch of 8 images)."""
+    z1, z2 = z.chunk(2, dim=1)
+    modules = {"nt_xent_criterion": NTXentLoss(0.3, gather_distributed=True),
+               "hardest_criterion": AMCLNTXentLoss(8, "hardest", beta=0.1, topk=3, head_reduction="sum",
+                                                  gather_distributed=True),
+               "softmax_criterion": AMCLNTXentLoss(8, "softmax", beta=0.1, head_reduction="sum",
+                                                  gather_distributed=True),
+               "barlow_criterion": BarlowTwinsLoss(gather_distributed=True),
+               "amcl_barlow_criterion": AMCLBarlowTwinsLoss(WORLD * LOCAL_BATCH, beta=0.1, head_reduction="sum",
+                                                            gather_distributed=True)}
+    losses = {}
+    for name, module in modules.items():
+        if hasattr(module, "temperature_net"):
+            module.temperature_net = phi
+        losses[name] = module.double()(z1, z2)
+    return losses
 
 
 def _pure_losses(z: torch.Tensor, phi: TemperatureNet, anchors: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -105,7 +128,8 @@ def _pure_losses(z: torch.Tensor, phi: TemperatureNet, anchors: torch.Tensor | N
             "nt_xent_decoupled": nt_xent_loss(z1, z2, 0.3, decoupled=True, anchors=anchors),
             "hardest": hardest.loss(),
             "infonce": amcl_nt_xent_terms(z1, z2, taus, beta=0.1, include_positive=True, anchors=anchors).loss(),
-            "softmax": amcl_softmax_nt_xent_terms(z1, z2, taus, beta=0.1, anchors=anchors).loss()}
+            "softmax": amcl_softmax_nt_xent_terms(z1, z2, taus, beta=0.1, anchors=anchors).loss(),
+            **_criteria_losses(z, phi)}
 
 
 def _pure_step(world: int, rank: int) -> dict[str, dict[str, torch.Tensor]]:
@@ -190,13 +214,14 @@ def test_two_processes_match_one_process_on_the_global_batch(two_process_results
 def test_local_anchor_losses_give_the_single_process_gradients(two_process_results, loss):
     """The pure SimCLR losses with ``anchors=process_anchors(...)`` on gathered views and factored temperatures:
     each process's rows [C, 2B, 2BW] only, yet the loss (averaged over processes) and the gradients of every
-    feature and of phi are those of one process computing the whole [C, 2N, 2N] loss."""
+    feature and of phi are those of one process computing the whole [C, 2N, 2N] loss. The same for the loss
+    modules with ``gather_distributed=True`` (SimCLR and Barlow Twins, baseline and AMCL), given local views."""
     distributed, single = two_process_results[0]["pure"][loss], two_process_results[1]["pure"][loss]
     assert distributed.keys() == single.keys() and len(single) == 6  # loss, z and phi's 4 tensors
     for key in single:
         torch.testing.assert_close(distributed[key], single[key], rtol=1e-10, atol=1e-12, msg=f"{loss}: {key}")
     assert float(single["z"].abs().max()) > 0
-    assert (float(single["phi.0.weight"].abs().max()) > 0) == (not loss.startswith("nt_xent"))
+    assert (float(single["phi.0.weight"].abs().max()) > 0) == (loss not in WITHOUT_PHI)
 
 
 def test_gather_helpers(two_process_results):

@@ -8,6 +8,15 @@ the optimiser). They are thin wrappers of the pure functions in :mod:`amcl.losse
 
 After a call, an AMCL module's ``last_terms`` holds the loss's parts (:class:`amcl.losses.ContrastiveTerms`
 for SimCLR and MoCo) or its temperatures, for logging.
+
+Several processes (DDP): with ``gather_distributed=True`` the SimCLR and Barlow Twins modules take the global
+batch into account, as ``amcl pretrain`` does: each process passes its own views; SimCLR's candidates (and
+their temperatures' factors) are gathered with gradients and each process computes its own anchors' rows of
+the global loss; Barlow Twins' batch statistics and cross-correlation (and phi's channel vectors) are
+totalled over the processes. With DDP averaging the gradients, they equal one process's on the global batch.
+Without it every process uses its local batch only (its own negatives). MoCo's negatives are its queue and
+SimSiam has none, so their modules need no gathering (MoCo's keys are gathered before they enter the queue,
+which is the training loop's job: :func:`amcl.distributed.gather_no_grad`).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from amcl.distributed import gather_views, is_distributed, rank, sum_with_grad, world_size
 from amcl.losses import (
     PairTemperatures,
     amcl_barlow_twins_loss,
@@ -30,10 +40,11 @@ from amcl.losses import (
     moco_infonce_loss,
     nt_xent_loss,
     paired_temperatures,
+    process_anchors,
     simsiam_loss,
 )
 from amcl.losses.temperature import at_least_float32
-from amcl.nn.temperature import TemperatureNet
+from amcl.nn.temperature import Shard, TemperatureNet
 from amcl.specs import METHOD_SPECS, amcl_loss_defaults
 
 __all__ = [
@@ -50,6 +61,21 @@ __all__ = [
 
 def _heads(z: Tensor) -> Tensor:
     return z.unsqueeze(0) if z.dim() == 2 else z
+
+
+def _global_views(z0: Tensor, z1: Tensor, gather: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """With ``gather`` under DDP: the two views of the global batch (gathered with gradients, in
+    :func:`amcl.losses.process_anchors`' order) and this process's anchor rows; else the views and None."""
+    if not (gather and is_distributed()):
+        return z0, z1, None
+    batch = z0.shape[1]
+    g0, g1 = gather_views(torch.cat([z0, z1], dim=1), batch).chunk(2, dim=1)
+    return g0, g1, process_anchors(batch, rank(), world_size(), z0.device)
+
+
+def _total(gather: bool):
+    """Barlow Twins' sum over processes (with gradients) under DDP with ``gather``; None otherwise."""
+    return sum_with_grad if gather and is_distributed() else None
 
 
 class _AMCLLoss(nn.Module):
@@ -91,12 +117,13 @@ class NTXentLoss(nn.Module):
         >>> loss = criterion(torch.randn(8, 128), torch.randn(8, 128))
     """
 
-    def __init__(self, temperature: float = 0.5, decoupled: bool = False) -> None:
+    def __init__(self, temperature: float = 0.5, decoupled: bool = False, gather_distributed: bool = False) -> None:
         super().__init__()
-        self.temperature, self.decoupled = temperature, decoupled
+        self.temperature, self.decoupled, self.gather_distributed = temperature, decoupled, gather_distributed
 
     def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
-        return nt_xent_loss(z0, z1, self.temperature, self.decoupled)
+        z0, z1, anchors = _global_views(_heads(z0), _heads(z1), self.gather_distributed)
+        return nt_xent_loss(z0, z1, self.temperature, self.decoupled, anchors=anchors)
 
 
 class AMCLNTXentLoss(_AMCLLoss):
@@ -110,6 +137,7 @@ class AMCLNTXentLoss(_AMCLLoss):
             form's and SimCLR's defaults (softmax: beta 0.01, tau in [0.05, 2], the heads' mean).
         topk: the hardest negatives averaged (hardest and infonce forms).
         hidden: phi's hidden width. detach_input: phi reads the projections without gradients.
+        gather_distributed: under DDP, the negatives of every process (see the module's notes).
 
     Example:
         >>> from amcl.nn import MultiHeadProjector
@@ -120,17 +148,23 @@ class AMCLNTXentLoss(_AMCLLoss):
 
     def __init__(self, dim: int, form: str | None = None, beta: float | None = None, tau_min: float | None = None,
                  tau_max: float | None = None, head_reduction: str | None = None, topk: int = 1, hidden: int = 128,
-                 detach_input: bool = False) -> None:
+                 detach_input: bool = False, gather_distributed: bool = False) -> None:
         super().__init__("simclr", dim, form, beta, tau_min, tau_max, head_reduction, hidden, detach_input)
-        self.topk = topk
+        self.topk, self.gather_distributed = topk, gather_distributed
 
     def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
         z0, z1 = _heads(z0), _heads(z1)
+        # phi runs on this process's views; the right factors of every process are gathered with the views
         taus = self.temperature_net.pair_factors(self._phi_input(torch.cat([z0, z1], dim=1)))
+        batch = z0.shape[1]
+        z0, z1, anchors = _global_views(z0, z1, self.gather_distributed)
+        if anchors is not None:
+            taus = taus._replace(right=gather_views(taus.right, batch))
         if self.form == "softmax":
-            terms = amcl_softmax_nt_xent_terms(z0, z1, taus, self.beta)
+            terms = amcl_softmax_nt_xent_terms(z0, z1, taus, self.beta, anchors=anchors)
         else:
-            terms = amcl_nt_xent_terms(z0, z1, taus, self.beta, self.topk, include_positive=self.form == "infonce")
+            terms = amcl_nt_xent_terms(z0, z1, taus, self.beta, self.topk, include_positive=self.form == "infonce",
+                                       anchors=anchors)
         self.last_terms = terms
         return self._reduce(terms.loss(), z0.shape[0])
 
@@ -226,18 +260,19 @@ class BarlowTwinsLoss(nn.Module):
         >>> loss = BarlowTwinsLoss()(torch.randn(16, 64), torch.randn(16, 64))
     """
 
-    def __init__(self, lambd: float = 5e-3) -> None:
+    def __init__(self, lambd: float = 5e-3, gather_distributed: bool = False) -> None:
         super().__init__()
-        self.lambd = lambd
+        self.lambd, self.gather_distributed = lambd, gather_distributed
 
     def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
-        return barlow_twins_loss(z0, z1, self.lambd)
+        return barlow_twins_loss(z0, z1, self.lambd, total=_total(self.gather_distributed))
 
 
 class AMCLBarlowTwinsLoss(_AMCLLoss):
     """AMCL Barlow Twins (Eq. 2.3): a temperature per pair of channels, from the temperature net over the
     batch-standardised channel vectors, so phi's input size is the batch size ``batch_size`` (every batch
-    must have that many images; :func:`amcl.losses.amcl_barlow_twins_loss`).
+    must have that many images; :func:`amcl.losses.amcl_barlow_twins_loss`). With ``gather_distributed`` under
+    DDP, ``batch_size`` is the global batch (every process's images) and each process passes its own rows.
 
     Example:
         >>> criterion = AMCLBarlowTwinsLoss(batch_size=16)
@@ -246,19 +281,26 @@ class AMCLBarlowTwinsLoss(_AMCLLoss):
 
     def __init__(self, batch_size: int, lambd: float = 5e-3, beta: float | None = None,
                  tau_min: float | None = None, tau_max: float | None = None, head_reduction: str | None = None,
-                 hidden: int = 128, detach_input: bool = False) -> None:
+                 hidden: int = 128, detach_input: bool = False, gather_distributed: bool = False) -> None:
         super().__init__("barlow_twins", batch_size, None, beta, tau_min, tau_max, head_reduction, hidden,
                          detach_input)
-        self.batch_size, self.lambd = batch_size, lambd
+        self.batch_size, self.lambd, self.gather_distributed = batch_size, lambd, gather_distributed
 
     def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
         z0, z1 = _heads(z0), _heads(z1)
-        if z0.shape[1] != self.batch_size:
+        total = _total(self.gather_distributed)
+        processes = world_size() if total is not None else 1
+        if z0.shape[1] * processes != self.batch_size:
             raise ValueError(f"AMCLBarlowTwinsLoss(batch_size={self.batch_size}) reads channel vectors of that many "
-                             f"images, got a batch of {z0.shape[1]}")
+                             f"images, got a batch of {z0.shape[1]}" + (f" on each of {processes} processes"
+                                                                         if processes > 1 else ""))
         with torch.autocast(z0.device.type, enabled=False):
-            channels0 = batch_standardise(at_least_float32(self._phi_input(z0))).transpose(1, 2)  # [C, d, B]
-            channels1 = batch_standardise(at_least_float32(self._phi_input(z1))).transpose(1, 2)
-            taus = self.temperature_net.pair_temperatures(channels0, channels1)  # [C, d, d]
+            channels0 = batch_standardise(at_least_float32(self._phi_input(z0)), total=total).transpose(1, 2)
+            channels1 = batch_standardise(at_least_float32(self._phi_input(z1)), total=total).transpose(1, 2)
+            if total is None:
+                taus: Any = self.temperature_net.pair_temperatures(channels0, channels1)  # [C, d, d]
+            else:  # this process's entries of the global channel vectors: phi's factors totalled, no gather
+                shard = Shard(rank() * z0.shape[1], total)
+                taus = self.temperature_net.pair_factors(channels0, channels1, shard=shard)
         self.last_terms = taus
-        return self._reduce(amcl_barlow_twins_loss(z0, z1, taus, self.lambd, self.beta), z0.shape[0])
+        return self._reduce(amcl_barlow_twins_loss(z0, z1, taus, self.lambd, self.beta, total=total), z0.shape[0])

@@ -206,7 +206,15 @@ def _check_temperatures(result: dict, tau_min: float = 0.01, tau_max: float = 1.
     assert result["temperature"]["learned"] and "temperature" in result["figures"]
     for head in result["heads"]:
         temps = head["temperature"]
-        assert temps["edges"][0] == pytest.approx(tau_min) and temps["edges"][-1] == pytest.approx(tau_max)
+        # binned over the head's own range (both sides), not over the whole bounds
+        low = min(temps[side]["min"] for side in ("positive", "negative"))
+        high = max(temps[side]["max"] for side in ("positive", "negative"))
+        if high - low > 1e-6 * high:
+            assert temps["edges"][0] == pytest.approx(low) and temps["edges"][-1] == pytest.approx(high)
+        else:  # one value: a narrow bin around it
+            assert temps["edges"][0] <= low <= high <= temps["edges"][-1] <= high * 1.0011
+        spacing = np.diff(temps["edges"])
+        assert np.allclose(spacing, spacing[0]) or high / low > 10  # equal-width unless it spans a decade
         for side in ("positive", "negative"):
             info = temps[side]
             assert info["adaptive"] and tau_min <= info["min"] <= info["mean"] <= info["max"] <= tau_max
@@ -308,3 +316,14 @@ def test_image_folder_held_out_files_are_decoded_and_unreadable_ones_left_out(si
                                     data_root=str(root), workers=0, device="cpu")
     assert result["dataset"] == "data" and result["held_out_images"] == 6 and result["pairs"] == 6
     _check_panel(result["backbone"], 6, bins=5)
+
+
+def test_temperature_bins_cover_each_heads_own_range():
+    from amcl.eval.separation import temperature_edges
+
+    narrow = temperature_edges([torch.tensor([0.41, 0.45, 0.5]), torch.tensor([0.44, 0.47])], 1e-5, 2.0, 4)
+    assert narrow.tolist() == pytest.approx([0.41, 0.4325, 0.455, 0.4775, 0.5])  # equal-width within a decade
+    wide = temperature_edges([torch.tensor([0.001, 0.1]), 0.5], 1e-5, 2.0, 2)  # a constant side is left out
+    assert wide.tolist() == pytest.approx([0.001, 0.01, 0.1])  # log-spaced over two decades
+    at_floor = temperature_edges([torch.full((5,), 0.05)], 0.05, 2.0, 2)
+    assert at_floor[0] == pytest.approx(0.05) and 0.05 < at_floor[-1] <= 0.05 * 1.0011  # one value: a narrow bin

@@ -246,19 +246,20 @@ def plot_curves(path: str | os.PathLike[str], epochs: Sequence[dict[str, Any]], 
                 x, y = series(key)
                 ax.plot(x, y, marker=marker(len(x)))
             continue
-        for head in heads:
+        for index, head in enumerate(heads):
+            colour = f"C{index}"  # one colour per head in every panel; its negative line dashed
             if what in PER_HEAD_LINES:
                 for key, style, label in PER_HEAD_LINES[what]:
                     x, y = series(f"{head}/{key}")
                     if x:
-                        ax.plot(x, y, style, marker=marker(len(x)), label=f"{head}{label}")
+                        ax.plot(x, y, style, color=colour, marker=marker(len(x)), label=f"{head}{label}")
                 if what == "bound":
                     ax.set_ylim(-0.02, 1.02)
                 continue
             x, mean = series(f"{head}/tau_{what}_mean")
             if not x:
                 continue
-            line, = ax.plot(x, mean, marker=marker(len(x)), label=head)
+            line, = ax.plot(x, mean, color=colour, marker=marker(len(x)), label=head)
             _, low = series(f"{head}/tau_{what}_min")
             _, high = series(f"{head}/tau_{what}_max")
             if len(low) == len(x) == len(high):

@@ -45,6 +45,7 @@ from amcl.eval.separation import (
     distribution_overlap,
     separation_auc,
     similarity_panel,
+    temperature_edges,
     temperature_summary,
 )
 from amcl.files import write_json
@@ -228,13 +229,13 @@ def analyze_checkpoint(
         notes.append(f"temperatures skipped: {kind}")
         kind = None
     if by_head is not None:
-        edges = np.geomspace(tau_min, tau_max, bins + 1)
         temperature["kind"] = kind
         temperature["saturation_tolerance"] = SATURATION_TOLERANCE
         note = METHOD_SPECS[config.method].temperature_note
         if note:
             temperature["note"] = note.format(global_batch=config.global_batch)
         for head, taus in zip(heads, by_head):
+            edges = temperature_edges([taus.positive, taus.negative], tau_min, tau_max, bins)  # the head's own range
             head["temperature"] = {"edges": edges.tolist(),
                                    "positive": temperature_summary(taus.positive, tau_min, tau_max, edges),
                                    "negative": temperature_summary(taus.negative, tau_min, tau_max, edges)}

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from amcl.eval.separation import LOG_BINS_FROM
 from amcl.files import write_atomic
 
 __all__ = ["overlap_figure", "save_figure", "similarity_histograms", "temperature_figure"]
@@ -32,12 +33,15 @@ def similarity_histograms(panels: Sequence[dict[str, Any]], title: str = ""):
     """The similarity histograms of ``panels`` (entries of analysis.json's backbone / heads) as a
     matplotlib Figure: negatives blue, positives orange, semi-transparent, on each panel's shared bins."""
     fig, axes = _figure(len(panels))
+    # one x-range for every panel, so that the backbone's and the heads' similarities compare by eye
+    low = min(panel["histogram"]["edges"][0] for panel in panels)
+    high = max(panel["histogram"]["edges"][-1] for panel in panels)
     for ax, panel in zip(axes, panels):
         edges = panel["histogram"]["edges"]
         counts = panel["histogram"]  # filled steps: the look of edgeless bars, drawn as one polygon each
         ax.stairs(counts["negative"], edges, fill=True, color=NEGATIVE_COLOR, alpha=ALPHA, label="negative pairs")
         ax.stairs(counts["positive"], edges, fill=True, color=POSITIVE_COLOR, alpha=ALPHA, label="positive pairs")
-        ax.set_xlim(edges[0], edges[-1])
+        ax.set_xlim(low, high)
         ax.set_xlabel("Similarity score")
         ax.set_ylabel("Counts")
         ax.set_title(f"{panel['name']}: overlap {panel['overlap']:.2f}, AUC {panel['auc']:.2f}", fontsize=9)
@@ -60,8 +64,12 @@ def temperature_figure(heads: Sequence[dict[str, Any]], tau_min: float, tau_max:
             else:
                 ax.axvline(info["constant"], color=color, linestyle="--", linewidth=1.5,
                            label=f"{label}: constant {info['constant']:g}")
-        ax.set_xscale("log")
-        ax.set_xlim(tau_min, tau_max)
+        # each head on its own range (log where it spans decades), constants included
+        constants = [temps[s]["constant"] for s in ("positive", "negative") if not temps[s]["adaptive"]]
+        low, high = min([edges[0], *constants]), max([edges[-1], *constants])
+        if high / low > LOG_BINS_FROM:
+            ax.set_xscale("log")
+        ax.set_xlim(low, high)
         ax.set_xlabel("Temperature τ")
         ax.set_ylabel("Share of pairs")
         means = [f"τ{'+' if s == 'positive' else '−'} {temps[s].get('mean', temps[s].get('constant')):.3g}"
@@ -74,24 +82,23 @@ def temperature_figure(heads: Sequence[dict[str, Any]], tau_min: float, tau_max:
 
 
 def overlap_figure(panels: Sequence[dict[str, Any]], title: str):
+    """Overlap (lower is better) and AUC (higher is better) of every panel, each on its own axis."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(3.5, 1.1 * len(panels) + 1.5), 3.0), layout="constrained")
-    ax = fig.subplots()
+    fig = Figure(figsize=(2 * max(3.0, 0.9 * len(panels) + 1.2), 3.0), layout="constrained")
     x = np.arange(len(panels))
-    overlap = [p["overlap"] for p in panels]
-    auc = [p["auc"] for p in panels]
-    ax.bar(x - 0.2, overlap, 0.4, color="tab:purple", alpha=0.8, label="overlap (lower: better separated)")
-    ax.bar(x + 0.2, auc, 0.4, color="tab:green", alpha=0.8, label="AUC P(s+ > s−) (higher: better)")
-    for xi, o, a in zip(x, overlap, auc):
-        ax.text(xi - 0.2, o + 0.01, f"{o:.2f}", ha="center", va="bottom", fontsize=7)
-        ax.text(xi + 0.2, a + 0.01, f"{a:.2f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x, [p["name"] for p in panels])
-    ax.set_ylim(0, 1.25)
-    ax.set_ylabel("Positive vs negative pairs")
-    ax.legend(fontsize=7, loc="upper right")
+    measures = (("overlap", "tab:purple", "Overlap of the histograms (lower: better separated)"),
+                ("auc", "tab:green", "AUC P(s+ > s−) (higher: better separated)"))
+    for ax, (key, colour, label) in zip(fig.subplots(1, 2), measures):
+        values = [p[key] for p in panels]
+        ax.bar(x, values, 0.6, color=colour, alpha=0.8)
+        for xi, value in zip(x, values):
+            ax.text(xi, value + 0.01, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, [p["name"] for p in panels])
+        ax.set_ylim(0, 1.12)
+        ax.set_title(label, fontsize=9)
     if title:
-        ax.set_title(title, fontsize=9)
+        fig.suptitle(title, fontsize=10)
     return fig
 
 

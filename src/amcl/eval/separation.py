@@ -15,7 +15,7 @@ Two numbers summarise the separation of a panel:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -119,6 +119,25 @@ def derangement(n: int, generator: torch.Generator | None = None) -> Tensor:
     perm = torch.empty(n, dtype=torch.int64)
     perm[order] = order.roll(-shift)
     return perm
+
+
+#: A head's temperature histogram is binned on a log scale when its values span more than this ratio.
+LOG_BINS_FROM = 10.0
+
+
+def temperature_edges(sides: Sequence[Tensor | float], tau_min: float, tau_max: float, bins: int) -> np.ndarray:
+    """Bin edges over one head's own temperatures (both sides; constants left out): log-spaced when they span
+    more than :data:`LOG_BINS_FROM` (a decade), else equal-width; a head whose temperatures are (almost) one
+    value gets a narrow range around it, inside [tau_min, tau_max]. Binning over the whole bounds instead
+    would put a head whose temperatures sit in [0.4, 0.5] into one bar of a [1e-5, 2] log axis."""
+    values = [np.clip(v.detach().cpu().double().numpy().ravel(), tau_min, tau_max) for v in sides
+              if isinstance(v, Tensor) and v.numel()]
+    if not values:
+        return np.geomspace(tau_min, tau_max, bins + 1)
+    lo, hi = min(float(v.min()) for v in values), max(float(v.max()) for v in values)
+    if hi - lo <= 1e-6 * hi:  # one value: a bin around it
+        lo, hi = max(tau_min, lo * (1 - 1e-3)), min(tau_max, hi * (1 + 1e-3))
+    return np.geomspace(lo, hi, bins + 1) if hi / lo > LOG_BINS_FROM else np.linspace(lo, hi, bins + 1)
 
 
 def temperature_summary(values: Tensor | float, tau_min: float, tau_max: float, edges: np.ndarray) -> dict[str, Any]:

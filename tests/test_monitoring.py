@@ -152,7 +152,7 @@ def test_siamese_temperatures_resting_on_a_bound_do_not_warn(tmp_path):
 
     def warnings_for(method, bound, **options):
         config = PretrainConfig(method=method, amcl=True, **options).resolved()
-        record = {"epoch": 3, f"head1/share_at_tau_{bound}": 0.9}
+        record = {"epoch": 4, f"head1/share_at_tau_{bound}": 0.9}  # records count epochs from 1
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             MetricsRecorder(tmp_path / "metrics.json")._warn_about_bounds(record, config)
@@ -171,13 +171,13 @@ def test_similar_positives_and_negatives_warn_of_collapse_once_for_all_heads(tmp
     from amcl.train import MetricsRecorder
 
     recorder = MetricsRecorder(tmp_path / "metrics.json")
-    collapsed = {"epoch": 0, "head1/sim_pos_mean": 0.95, "head1/sim_neg_mean": 0.97,
+    collapsed = {"epoch": 1, "head1/sim_pos_mean": 0.95, "head1/sim_neg_mean": 0.97,
                  "head2/sim_pos_mean": 0.99, "head2/sim_neg_mean": 0.93,
                  "head3/sim_pos_mean": 0.97, "head3/sim_neg_mean": 0.20}  # head3 separates: no collapse
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         recorder._warn_about_collapse(collapsed)
-        recorder._warn_about_collapse({**collapsed, "epoch": 1})  # said once
+        recorder._warn_about_collapse({**collapsed, "epoch": 2})  # said once
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1, messages
     assert messages[0].startswith("projections are collapsing in epoch 1: mean similarity of positive and negative "

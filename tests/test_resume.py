@@ -179,7 +179,7 @@ def test_a_series_interrupted_by_sigterm_is_continued_as_a_whole(tmp_path):
     out = tmp_path / "series"
     process = subprocess.Popen([sys.executable, "-m", "amcl.cli", "pretrain", *RUN, "--runs", "2", "--out",
                                 str(out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(out / "run-0" / "last.ckpt", process)
+    _wait_for(out / "seed-0" / "last.ckpt", process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143 and f"continue with `amcl pretrain --resume {out}`" in _last_line(stderr)
@@ -310,7 +310,7 @@ def test_a_run_started_on_a_full_disk_writes_nothing_and_cannot_be_resumed(small
 
 
 @pytest.mark.parametrize("command,target", [
-    (["export", "--out", "{disk}/export"], "export/encoder.pt"),
+    (["export", "--out", "{disk}/export"], "export/encoder.safetensors"),
     (["eval", "--protocol", "knn", "--knn-k", "10", "--out", "{disk}/eval.json"], "eval.json"),
     (["analyze", "--pairs", "50", "--out", "{disk}/analysis"], "analysis/"),
 ])
@@ -322,7 +322,7 @@ def test_evaluation_outputs_on_a_full_disk_fail_with_one_line(reference, small_d
     line = _last_line(done.stderr)
     assert f"cannot write {small_disk / target}" in line and "No space left on device" in line, line
     assert not [p for p in small_disk.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".export-")]
-    assert not (small_disk / "export" / "encoder.pt").exists()  # no half export
+    assert not (small_disk / "export" / "encoder.safetensors").exists()  # no half export
 
 
 def test_resume_in_a_read_only_folder_is_one_line(reference, small_disk):
@@ -418,11 +418,11 @@ def test_runs_series_resumes_each_seed(tmp_path):
     config = PretrainConfig(dataset="digits", backbone="small_cnn", image_size=16, batch_size=128, epochs=1,
                             max_steps=2, knn_k=10, progress=False, runs=2, seed=3, out=str(tmp_path))
     first = pretrain(config)
-    (tmp_path / "run-4" / "metrics.json").unlink()  # seed 4 "was killed"
+    (tmp_path / "seed-4" / "metrics.json").unlink()  # seed 4 "was killed"
     (tmp_path / "summary.json").unlink()
     again = pretrain(config, resume=True)
     assert again["best_knn_acc"]["values"] == first["best_knn_acc"]["values"]
-    assert json.loads((tmp_path / "run-4" / "metrics.json").read_text())["complete"]
+    assert json.loads((tmp_path / "seed-4" / "metrics.json").read_text())["complete"]
 
 
 # --------------------------------------------------------------------------- non-finite values
@@ -456,7 +456,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monke
     assert checkpoint["global_step"] == 11  # the end of epoch 0, before the fault
     assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert [e["epoch"] for e in metrics["epochs"]] == [0] and not metrics.get("complete")
+    assert [e["epoch"] for e in metrics["epochs"]] == [1] and not metrics.get("complete")  # epochs from 1
 
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):

@@ -72,7 +72,7 @@ def test_amcl_run_learns_temperatures_within_bounds(amcl_run):
 @pytest.mark.slow
 def test_max_steps_and_repeated_runs_summary(tmp_path):
     summary = pretrain(tiny_config(epochs=3, max_steps=4, runs=2, seed=5, out=str(tmp_path)))
-    runs = [read_metrics(tmp_path / f"run-{seed}") for seed in (5, 6)]
+    runs = [read_metrics(tmp_path / f"seed-{seed}") for seed in (5, 6)]
     assert all(r["epochs"][-1]["step"] == 4 for r in runs)
     assert summary["seeds"] == [5, 6]
     finals = [r["final_loss"] for r in runs]

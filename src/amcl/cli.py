@@ -53,9 +53,19 @@ def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | 
         if types[f.name] is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
+        elif f.metadata.get("several"):
+            parser.add_argument(flag, nargs="+", action=_Words, default=argparse.SUPPRESS, help=help_text,
+                                metavar=f.name.upper())
         else:
             parser.add_argument(flag, type=_typed(f.name), default=argparse.SUPPRESS, help=help_text,
                                 metavar=f.name.upper())
+
+
+class _Words(argparse.Action):
+    """An option of several words (``--logger tensorboard csv``), kept as the config holds it: ``tensorboard,csv``."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        setattr(namespace, self.dest, coerce(self.dest, list(values)))
 
 
 def _typed(name: str):
@@ -275,10 +285,12 @@ def _add_commands(commands) -> None:
     analyze.set_defaults(parser=analyze, func=_analyze)
 
     export = commands.add_parser(
-        "export", help="the encoder as a plain state dict (+ JSON), and optionally dataset features as .npy",
-        description="Write the checkpoint's encoder as encoder.pt (a plain state dict, loadable with "
-                    "torch.load(weights_only=True)) and encoder.json (backbone, feature size, image size, "
-                    "normalisation); with --features also features-<split>.npy and labels-<split>.npy.",
+        "export", help="the encoder under torchvision/timm names (safetensors), a model card, and optionally features",
+        description="Write the checkpoint's encoder as encoder.safetensors (encoder.pt without the safetensors "
+                    "package) under torchvision's names for ResNets and timm's for ViTs, so that it loads with "
+                    "strict=True into torchvision.models.resnet50() or timm.create_model(...); encoder.json "
+                    "(backbone, feature size, image size, normalisation) and README.md (a model card: training, "
+                    "results, how to load it); with --features also features-<split>.npy and labels-<split>.npy.",
     )
     _add_checkpoint_options(export, ExportOptions)
     export.set_defaults(parser=export, func=_export)

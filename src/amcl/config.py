@@ -19,7 +19,7 @@ import yaml
 
 from amcl.errors import AmclError
 from amcl.policies import parse_policy
-from amcl.specs import AMCL_FORMS, FORM_DEFAULTS, METHOD_SPECS, METHODS, PAPER_TAU_BOUNDS, TEMPERATURE_MODES
+from amcl.specs import AMCL_FORMS, AUTHORS_TAU_BOUNDS, FORM_DEFAULTS, METHOD_SPECS, METHODS, TEMPERATURE_MODES
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "stl10", "fashion_mnist", "mnist", "kmnist", "folder")
 #: Datasets read from --data-root, those that may be (Fashion-MNIST: from its system package without it), and
@@ -28,6 +28,8 @@ FILE_DATASETS = ("cifar10", "cifar100", "stl10", "mnist", "kmnist", "folder")
 OPTIONAL_ROOT_DATASETS = ("fashion_mnist",)
 UNLABELED_DATASETS = ("stl10", "folder")
 CACHE_CHOICES = ("auto", "always", "never")
+#: Lightning loggers ``--logger`` can add (each needs its package: ``pip install amcl[tensorboard]`` ...).
+LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
 #: The negative side of the regulariser (see amcl.losses.NEGATIVE_REGULARIZERS; kept here so the
 #: config needs no torch).
 NEGATIVE_REGULARIZERS = ("mean_omega", "sum_log_inverse")
@@ -87,10 +89,12 @@ SEEDS = Range(0, 2**32 - 1)
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, recorded: bool = False,
-         valid: Range | None = None) -> Any:
+         valid: Range | None = None, several: bool = False) -> Any:
     """A config field; ``recorded`` marks a value ``amcl pretrain`` fills in and saves, which is not an option;
-    ``valid`` is a numeric option's range, which :meth:`PretrainConfig.validate` checks."""
-    return field(default=default, metadata={"help": help, "choices": choices, "recorded": recorded, "range": valid})
+    ``valid`` is a numeric option's range, which :meth:`PretrainConfig.validate` checks; ``several`` lets a
+    text option hold several of its ``choices``, kept comma-separated (on the command line: one or more words)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "recorded": recorded, "range": valid,
+                                            "several": several})
 
 
 @dataclass
@@ -119,7 +123,8 @@ class PretrainConfig:
         None,
         "AMCL loss of SimCLR and MoCo: softmax (our extension, recommended: the log-sum-exp over all candidates "
         "that Eq. 2.4's max approximates, a temperature per pair; default beta 0.01 and the heads' mean), hardest "
-        "(Eq. 2.1 as printed: the hardest negatives, the paper's beta, the heads' sum) or infonce (Eq. 2.4, the "
+        "(Eq. 2.1 as printed, k = 1: the hardest negatives, with beta and tau bounds from the authors' later code, the "
+        "heads' sum) or infonce (Eq. 2.4, the "
         "hardest of the N+1 candidates, positive included) (default: softmax for simclr and moco; the other "
         "methods have one AMCL form, their paper equation)",
         AMCL_FORMS,
@@ -135,10 +140,12 @@ class PretrainConfig:
         f"{_by_method('beta').removeprefix('default: ')})", valid=NON_NEGATIVE,
     )
     tau_min: float | None = _opt(
-        None, "lowest adaptive temperature (default: 0.05 with the softmax form, else the paper's 1e-5)",
+        None, "lowest adaptive temperature (default: 0.05 with the softmax form, else 1e-5, from the authors' later "
+        "code)",
         valid=POSITIVE,
     )
-    tau_max: float | None = _opt(None, "highest adaptive temperature (default: 2.0, the paper's)", valid=POSITIVE)
+    tau_max: float | None = _opt(None, "highest adaptive temperature (default: 2.0, from the authors' later code)",
+                                 valid=POSITIVE)
     topk: int = _opt(
         1, "AMCL: average the negative terms over the k hardest negatives (1 = Eq. 2.1 exactly)",
         valid=AT_LEAST_1
@@ -250,6 +257,16 @@ class PretrainConfig:
                                    "1 to 200; 20 on digits, 200 on CIFAR)", valid=AT_LEAST_1,)
     knn_t: float = _opt(0.1, "temperature of the kNN monitor's weights", valid=POSITIVE)
     knn_every: int = _opt(1, "run the kNN monitor every N epochs", valid=AT_LEAST_1)
+    logger: str = _opt(
+        "none", "experiment loggers besides metrics.json, metrics.csv and curves.png (always written): tensorboard, "
+        "csv, wandb (offline unless WANDB_MODE=online), mlflow (a local file store unless MLFLOW_TRACKING_URI is "
+        "set) or none; several separated by spaces or commas. Every metric is logged once per epoch, at the epoch "
+        "(counted from 1) as its step", ("none", *LOGGERS), several=True,
+    )
+    save_every: int = _opt(
+        0, "also keep epoch-N.ckpt every N epochs beside last.ckpt (amcl eval reads any of them; 0: only last.ckpt)",
+        valid=NON_NEGATIVE,
+    )
     runs: int = _opt(1, "repeat the run with seeds seed, seed+1, ... and summarise mean and std", valid=AT_LEAST_1)
     seed: int = _opt(0, "random seed of the initialisation, the augmentations and the batch order", valid=SEEDS)
     split_seed: int = _opt(
@@ -320,7 +337,7 @@ class PretrainConfig:
                 values[key] = value
         if values["heads"] is None:
             values["heads"] = 3 if self.amcl else 1
-        for key, value in PAPER_TAU_BOUNDS.items():
+        for key, value in AUTHORS_TAU_BOUNDS.items():
             if values[key] is None:
                 values[key] = value
         if values["head_reduction"] is None:
@@ -342,11 +359,13 @@ class PretrainConfig:
     def validate(self) -> None:
         """Check values that need no data; raises AmclError naming the option and the fix."""
         for name in ("method", "dataset", "temperature_mode", "amcl_form", "negative_regularizer", "temperature_input",
-                     "head_reduction", "cache_images", "on_nonfinite", "optimizer", "lr_scaling"):
+                     "head_reduction", "cache_images", "on_nonfinite", "optimizer", "lr_scaling", "logger"):
             choices = _choices(name)
             optional = name in ("head_reduction", "amcl_form")  # None: resolved from the form / the method
-            if getattr(self, name) not in choices and not (optional and getattr(self, name) is None):
-                raise AmclError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")
+            values = getattr(self, name).split(",") if name == "logger" else [getattr(self, name)]
+            for value in values:
+                if value not in choices and not (optional and value is None):
+                    raise AmclError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
         from amcl.nn.backbones import BACKBONES, image_size_problem, is_backbone_name
 
         try:
@@ -456,6 +475,10 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _several(name: str) -> bool:
+    return any(f.metadata.get("several") for f in dataclasses.fields(PretrainConfig) if f.name == name)
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 
@@ -497,6 +520,9 @@ def coerce(name: str, value: Any) -> Any:
             raise ValueError
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
+        if _several(name):  # a YAML list or comma-separated words: kept as "a,b" in its order, without repeats
+            words = value if isinstance(value, (list, tuple)) else str(value).split(",")
+            return ",".join(dict.fromkeys(str(w).strip() for w in words if str(w).strip())) or "none"
         return kind(value)
     except (TypeError, ValueError):
         raise AmclError(f"option {_flag(name)}: expected {kind.__name__}, got {value!r}") from None

@@ -38,7 +38,7 @@ __all__ = [
 
 #: Options that may differ between a saved run and the config that continues or reuses it: they change
 #: how the run goes, not what it computes.
-RESUMABLE_CHANGES = ("out", "progress", "workers", "cache_images", "on_nonfinite")
+RESUMABLE_CHANGES = ("out", "progress", "workers", "cache_images", "on_nonfinite", "logger", "save_every")
 
 
 def write_config(folder: str | os.PathLike[str], config: PretrainConfig | None = None) -> None:

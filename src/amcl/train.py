@@ -1,14 +1,17 @@
 """``pretrain(config)``: one or several pre-training runs with their outputs on disk.
 
 Writes into ``config.out``: ``config.yaml``, ``metrics.json`` (per-epoch loss, kNN accuracy and
-``best_knn_acc``) and ``last.ckpt``; with ``runs > 1`` one ``run-<seed>/`` folder per seed and a
-``summary.json`` with the mean and std of each final metric.
+``best_knn_acc``; epochs counted from 1), ``metrics.csv``, ``curves.png`` and ``last.ckpt`` (with ``--save-every N``
+also ``epoch-N.ckpt``), and what ``--logger`` adds; with ``runs > 1`` one ``seed-<seed>/`` folder per seed (as
+``amcl compare`` names them) and a ``summary.json`` with the mean and std of each final metric.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+import os
 import signal
 import sys
 import time
@@ -63,6 +66,8 @@ from amcl.specs import METHOD_SPECS
 EVAL_BATCH = 1024
 #: A head whose mean positive and mean negative similarity both exceed this has collapsed.
 COLLAPSE_SIMILARITY = 0.9
+#: curves.png is redrawn during a run when this many seconds passed since it was last drawn (and at its end).
+CURVES_EVERY_S = 60.0
 
 
 class MetricsRecorder(Callback):
@@ -79,13 +84,15 @@ class MetricsRecorder(Callback):
         self.epoch_seconds: list[float] = []
         self._warned: set[str] = set()
         self._clock = time.perf_counter()
+        self._drawn = time.perf_counter()  # when curves.png was last drawn
         self.knn_k: int | None = None  # the kNN monitor's k (chosen from the bank when not given)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._clock = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        record: dict[str, float] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        # epochs counted from 1 in every file, as the progress lines and messages count them
+        record: dict[str, float] = {"epoch": trainer.current_epoch + 1, "step": trainer.global_step}
         record.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         if getattr(trainer.datamodule, "streamed", False):
             record["unreadable_files"] = len(trainer.datamodule.unreadable)
@@ -101,8 +108,25 @@ class MetricsRecorder(Callback):
         if trainer.is_global_zero:
             write_json(self.path, self.summary())
             write_csv(self.path.with_suffix(".csv"), self.epochs)
-            if trainer.logger is not None:
-                trainer.logger.log_metrics(statistics, step=trainer.current_epoch)
+            self._log(trainer, record)
+            if time.perf_counter() - self._drawn >= CURVES_EVERY_S:  # drawing takes about a second
+                self.draw_curves(pl_module.config)
+
+    def _log(self, trainer: L.Trainer, record: dict[str, float]) -> None:
+        """The epoch's record to every ``--logger``, at the epoch (from 1) as its step: one x-axis for all."""
+        values = {("global_step" if k == "step" else k): v for k, v in record.items() if k != "epoch"}
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=int(record["epoch"]))
+            logger.save()
+
+    def draw_curves(self, config: PretrainConfig) -> None:
+        """``curves.png`` of the epochs so far (at the end of a run, and during it at most every
+        :data:`CURVES_EVERY_S`, so that a run stopped early has one)."""
+        if self.epochs:
+            mode = f"AMCL, {config.heads} heads" if config.amcl else "baseline"
+            plot_curves(self.path.parent / "curves.png", self.epochs, f"{config.method} {mode} on {config.dataset}",
+                        METHOD_SPECS[config.method].pair_names)
+        self._drawn = time.perf_counter()
 
     def _warn_about_bounds(self, record: dict[str, float], config: PretrainConfig) -> None:
         """Warn (once per head and bound) when most of a head's temperatures sit on tau_min or tau_max.
@@ -118,9 +142,9 @@ class MetricsRecorder(Callback):
             self._warned.add(key)
             head, bound = key.split("/")[0], key.rsplit("_", 1)[-1]
             value = config.tau_min if bound == "min" else config.tau_max
-            epoch = int(record["epoch"]) + 1  # counted from 1, as the progress lines count
+            epoch = int(record["epoch"])
             warn(f"{share:.0%} of {head}'s temperatures sit at tau_{bound} = {value:g} in epoch {epoch}: "
-                 "AMCL may be collapsing (see 'Reading the curves' in the README); watch curves.png, or try "
+                 "AMCL may be collapsing (see 'Reading the curves' in docs/monitoring.md); watch curves.png, or try "
                  f"another --tau-{bound}, --beta or --lr")
 
     def _warn_about_collapse(self, record: dict[str, float]) -> None:
@@ -136,16 +160,19 @@ class MetricsRecorder(Callback):
                 self._warned.add(f"{head}/collapse")
                 collapsing.append(f"{head} {positive:.3f} and {negative:.3f}")
         if collapsing:  # one line for all heads of the epoch
-            warn(f"projections are collapsing in epoch {int(record['epoch']) + 1}: mean similarity of positive and "
+            warn(f"projections are collapsing in epoch {int(record['epoch'])}: mean similarity of positive and "
                  f"negative pairs {'; '.join(collapsing)}, so all images map close to one point (see 'Reading the "
-                 "curves' in the README and the similarity panel of curves.png); try a larger --tau-min or --beta, "
-                 "--temperature-input detached, or a smaller --lr")
+                 "curves' in docs/monitoring.md and the similarity panel of curves.png); try a larger --tau-min or "
+                 "--beta, --temperature-input detached, or a smaller --lr")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "epoch_seconds": self.epoch_seconds, "knn_k": self.knn_k}
+        return {"epochs": self.epochs, "epoch_seconds": self.epoch_seconds, "knn_k": self.knn_k, "first_epoch": 1}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epochs, self.epoch_seconds = list(state["epochs"]), list(state["epoch_seconds"])
+        self.epochs, self.epoch_seconds = [dict(e) for e in state["epochs"]], list(state["epoch_seconds"])
+        if state.get("first_epoch") != 1:  # checkpoints of earlier versions counted epochs from 0
+            for record in self.epochs:
+                record["epoch"] += 1
         self.knn_k = state.get("knn_k")  # checkpoints of versions before the recorded k have none
 
     def summary(self) -> dict[str, Any]:
@@ -177,19 +204,55 @@ class EpochLog(Callback):
         if not trainer.is_global_zero or not self.recorder.epochs:
             return
         record, seconds = self.recorder.epochs[-1], self.recorder.epoch_seconds
-        done, total = int(record["epoch"]) + 1, trainer.max_epochs or 0
+        done, total = int(record["epoch"]), trainer.max_epochs or 0
         parts = [f"loss {record.get('loss', float('nan')):.4g}"]
         if "knn_acc" in record:
             val = f" (val {100 * record['val_knn_acc']:.1f}%)" if "val_knn_acc" in record else ""
             parts.append(f"kNN {100 * record['knn_acc']:.1f}%{val}")
+        if pl_module.config.amcl and "tau_pos_mean" in record:  # the heads' mean learned temperatures
+            negative = f", negative {record['tau_neg_mean']:.3g}" if "tau_neg_mean" in record else ""
+            parts.append(f"tau positive {record['tau_pos_mean']:.3g}{negative}")
         if "lr" in record:
             parts.append(f"lr {record['lr']:.2g}")
-        recent = seconds[-5:]  # the first epoch pays for start-up
-        left = round(sum(recent) / len(recent) * max(0, total - done))
-        hours, minutes = divmod(left // 60, 60)
-        clock = f"{hours}:{minutes:02d}" if hours else f"{minutes}"
-        parts += [f"{seconds[-1]:.1f} s/epoch", f"{clock}:{left % 60:02d} left"]
+        parts += [f"{seconds[-1]:.1f} s/epoch", f"{clock_time(time_left(seconds, total - done))} left"]
         print(f"epoch {done}/{total}: {', '.join(parts)}", flush=True)
+
+
+def time_left(epoch_seconds: Sequence[float], epochs_left: int) -> float:
+    """Seconds the remaining epochs take at the pace of the last five (the first epoch pays for start-up)."""
+    recent = epoch_seconds[-5:]
+    return sum(recent) / len(recent) * max(0, epochs_left) if recent else 0.0
+
+
+def clock_time(seconds: float) -> str:
+    """``0:45``, ``12:05`` or ``9:31:00`` (hours:minutes:seconds)."""
+    seconds = round(seconds)
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours}:{minutes:02d}:{seconds % 60:02d}" if hours else f"{minutes}:{seconds % 60:02d}"
+
+
+#: After its first epoch, a run on the CPU whose remaining epochs would take longer than this says so.
+LONG_CPU_RUN_S = 3600
+
+
+class PaceNote(Callback):
+    """After the first epoch of a run on the CPU, one line when the run will take hours at this pace (e.g. the
+    CIFAR recipe started on digits without a config), with how to start a small run instead."""
+
+    def __init__(self, recorder: MetricsRecorder) -> None:
+        self.recorder = recorder
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (len(self.recorder.epoch_seconds) != 1 or not trainer.is_global_zero
+                or pl_module.device.type != "cpu"):
+            return
+        left = time_left(self.recorder.epoch_seconds, (trainer.max_epochs or 0) - trainer.current_epoch - 1)
+        if left > LONG_CPU_RUN_S:
+            config = pl_module.config
+            warn(f"at this pace ({self.recorder.epoch_seconds[0]:.0f} s per epoch on the CPU) the {config.epochs} "
+                 f"epochs take about {clock_time(left + self.recorder.epoch_seconds[0])} (h:mm:ss); for a first "
+                 "try stop it (Ctrl+C) and start a small run: --config configs/demo-digits.yaml, or fewer --epochs "
+                 "and a smaller --backbone (README, 'Quick start')")
 
 
 def shows_bar(config: PretrainConfig) -> bool:
@@ -230,7 +293,7 @@ def _trainer(config: PretrainConfig, **options: Any) -> L.Trainer:
 def cluster_plugins() -> list[Any]:
     """Under SLURM, Lightning's own requeue on SIGUSR1 is switched off: it writes ``hpc_ckpt_*.ckpt``
     checkpoints of half epochs and resumes from them by itself. amcl stops on SIGTERM or SIGINT at a step
-    boundary instead, and the job script requeues (README, "Long runs")."""
+    boundary instead, and the job script requeues (docs/runs.md)."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
@@ -282,6 +345,9 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
     if resume:
         finished, saved = _resume_state(config, out)
         if finished is not None:
+            if rank_zero_only.rank == 0:
+                print(f"{out}: the run finished earlier ({len(finished.get('epochs') or [])} epochs); nothing to "
+                      "resume, its results are as they were", flush=True)
             return finished
     resuming = saved is not None
     splits = load_configured_dataset(config) if splits is None else splits
@@ -307,6 +373,7 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
     stop = StopOnSignal()
     # order matters: the epoch is recorded and checked before the checkpoint that includes it is written
     run_callbacks = [recorder, NonFiniteGuard(), RandomStates(), stop,
+                     *([EpochCheckpoints(out, config.save_every)] if config.save_every else []),
                      # one checkpoint, last.ckpt, rewritten at the end of every epoch
                      ModelCheckpoint(dirpath=out, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                                      save_on_train_epoch_end=True, enable_version_counter=False)]
@@ -328,10 +395,11 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
         check_val_every_n_epoch=config.knn_every,
         limit_val_batches=None if monitor else 0,
         num_sanity_val_steps=0,
-        logger=_tensorboard(out),
+        logger=experiment_loggers(config, out),
         enable_progress_bar=shows_bar(config),
         enable_model_summary=False,
-        callbacks=[*callbacks, *run_callbacks, TrainingProgressBar() if shows_bar(config) else EpochLog(recorder)],
+        callbacks=[*callbacks, *run_callbacks, PaceNote(recorder),
+                   TrainingProgressBar() if shows_bar(config) else EpochLog(recorder)],
         default_root_dir=out,
     )
     ran = config.with_global_batch(trainer.world_size)  # what runs, in config.yaml and the checkpoint
@@ -345,6 +413,8 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
     if saved is not None:
         _check_checkpoint_fits(model, saved)
         saved = None  # Lightning reads the file again; the tensors are not kept twice
+    if trainer.is_global_zero:
+        print(run_header(config, n_train, trainer.world_size, resuming), flush=True)
     started = time.time()
     # one run per folder at a time (rank 0 holds the lock; the other processes write nothing there)
     with locked_folder(out) if trainer.is_global_zero else contextlib.nullcontext():
@@ -358,6 +428,8 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
             with stop:
                 return _train(config, trainer, model, data, recorder, resuming, started)
         except SIGTERMException:  # Lightning's stop at a step boundary, raised by StopOnSignal's flag
+            if trainer.is_global_zero:
+                recorder.draw_curves(config)  # the finished epochs' curves, whenever they were last drawn
             raise _interruption(stop, trainer, out) from None
         except RuntimeError as exc:
             if trainer.world_size > 1 and _lost_peer(exc):  # one line on the surviving process, not gloo's trace
@@ -380,8 +452,8 @@ def _train(config: PretrainConfig, trainer: L.Trainer, model: L.LightningModule,
                         "complete; start again with a larger --tau-min or a smaller --lr")
     if data.can_monitor and recorder.epochs and "knn_acc" not in recorder.epochs[-1]:
         # the run stopped (max_steps, knn_every) without monitoring its final state: do it now
-        loaders = trainer.validate(model, datamodule=data, verbose=False)  # one result per query split
-        recorder.epochs[-1].update({k: v for loader in loaders for k, v in loader.items() if k.endswith("knn_acc")})
+        trainer.validate(model, datamodule=data, verbose=False)  # its values reach callback_metrics, not loggers
+        recorder.epochs[-1].update({k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("knn_acc")})
         recorder.knn_k = model.knn_k
     summary = recorder.summary()
     summary["complete"] = True  # the run ended normally (amcl compare and --resume skip such runs)
@@ -393,13 +465,26 @@ def _train(config: PretrainConfig, trainer: L.Trainer, model: L.LightningModule,
                  "describe a partly trained model (see skipped_steps in metrics.json)")
     if trainer.is_global_zero:  # metrics.json marked complete last: a run cut off before it is resumed to here
         write_csv(out / "metrics.csv", recorder.epochs)
-        if recorder.epochs:
-            mode = f"AMCL, {config.heads} heads" if config.amcl else "baseline"
-            plot_curves(out / "curves.png", recorder.epochs, f"{config.method} {mode} on {config.dataset}",
-                        METHOD_SPECS[config.method].pair_names)
+        recorder.draw_curves(config)
         write_json(out / "run.json", run_record(config, started, recorder.epoch_seconds, resumed=resuming))
         write_json(out / "metrics.json", summary)
     return {**summary, "time_s": round(sum(recorder.epoch_seconds), 3)}
+
+
+def run_header(config: PretrainConfig, n_train: int, processes: int, resuming: bool) -> str:
+    """The first line of a run: what trains, on what, for how long, and where its files go."""
+    if config.amcl:
+        tau = (f"constant tau {config.temperature:g}" if config.temperature_mode == "constant" else
+               f"{config.temperature_mode} tau in [{config.tau_min:g}, {config.tau_max:g}]")
+        form = f"{config.amcl_form} form, " if config.amcl_form else ""
+        what = f"{config.method} + AMCL ({form}{config.heads} heads, {tau}, beta {config.beta:g})"
+    else:
+        tau = f", tau {config.temperature:g}" if config.temperature is not None else ""
+        what = f"{config.method} baseline ({config.heads} head{'s' if config.heads > 1 else ''}{tau})"
+    where = f" on {processes} processes" if processes > 1 else ""
+    return (f"amcl pretrain: {'resuming ' if resuming else ''}{what} on {config.dataset} ({n_train} training images, "
+            f"{config.image_size} px, augs {config.augs}), {config.backbone}, {config.epochs} epochs of batch "
+            f"{config.global_batch}{where}, seed {config.seed} -> {config.out}")
 
 
 def _interruption(stop: StopOnSignal, trainer: L.Trainer, out: Path) -> RunInterrupted:
@@ -520,15 +605,57 @@ def _check_model_memory(config: PretrainConfig, num_classes: int) -> None:
                         f"{memory / 1e9:.1f} GB of memory; use fewer --heads or narrower heads")
 
 
-def _tensorboard(out: Path):
-    """A TensorBoard logger writing into ``out/tensorboard`` when the package is installed, else none."""
-    import importlib.util
+#: The packages each ``--logger`` needs (one of them), installed by the extra of its name: ``amcl[tensorboard]``.
+LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "csv": (), "wandb": ("wandb",),
+                   "mlflow": ("mlflow",)}
 
-    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
-        return False
-    from lightning.pytorch.loggers import TensorBoardLogger
 
-    return TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
+def chosen_loggers(config: PretrainConfig) -> list[str]:
+    """``--logger``'s names, checked to be installed: a missing package is an AmclError naming its extra."""
+    names = [name for name in config.logger.split(",") if name != "none"]
+    for name in names:
+        packages = LOGGER_PACKAGES[name]
+        if packages and not any(importlib.util.find_spec(p) for p in packages):
+            raise AmclError(f"--logger {name} needs the {packages[0]} package, which is not installed: "
+                            f"pip install 'amcl[{name}]' (or drop {name} from --logger)")
+    return names
+
+
+def experiment_loggers(config: PretrainConfig, out: Path) -> list[Any] | bool:
+    """The Lightning loggers of ``--logger``, writing into ``out``: ``tensorboard/`` (TensorBoard events),
+    ``csv/metrics.csv``, ``wandb/`` (offline unless ``WANDB_MODE=online``), ``mlruns/`` (MLflow's local file
+    store unless ``MLFLOW_TRACKING_URI`` is set); False for none. :class:`MetricsRecorder` logs every metric
+    once per epoch, with the epoch (counted from 1) as the step, and the config as hyper-parameters."""
+    from lightning.pytorch import loggers
+
+    made: list[Any] = []
+    for name in chosen_loggers(config):
+        if name == "tensorboard":
+            made.append(loggers.TensorBoardLogger(save_dir=str(out), name="tensorboard", version="",
+                                                  default_hp_metric=False))
+        elif name == "csv":
+            made.append(loggers.CSVLogger(save_dir=str(out), name="csv", version=""))
+        elif name == "wandb":
+            made.append(loggers.WandbLogger(save_dir=str(out), project="amcl", name=out.name,
+                                            offline=os.environ.get("WANDB_MODE", "offline") != "online"))
+        elif name == "mlflow":
+            made.append(loggers.MLFlowLogger(experiment_name="amcl", run_name=out.name,
+                                             tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")
+                                             or (out.resolve() / "mlruns").as_uri()))
+    return made or False
+
+
+class EpochCheckpoints(Callback):
+    """``--save-every N``: ``epoch-N.ckpt``, ``epoch-2N.ckpt`` ... beside ``last.ckpt`` (the same contents as
+    ``last.ckpt`` had at that epoch's end), to evaluate along training."""
+
+    def __init__(self, out: Path, every: int) -> None:
+        self.out, self.every = out, every
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every == 0:
+            trainer.save_checkpoint(self.out / f"epoch-{epoch}.ckpt")
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -548,6 +675,13 @@ def _devices(devices: str) -> int | list[int] | str:
     return int(text)
 
 
+def series_folder(out: Path, seed: int) -> Path:
+    """A series' run of ``seed``: ``seed-<seed>/`` (as ``amcl compare`` names it), or ``run-<seed>/`` in a
+    series an earlier version started, so that it resumes where it is."""
+    legacy = out / f"run-{seed}"
+    return legacy if legacy.is_dir() and not (out / f"seed-{seed}").exists() else out / f"seed-{seed}"
+
+
 def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run ``config.runs`` seeds (seed, seed + 1, ...); with several, also write ``summary.json``.
 
@@ -557,6 +691,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     (:func:`amcl.runs.claim_folder`). A folder with anything else in it is never written into or deleted.
     """
     config = config.resolved()
+    chosen_loggers(config)  # a --logger whose package is missing: said before anything is read or written
     if not resume and rank_zero_only.rank == 0:  # the other processes of a multi-process run find rank 0's files
         refuse_unsafe_out(config.out)
         claim_folder(config.out, overwrite)  # refused early, before the data is read; cleared under the lock
@@ -572,7 +707,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
             write_config(out, config)  # first, so a killed series can be resumed
             write_marker(out, "series", config)
             for seed in range(config.seed, config.seed + config.runs):
-                run = replace(config, seed=seed, runs=1, out=str(out / f"run-{seed}"))
+                run = replace(config, seed=seed, runs=1, out=str(series_folder(out, seed)))
                 try:
                     results.append(pretrain_once(run, resume))
                 except RunInterrupted as stopped:  # the series continues as a whole

@@ -158,9 +158,10 @@ class PretrainMethod(L.LightningModule):
         if self.config.head_reduction == "mean":  # the heads' mean: one head's gradient scale for the backbone
             loss = loss / self.config.heads
         self.diagnose(loss=loss)
-        # the epoch mean, averaged over processes once per epoch (no host synchronisation per step)
+        # the epoch mean, averaged over processes once per epoch (no host synchronisation per step); loggers get
+        # it from amcl.train.MetricsRecorder with everything else, at the epoch as its step
         self.log("loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch[0].shape[0],
-                 sync_dist=True)
+                 sync_dist=True, logger=False)
         self.record_statistics(extras)
         return loss
 
@@ -213,7 +214,7 @@ class PretrainMethod(L.LightningModule):
         # knn_acc on the test split, val_knn_acc on the validation split (--val-fraction)
         for index, split in enumerate(self.trainer.datamodule.query_splits):
             name = "knn_acc" if split == "test" else f"{split}_knn_acc"
-            self.log(name, accuracy[index], prog_bar=True, sync_dist=True, add_dataloader_idx=False)
+            self.log(name, accuracy[index], prog_bar=True, sync_dist=True, add_dataloader_idx=False, logger=False)
         self._bank = None
 
     def configure_optimizers(self):

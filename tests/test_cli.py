@@ -1,5 +1,6 @@
 """The `amcl` command: help, config files, and one-line errors (exit 2) for user mistakes."""
 
+import re
 import subprocess
 import sys
 
@@ -260,3 +261,24 @@ def test_every_warning_that_reaches_the_user_is_one_line(capsys):
     assert capsys.readouterr().err.splitlines() == [
         "amcl: warning (UserWarning): constrained_layout not applied because axes sizes collapsed",
         "amcl: warning: ours"]
+
+
+def test_the_command_line_reference_is_the_parsers_help(capsys, monkeypatch):
+    from pathlib import Path
+
+    from amcl.cli_reference import reference_markdown
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert page == reference_markdown(), "docs/cli.md is stale: python -m amcl.cli_reference > docs/cli.md"
+    sections = dict(re.findall(r"^## amcl (\w+)\n(.*?)(?=^## |\Z)", page, flags=re.S | re.M))
+    assert set(sections) == {"pretrain", "preview", "eval", "analyze", "export", "compare"}
+    monkeypatch.setenv("COLUMNS", "10000")  # --help unwrapped: no flag split at a hyphen
+    for command, section in sections.items():
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        shown = capsys.readouterr().out
+        flags = set(re.findall(r"^\s+(--[a-z][a-z0-9-]*)", shown, flags=re.M))  # the option lines' flags
+        documented = set(re.findall(r"`(--[a-z][a-z0-9-]*)", section))
+        assert flags <= documented | {f"--no-{f[2:]}" for f in documented}, (command, flags - documented)
+        for flag in documented:
+            assert flag in shown, (command, flag)

@@ -71,9 +71,9 @@ _CONTRASTIVE_FORMS = ("softmax", "hardest", "infonce")
 # it is the AMCL constant-mode value, and 1.0 gives the baseline back. SimSiam's and Barlow Twins'
 # temperature bounds and head reduction are not the paper's: Eq. 2.2 and 2.3 have no interior optimum in
 # tau for the pairs that matter (every tau runs to tau_min, and Barlow Twins' diagonal tau_l = C_ll
-# cancels its invariance term), so at the paper's [1e-5, 2] they diverge or collapse. [1, 2] keeps each
+# cancels its invariance term), so at the authors' [1e-5, 2] they diverge or collapse. [1, 2] keeps each
 # method's own loss scale (tau_l >= 1 cannot cancel a correlation <= 1); ``paper_literal`` gives the
-# paper's bounds back.
+# authors' bounds back.
 METHOD_SPECS: dict[str, MethodSpec] = {
     "simclr": MethodSpec(
         name="simclr", title="SimCLR",
@@ -126,19 +126,20 @@ FORM_DEFAULTS: dict[str, dict[str, Any]] = {
     "infonce": {"head_reduction": "sum"},
 }
 
-#: The paper's temperature bounds (Sec. 3), where neither the AMCL form nor the method sets others.
-PAPER_TAU_BOUNDS: dict[str, float] = {"tau_min": 1e-5, "tau_max": 2.0}
+#: The temperature bounds of the authors' later code (the paper prints none), where neither the AMCL form nor
+#: the method sets others.
+AUTHORS_TAU_BOUNDS: dict[str, float] = {"tau_min": 1e-5, "tau_max": 2.0}
 
 
 def amcl_loss_defaults(method: str, amcl_form: str | None = None) -> dict[str, Any]:
     """The AMCL loss settings of ``method`` with ``amcl_form`` (default: its recommended form), as
-    ``amcl pretrain --amcl`` resolves them: the form's defaults, then the method's, then the paper's
-    bounds and the heads' sum. Keys: ``amcl_form``, ``beta``, ``tau_min``, ``tau_max``, ``head_reduction``,
+    ``amcl pretrain --amcl`` resolves them: the form's defaults, then the method's, then the authors'
+    later code's bounds and the heads' sum. Keys: ``amcl_form``, ``beta``, ``tau_min``, ``tau_max``, ``head_reduction``,
     ``temperature`` (the constant of the baseline and the ablations)."""
     spec = METHOD_SPECS[method]
     form = amcl_form or spec.recommended_form
     values: dict[str, Any] = {"amcl_form": form}
-    for source in (FORM_DEFAULTS.get(form or "", {}), spec.defaults, PAPER_TAU_BOUNDS, {"head_reduction": "sum"}):
+    for source in (FORM_DEFAULTS.get(form or "", {}), spec.defaults, AUTHORS_TAU_BOUNDS, {"head_reduction": "sum"}):
         for key, value in source.items():
             values.setdefault(key, value)
     return {k: values[k] for k in ("amcl_form", "beta", "tau_min", "tau_max", "head_reduction", "temperature")}

@@ -4,6 +4,7 @@ epoch checkpoints to evaluate along training, and the lines a person reads (head
 import csv
 import importlib.util
 import json
+import re
 
 import pytest
 
@@ -72,10 +73,13 @@ def test_save_every_keeps_epoch_checkpoints_that_evaluate_on_their_own(logged_ru
     assert first["top1"] == pytest.approx(metrics["epochs"][0]["knn_acc"], abs=1e-6)  # epoch 1's own monitor
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlflow") is not None, reason="mlflow is installed here")
-def test_a_logger_whose_package_is_missing_is_one_clear_error_before_anything_is_written(tmp_path):
-    with pytest.raises(AmclError, match=r"--logger mlflow needs the mlflow package, which is not installed: "
-                                        r"pip install 'amcl\[mlflow\]'"):
+def test_a_logger_whose_package_is_missing_is_one_clear_error_before_anything_is_written(tmp_path, monkeypatch):
+    import amcl.train
+
+    if importlib.util.find_spec("mlflow") is not None:  # installed here: stand for a machine without it
+        monkeypatch.setitem(amcl.train.LOGGER_PACKAGES, "mlflow", ("mlflow_not_installed",))
+    with pytest.raises(AmclError, match=r"--logger mlflow needs the mlflow(_not_installed)? package, which is not "
+                                        r"installed: pip install 'amcl\[mlflow\]' \(or drop mlflow from --logger\)"):
         pretrain(tiny_options_config(tmp_path, logger="csv,mlflow"))
     assert not (tmp_path / "run").exists()
 
@@ -84,3 +88,37 @@ def tiny_options_config(tmp_path, **options):
     from amcl.config import PretrainConfig
 
     return PretrainConfig(**tiny_options(epochs=1, out=str(tmp_path / "run"), **options))
+
+
+@pytest.mark.slow
+def test_a_cpu_run_that_would_take_hours_says_so_after_its_first_epoch(tmp_path, capsys):
+    """The CIFAR recipe started on digits without a config runs 800 epochs: here 100,000 epochs stopped after the
+    first (--max-steps: digits' 11 steps), whose pace says the rest would take hours."""
+    argv = ["pretrain", *cli_args(tiny_options(epochs=100_000, max_steps=11, out=str(tmp_path / "run")))]
+    assert main(argv) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "at this pace" in line]
+    assert len(notes) == 1 and re.fullmatch(
+        r"amcl: warning: at this pace \(\d+ s per epoch on the CPU\) the 100000 epochs take about \d+:\d\d:\d\d "
+        r"\(h:mm:ss\); for a first try stop it \(Ctrl\+C\) and start a small run: --config configs/demo-digits.yaml"
+        r", or fewer --epochs and a smaller --backbone \(README, 'Quick start'\)", notes[0]), notes
+    assert main(["pretrain", *cli_args(tiny_options(epochs=2, max_steps=11, out=str(tmp_path / "short")))]) == 0
+    assert "at this pace" not in capsys.readouterr().err  # a short run says nothing
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(importlib.util.find_spec(p) for p in ("wandb", "mlflow")),
+                    reason="wandb and mlflow are optional extras (amcl[wandb], amcl[mlflow])")
+def test_wandb_and_mlflow_log_offline_into_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    assert main(["pretrain", *cli_args(tiny_options(epochs=2, amcl=True, out=str(out))), "--logger", "wandb",
+                 "mlflow"]) == 0
+    assert list((out / "wandb").glob("offline-run-*"))  # W&B's offline mode: nothing leaves the machine
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out.resolve()}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("amcl").experiment_id])[0]
+    for metric in ("loss", "knn_acc", "head1/tau_pos_mean"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric

@@ -78,8 +78,9 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(reference,
         assert torch.equal(resumed[name], uninterrupted[name]), name
     # a finished run is left as it is
     before = (out / "last.ckpt").stat().st_mtime
-    assert amcl("pretrain", "--resume", str(out)).returncode == 0
-    assert (out / "last.ckpt").stat().st_mtime == before
+    again = amcl("pretrain", "--resume", str(out))
+    assert again.returncode == 0 and (out / "last.ckpt").stat().st_mtime == before
+    assert f"{out}: the run finished earlier (3 epochs); nothing to resume" in again.stdout  # and it says so
 
 
 _KILL_DURING_SECOND_SAVE = """

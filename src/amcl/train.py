@@ -395,7 +395,7 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
         check_val_every_n_epoch=config.knn_every,
         limit_val_batches=None if monitor else 0,
         num_sanity_val_steps=0,
-        logger=experiment_loggers(config, out),
+        logger=False,  # --logger's loggers join once the folder is claimed: some write files when made
         enable_progress_bar=shows_bar(config),
         enable_model_summary=False,
         callbacks=[*callbacks, *run_callbacks, PaceNote(recorder),
@@ -424,6 +424,7 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
             write_config(out, config)
             write_marker(out, "run", config)
             remove_partial_checkpoints(out)
+            trainer.loggers = experiment_loggers(config, out) or []
         try:
             with stop:
                 return _train(config, trainer, model, data, recorder, resuming, started)
@@ -623,26 +624,35 @@ def chosen_loggers(config: PretrainConfig) -> list[str]:
 
 def experiment_loggers(config: PretrainConfig, out: Path) -> list[Any] | bool:
     """The Lightning loggers of ``--logger``, writing into ``out``: ``tensorboard/`` (TensorBoard events),
-    ``csv/metrics.csv``, ``wandb/`` (offline unless ``WANDB_MODE=online``), ``mlruns/`` (MLflow's local file
-    store unless ``MLFLOW_TRACKING_URI`` is set); False for none. :class:`MetricsRecorder` logs every metric
-    once per epoch, with the epoch (counted from 1) as the step, and the config as hyper-parameters."""
-    from lightning.pytorch import loggers
-
+    ``csv/metrics.csv``, ``wandb/`` (offline unless ``WANDB_MODE=online``), ``mlflow.db`` and ``mlruns/`` (MLflow's
+    local SQLite store and artifacts, unless ``MLFLOW_TRACKING_URI`` is set); False for none.
+    :class:`MetricsRecorder` logs every metric once per epoch, with the epoch (counted from 1) as the step, and
+    Lightning the config as hyper-parameters. Made once the run's folder is claimed: some write files at once."""
     made: list[Any] = []
     for name in chosen_loggers(config):
-        if name == "tensorboard":
-            made.append(loggers.TensorBoardLogger(save_dir=str(out), name="tensorboard", version="",
-                                                  default_hp_metric=False))
-        elif name == "csv":
-            made.append(loggers.CSVLogger(save_dir=str(out), name="csv", version=""))
-        elif name == "wandb":
-            made.append(loggers.WandbLogger(save_dir=str(out), project="amcl", name=out.name,
-                                            offline=os.environ.get("WANDB_MODE", "offline") != "online"))
-        elif name == "mlflow":
-            made.append(loggers.MLFlowLogger(experiment_name="amcl", run_name=out.name,
-                                             tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")
-                                             or (out.resolve() / "mlruns").as_uri()))
+        try:
+            made.append(_logger(name, out))
+        except Exception as exc:  # a backend that cannot start (its package's version, a bad tracking URI)
+            raise AmclError(f"--logger {name} cannot start: {type(exc).__name__}: {str(exc).splitlines()[0]}; "
+                            f"drop {name} from --logger, or fix its setting") from None
     return made or False
+
+
+def _logger(name: str, out: Path) -> Any:
+    from lightning.pytorch import loggers
+
+    if name == "tensorboard":
+        return loggers.TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
+    if name == "csv":
+        return loggers.CSVLogger(save_dir=str(out), name="csv", version="")
+    if name == "wandb":
+        return loggers.WandbLogger(save_dir=str(out), project="amcl", name=out.name,
+                                   offline=os.environ.get("WANDB_MODE", "offline") != "online")
+    # MLflow: a SQLite store in the run folder (MLflow 3 retired the plain file store), artifacts beside it
+    folder = out.resolve()
+    tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder}/mlflow.db"
+    return loggers.MLFlowLogger(experiment_name="amcl", run_name=out.name, tracking_uri=tracking,
+                                artifact_location=(folder / "mlruns").as_uri())
 
 
 class EpochCheckpoints(Callback):

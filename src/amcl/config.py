@@ -259,9 +259,9 @@ class PretrainConfig:
     knn_every: int = _opt(1, "run the kNN monitor every N epochs", valid=AT_LEAST_1)
     logger: str = _opt(
         "none", "experiment loggers besides metrics.json, metrics.csv and curves.png (always written): tensorboard, "
-        "csv, wandb (offline unless WANDB_MODE=online), mlflow (a local file store unless MLFLOW_TRACKING_URI is "
-        "set) or none; several separated by spaces or commas. Every metric is logged once per epoch, at the epoch "
-        "(counted from 1) as its step", ("none", *LOGGERS), several=True,
+        "csv, wandb (offline unless WANDB_MODE=online), mlflow (a SQLite store in the run folder unless "
+        "MLFLOW_TRACKING_URI is set) or none; several separated by spaces or commas. Every metric is logged once "
+        "per epoch, at the epoch (counted from 1) as its step", ("none", *LOGGERS), several=True,
     )
     save_every: int = _opt(
         0, "also keep epoch-N.ckpt every N epochs beside last.ckpt (amcl eval reads any of them; 0: only last.ckpt)",

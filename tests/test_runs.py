@@ -76,6 +76,19 @@ def test_older_configs_get_what_their_version_did():
     assert upgraded["global_batch"] == 64  # batch size x the processes devices named
     assert "global_batch" not in upgrade_config({"batch_size": 32, "devices": "auto"})  # unknown: from weights
     assert upgrade_config({"seed": 3, "split_seed": 0, "global_batch": 8})["split_seed"] == 0
+    assert (upgraded["logger"], upgraded["save_every"]) == ("none", 0)  # before --logger and --save-every
+
+
+def test_a_run_of_the_version_before_the_loggers_resumes_before_its_first_checkpoint(tmp_path):
+    from amcl.runs import read_resumed_config
+
+    text = PretrainConfig().resolved().to_yaml()
+    older = "".join(line for line in text.splitlines(keepends=True)
+                    if not line.startswith(("logger:", "save_every:")))  # written before those options existed
+    path = tmp_path / "config.yaml"
+    path.write_text(older)
+    values = read_resumed_config(path, None)
+    assert (values["logger"], values["save_every"]) == ("none", 0)
 
 
 _HOLD_LOCK = """

@@ -273,7 +273,7 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 #: Options a saved config may lack because the version that wrote it did not have them (:func:`upgrade_config`
 #: fills them as that version behaved).
-UPGRADED_OPTIONS = ("split_seed",)
+UPGRADED_OPTIONS = ("split_seed", "logger", "save_every")
 
 
 def read_resumed_config(path: str | os.PathLike[str], trained: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -300,6 +300,8 @@ def upgrade_config(saved: Mapping[str, Any]) -> dict[str, Any]:
     that trained: left unset here; see :meth:`amcl.methods.barlow_twins.BarlowTwins.saved_config`)."""
     values = dict(saved)
     values.setdefault("split_seed", values.get("seed", 0))
+    values.setdefault("logger", "none")  # before --logger: no experiment loggers (TensorBoard when installed)
+    values.setdefault("save_every", 0)  # before --save-every: last.ckpt only
     if values.get("global_batch") is None and str(values.get("devices", "1")).strip() not in ("auto", "-1"):
         known = {k: v for k, v in values.items() if k in PretrainConfig.__dataclass_fields__}
         try:

@@ -81,3 +81,12 @@ def test_every_method_has_a_spec_and_a_class():
     for name, spec in METHOD_SPECS.items():
         assert spec.name == name and set(spec.defaults) <= set(PretrainConfig.__dataclass_fields__)
         assert spec.contrastive == (spec.negatives is not None)  # the forms rank negatives
+
+
+def test_every_option_a_method_or_form_resolves_is_recorded_per_grid_cell():
+    from amcl.compare_grid import PER_METHOD
+    from amcl.specs import AUTHORS_TAU_BOUNDS, FORM_DEFAULTS, METHOD_SPECS
+
+    filled = {k for spec in METHOD_SPECS.values() for k in spec.defaults} | set(AUTHORS_TAU_BOUNDS)
+    filled |= {k for defaults in FORM_DEFAULTS.values() for k in defaults} | {"amcl_form", "heads"}
+    assert filled == set(PER_METHOD)

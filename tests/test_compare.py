@@ -82,6 +82,10 @@ def test_table_cells_match_the_individual_runs(grid):
         assert cell["summary"]["best_knn_acc"]["values"] == [r["best_knn_acc"] for r in runs]
         assert [s["final_loss"] for s in cell["per_seed"]] == [r["final_loss"] for r in runs]
         assert cell["config"]["heads"] == (3 if mode == "amcl" else 1) and cell["config"]["lr"] == 0.06
+        # every option a method, form or bound resolves is recorded per cell (the AMCL form's floor and reduction)
+        assert (cell["config"]["tau_min"], cell["config"]["tau_max"], cell["config"]["head_reduction"]) == \
+            ((0.05, 2.0, "mean") if mode == "amcl" else (1e-5, 2.0, "sum"))
+        assert cell["config"]["amcl_form"] == ("softmax" if mode == "amcl" else None)
         shown = rows[("simclr", policy)][0 if mode == "baseline" else 1]
         assert shown.strip("*") == f"{100 * mean:.2f} ± {100 * std:.2f}"
     for policy in ("a", "ae"):

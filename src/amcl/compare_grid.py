@@ -18,6 +18,7 @@ from amcl.config import METHODS, PretrainConfig, coerce, option_names
 from amcl.errors import AmclError, warn
 from amcl.policies import parse_policy
 from amcl.runs import config_differences, finished_metrics, read_config
+from amcl.specs import method_dependent_options
 
 #: The built-in modes: each method's baseline, and AMCL with the shared options.
 MODES = ("baseline", "amcl")
@@ -84,8 +85,9 @@ def val_metric(name: str) -> str | None:
 
 #: Options the grid sets per run (they are not shared settings); a variant may set none but amcl.
 GRID_OPTIONS = ("method", "amcl", "augs", "seed", "runs", "out")
-#: Options whose defaults depend on the method or on AMCL (shown per method in results.md).
-PER_METHOD = ("lr", "temperature", "beta", "heads", "proj_hidden", "proj_dim", "proj_layers", "predictor_hidden")
+#: Options whose defaults depend on the method or on AMCL (shown per method in results.md and recorded per cell in
+#: results.json), derived from the method specs.
+PER_METHOD = method_dependent_options()
 #: Shared options always named in results.md (others only when they differ from their default).
 KEY_SETTINGS = ("dataset", "backbone", "image_size", "epochs", "batch_size")
 

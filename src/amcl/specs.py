@@ -131,6 +131,15 @@ FORM_DEFAULTS: dict[str, dict[str, Any]] = {
 AUTHORS_TAU_BOUNDS: dict[str, float] = {"tau_min": 1e-5, "tau_max": 2.0}
 
 
+def method_dependent_options() -> tuple[str, ...]:
+    """The options whose resolved value can depend on the method, the AMCL form or ``--amcl``: every key a
+    method's spec, a form or the bounds fill, plus ``amcl_form`` and ``heads`` (3 with ``--amcl``). Derived
+    from the tables above, so a new method's defaults are recorded per grid cell without another list."""
+    keys = [*(k for spec in METHOD_SPECS.values() for k in spec.defaults), *(k for d in FORM_DEFAULTS.values()
+                                                                           for k in d), *AUTHORS_TAU_BOUNDS]
+    return tuple(dict.fromkeys(["amcl_form", "heads", *keys, "head_reduction"]))
+
+
 def amcl_loss_defaults(method: str, amcl_form: str | None = None) -> dict[str, Any]:
     """The AMCL loss settings of ``method`` with ``amcl_form`` (default: its recommended form), as
     ``amcl pretrain --amcl`` resolves them: the form's defaults, then the method's, then the authors'

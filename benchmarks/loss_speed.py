@@ -49,7 +49,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from amcl.losses import (
     PairTemperatures,
@@ -67,29 +66,13 @@ from amcl.losses import (
     simsiam_loss,
 )
 from amcl.nn import TemperatureNet
+from amcl.profiling import LargestTensor
 from timing import cuda_peak_mib, device_name, medians_in_turns, memory_child_output, peak_rss_mib
 
 TARGET_RATIO = 3.0
 REFERENCE_TIME_TARGET = 1.3  # the AMCL SimCLR loss (Eq. 2.1) against the reference NT-Xent of C heads
 REFERENCE_MEMORY_TARGET = 1.2  # nt_xent_loss's peak memory against the reference's
 Step = Callable[[], None]
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the element count of the largest tensor any op produces (a sparse tensor counts the elements
-    it stores, its indices and values, not its dense shape)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                stored = t._indices().numel() + t._values().numel() if t.is_sparse else t.numel()
-                self.numel = max(self.numel, stored)
-        return out
 
 
 def _leaves(n: int, *shape: int) -> list[torch.Tensor]:

@@ -3,8 +3,8 @@ sys.path, see conftest.py).
 
 * Tiny runs on the bundled digits: :data:`TINY_DIGITS`, :func:`tiny_options`, :func:`tiny_config` and, for the
   command line, :func:`cli_args` and :func:`tiny_argv`. A module states only what its runs do differently.
-* Written-out formulas the loss tests compare against: :func:`cos`, :func:`reference_omega`, and the benchmark's
-  :class:`LargestTensor`.
+* Written-out formulas the loss tests compare against: :func:`cos`, :func:`reference_omega`, and
+  :class:`amcl.profiling.LargestTensor`.
 * Tiny data sets in their real distributed formats (CIFAR-10/100 pickles, STL-10 binaries, their archives).
 """
 
@@ -14,7 +14,6 @@ import io
 import math
 import pickle
 import struct
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,7 @@ import numpy as np
 import torch
 
 from amcl.config import PretrainConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from loss_speed import LargestTensor  # noqa: E402,F401  (the benchmark's record of the largest tensor an op makes)
+from amcl.profiling import LargestTensor  # noqa: F401  (the largest tensor an op makes; the benchmarks use it too)
 
 # --------------------------------------------------------------------------- tiny runs on the bundled digits
 

@@ -18,6 +18,7 @@ sys.path.insert(0, str(STUDIES))
 
 import collapse  # noqa: E402
 import temperatures  # noqa: E402
+import tuning  # noqa: E402
 
 
 def test_shrinking_towards_the_mean_takes_eq_2_1_to_zero_and_nt_xent_to_log_2b_minus_1():
@@ -57,3 +58,24 @@ def test_temperature_table_reads_the_last_epoch_of_each_run(tmp_path):
     empty = subprocess.run([sys.executable, str(STUDIES / "temperatures.py"), str(tmp_path / "none")],
                            capture_output=True, text=True)
     assert empty.returncode != 0 and "no finished runs" in empty.stderr
+
+
+def test_tuning_ranks_each_side_on_the_seeds_every_setting_ran(capsys, tmp_path):
+    def cell(mode, amcl, seeds, values):
+        return {"mode": mode, "options": {"amcl": amcl}, "seeds": seeds, "values": values}
+
+    results = {"metric": "final_val_knn_acc", "cells": [
+        cell("baseline", False, [0, 1], [0.70, 0.72]), cell("base-t0.1", False, [0, 1], [0.74, 0.74]),
+        cell("amcl-a", True, [0, 1], [0.73, 0.75]), cell("amcl-b", True, [0, 1], [0.76, None]),  # b: seed 1 unfinished
+    ]}
+    sides = tuning.ranking(results)
+    assert [r["mode"] for r in sides["baseline"]] == ["base-t0.1", "baseline"]
+    assert [r["mode"] for r in sides["amcl"]] == ["amcl-b", "amcl-a"]  # b on its one seed
+    assert sides["baseline"][1]["mean"] == pytest.approx(71.0) and sides["baseline"][1]["std"] == pytest.approx(1.414,
+                                                                                                              abs=1e-3)
+    same = tuning.ranking(results, seeds=[0, 1])
+    assert [r["mode"] for r in same["amcl"]] == ["amcl-a"]  # b has not run every seed of the round
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    tuning.main([str(path), "--top", "1", "--seeds", "0", "1"])
+    assert capsys.readouterr().out.strip().endswith("carry on: base-t0.1 amcl-a")

@@ -8,14 +8,13 @@ import torch
 from torch import Tensor
 
 from amcl.config import PretrainConfig
-from amcl.distributed import is_distributed, rank, sum_with_grad, world_size
+from amcl.distributed import is_distributed, sum_with_grad, world_size
 from amcl.errors import AmclError
-from amcl.losses import amcl_barlow_twins_loss, barlow_twins_loss, batch_standardise
+from amcl.losses import amcl_barlow_twins_loss
 from amcl.losses.siamese import TemperatureScores, row_blocks
-from amcl.losses.temperature import at_least_float32
 from amcl.methods.base import HeadTemperatures, PretrainMethod
 from amcl.monitoring import BOUND_TOLERANCE, temperature_statistics
-from amcl.nn.temperature import Shard
+from amcl.nn import AMCLBarlowTwinsLoss, BarlowTwinsLoss
 
 
 class BarlowTwins(PretrainMethod):
@@ -40,6 +39,12 @@ class BarlowTwins(PretrainMethod):
         config = self.config
         self.projector = self.make_projector(batch_norm=True)
         self.temperature_net = self.make_temperature_net(config.global_batch)
+        self.criterion = AMCLBarlowTwinsLoss(
+            config.global_batch, config.barlow_lambda, config.beta, config.tau_min, config.tau_max,
+            config.head_reduction, config.temperature_hidden, self.detached_temperature_input, gather_distributed=True,
+            temperature_mode=config.temperature_mode, temperature=config.temperature,
+            temperature_net=self.temperature_net,
+        ) if config.amcl else BarlowTwinsLoss(config.barlow_lambda, gather_distributed=True)
 
     @classmethod
     def saved_config(cls, saved: dict, state_dict: dict[str, Tensor]) -> dict:
@@ -56,20 +61,18 @@ class BarlowTwins(PretrainMethod):
         total = sum_with_grad if is_distributed() else None
         z1, z2 = z[:, :batch], z[:, batch:]
         if not cfg.amcl:
-            return barlow_twins_loss(z1, z2, cfg.barlow_lambda, total=total), {}
-        scores = self.channel_scores(z1, z2, total)
-        if scores is None:  # one constant temperature for every pair
-            loss = amcl_barlow_twins_loss(z1, z2, cfg.temperature, cfg.barlow_lambda, cfg.beta, total=total)
-            tau = torch.full((), float(cfg.temperature), device=loss.device)
+            return self.criterion(z1, z2), {}
+        # the criterion's channel temperatures: the scores (the sigmoid fused into the loss: no [C, d, d]
+        # temperatures in the graph), the ablations' matrix, or the constant
+        taus = self.criterion.channel_temperatures(self.channel_scores(z1, z2, total))
+        loss = amcl_barlow_twins_loss(z1, z2, taus, cfg.barlow_lambda, cfg.beta, total=total)
+        if isinstance(taus, float):  # one constant temperature for every pair
+            tau = torch.full((), taus, device=loss.device)
             self.diagnose(tau_low=tau, tau_high=tau)
             return loss, {"tau_pos_mean": tau, "tau_neg_mean": tau}
-        if self.adaptive_positive and self.adaptive_negative:
-            # the scores go in and the sigmoid is fused into the loss: no [C, d, d] temperatures in the graph
-            loss = amcl_barlow_twins_loss(z1, z2, scores, cfg.barlow_lambda, cfg.beta, total=total)
-            summary = channel_summary(scores.scores, cfg.tau_min, cfg.tau_max, scores=True)
+        if isinstance(taus, TemperatureScores):
+            summary = channel_summary(taus.scores, cfg.tau_min, cfg.tau_max, scores=True)
         else:
-            taus = self._ablation_temperatures(scores)
-            loss = amcl_barlow_twins_loss(z1, z2, taus, cfg.barlow_lambda, cfg.beta, total=total)
             summary = channel_summary(taus.detach(), cfg.tau_min, cfg.tau_max, scores=False)
         dim = z.shape[-1]
         self.diagnose(tau_low=torch.minimum(summary.diagonal.amin(), summary.off_min.amin()),
@@ -105,23 +108,16 @@ class BarlowTwins(PretrainMethod):
 
     def channel_temperatures(self, z1: Tensor, z2: Tensor) -> Tensor | float:
         """tau_lm for every pair of channels (l of view 1, m of view 2): ``[C, d, d]``, or the constant."""
-        scores = self.channel_scores(z1, z2)
-        if scores is None:
-            return self.config.temperature
-        if self.adaptive_positive and self.adaptive_negative:
-            return scores.matrix()
-        return self._ablation_temperatures(scores)
+        taus = self.criterion.channel_temperatures(self.channel_scores(z1, z2))
+        return taus.matrix() if isinstance(taus, TemperatureScores) else taus
 
     def channel_scores(self, z1: Tensor, z2: Tensor, total: Callable[[Tensor], Tensor] | None = None
                        ) -> TemperatureScores | None:
-        """The temperature net's scores s_lm of every pair of channels, ``[C, d, d]`` (tau_lm =
-        tau_min + (tau_max - tau_min) sigmoid(-s_lm)), from one matrix product of its factors; None
-        without a net. With ``total`` (several processes) ``z1``, ``z2`` are this process's rows: its shard
-        of the global batch's channel vectors, at its rank's offset."""
-        cfg, net = self.config, self.temperature_net
-        if net is None:
+        """The criterion's channel scores (:meth:`amcl.nn.AMCLBarlowTwinsLoss.channel_scores`), None without a
+        net; a batch whose size is not the one phi reads is an AmclError saying how to keep it."""
+        cfg = self.config
+        if self.temperature_net is None:
             return None
-        shard = None if total is None else Shard(rank() * z1.shape[1], total)
         batch, running, expected = z1.shape[1], 1 if total is None else world_size(), cfg.global_batch
         if batch * running != expected:
             world = expected // cfg.batch_size
@@ -132,22 +128,7 @@ class BarlowTwins(PretrainMethod):
                 f"batch: --batch-size {cfg.batch_size}{processes}), but got a batch of {batch} images{here}; keep "
                 f"every batch at {cfg.batch_size} images{processes} (or pre-train again with --batch-size {batch})"
             )
-        with torch.autocast(z1.device.type, enabled=False):
-            channels1, channels2 = (  # [C, d, B]
-                batch_standardise(at_least_float32(self.temperature_input(z)), total=total).transpose(1, 2)
-                for z in (z1, z2))
-            factors = net.pair_factors(channels1, channels2, shard=shard)
-            return TemperatureScores(factors.left @ factors.right.transpose(-1, -2), net.tau_min, net.tau_max)
-
-    def _ablation_temperatures(self, scores: TemperatureScores) -> Tensor:
-        """The ablations' matrix: learned on the diagonal only ("positive") or off it only ("negative"),
-        the constant elsewhere."""
-        learned, cfg = scores.matrix(), self.config
-        diagonal = torch.eye(learned.shape[-1], dtype=torch.bool, device=learned.device)
-        constant = torch.full_like(learned, cfg.temperature)
-        if self.adaptive_positive:
-            return torch.where(diagonal, learned, constant)
-        return torch.where(diagonal, constant, learned)
+        return self.criterion.channel_scores(z1, z2, total)
 
 
 class ChannelSummary(NamedTuple):

@@ -80,10 +80,16 @@ class PretrainMethod(L.LightningModule):
             return GlobalTemperature(cfg.heads, cfg.tau_min, cfg.tau_max)
         return TemperatureNet(dim, cfg.temperature_hidden, cfg.tau_min, cfg.tau_max)
 
+    @property
+    def detached_temperature_input(self) -> bool:
+        """``--temperature-input detached``: the temperature network reads the features without gradients (only
+        the similarities then train the encoder)."""
+        return self.config.temperature_input == "detached"
+
     def temperature_input(self, features: Tensor) -> Tensor:
-        """What the temperature network reads: ``features`` itself, or with ``temperature_input detached``
-        the same values without gradients (only the similarities then train the encoder)."""
-        return features.detach() if self.config.temperature_input == "detached" else features
+        """What the temperature network reads: ``features`` itself, or without gradients
+        (:attr:`detached_temperature_input`)."""
+        return features.detach() if self.detached_temperature_input else features
 
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError

@@ -8,14 +8,8 @@ from torch import Tensor
 
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_no_grad
-from amcl.losses import (
-    amcl_moco_terms,
-    amcl_softmax_moco_terms,
-    moco_infonce_loss,
-)
-from amcl.losses.temperature import temperature_from_scores
 from amcl.methods.base import PretrainMethod, contrastive_extras, term_diagnostics
-from amcl.nn import FeatureQueue, momentum_copy, momentum_update_
+from amcl.nn import AMCLMoCoLoss, FeatureQueue, MoCoLoss, momentum_copy, momentum_update_
 
 
 class MoCo(PretrainMethod):
@@ -35,6 +29,12 @@ class MoCo(PretrainMethod):
         self.momentum_projector = momentum_copy(self.projector)
         self.queue = FeatureQueue(config.heads, config.queue_size, config.proj_dim)
         self.temperature_net = self.make_temperature_net(config.proj_dim)
+        self.criterion = AMCLMoCoLoss(
+            config.proj_dim, config.amcl_form, config.beta, config.tau_min, config.tau_max, config.head_reduction,
+            config.topk, config.temperature_hidden, self.detached_temperature_input,
+            temperature_mode=config.temperature_mode, temperature=config.temperature,
+            negative_regularizer=config.negative_regularizer, temperature_net=self.temperature_net,
+        ) if config.amcl else MoCoLoss(config.temperature)
         self._new_keys: Tensor | None = None
 
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -48,24 +48,9 @@ class MoCo(PretrainMethod):
         # every process enqueues the keys of the global batch, so all hold the same queue
         self._new_keys = torch.cat([gather_no_grad(keys[:, :batch], 1), gather_no_grad(keys[:, batch:], 1)], dim=1)
         k = keys.roll(batch, dims=1)  # [k2; k1]: each query's positive is the other view's key
-        queue = self.queue.features
         if not cfg.amcl:
-            return moco_infonce_loss(q, k, queue, cfg.temperature), {}
-        positive = negative = cfg.temperature
-        net = self.temperature_net
-        if net is not None:  # phi runs once on the queries and once on [keys; queue]; no pair is embedded
-            factors = net.pair_factors(self.temperature_input(q), torch.cat([k, queue], dim=1))
-            keys = factors.right[:, :k.shape[1]]
-            if self.adaptive_positive:  # tau(q_i, k_i): the row-wise products of the factors, [C, 2B]
-                positive = temperature_from_scores((factors.left * keys).sum(-1), net.tau_min, net.tau_max)
-            if self.adaptive_negative:  # tau(q_i, queue_j) as factors: the loss computes the entries it uses
-                negative = factors._replace(right=factors.right[:, k.shape[1]:])
-        if cfg.amcl_form == "softmax":
-            terms = amcl_softmax_moco_terms(q, k, queue, positive, negative, cfg.beta,
-                                            negative_regularizer=cfg.negative_regularizer)
-        else:
-            terms = amcl_moco_terms(q, k, queue, positive, negative, cfg.beta, cfg.topk, cfg.amcl_form == "infonce",
-                                    negative_regularizer=cfg.negative_regularizer)
+            return self.criterion(q, k, self.queue.features), {}
+        terms = self.criterion.terms(q, k, self.queue.features)  # the heads' sum: the base divides for the mean
         self.diagnose(**term_diagnostics(terms))
         self.record_contrastive_statistics(terms)
         return terms.loss(), contrastive_extras(terms)

@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from amcl.config import PretrainConfig
-from amcl.losses import amcl_simsiam_loss, simsiam_loss
+from amcl.losses import amcl_simsiam_loss
 from amcl.methods.base import HeadTemperatures, PretrainMethod, temperature_range
 from amcl.monitoring import temperature_statistics
-from amcl.nn import MultiHeadPredictor
+from amcl.nn import AMCLSimSiamLoss, MultiHeadPredictor, SimSiamLoss
 
 
 class SimSiam(PretrainMethod):
@@ -27,6 +27,11 @@ class SimSiam(PretrainMethod):
         self.projector = self.make_projector(batch_norm=True, last_batch_norm=True)
         self.predictor = MultiHeadPredictor(config.proj_dim, config.predictor_hidden, config.proj_dim, config.heads)
         self.temperature_net = self.make_temperature_net(config.proj_dim)
+        self.criterion = AMCLSimSiamLoss(
+            config.proj_dim, config.beta, config.tau_min, config.tau_max, config.head_reduction,
+            config.temperature_hidden, self.detached_temperature_input, temperature_mode=config.temperature_mode,
+            temperature=config.temperature, temperature_net=self.temperature_net,
+        ) if config.amcl else SimSiamLoss()
 
     @torch.no_grad()
     def analysis_temperatures(self, z1: Tensor, z2: Tensor, p1: Tensor | None,
@@ -44,12 +49,8 @@ class SimSiam(PretrainMethod):
         p = self.predictor(z)
         z1, z2, p1, p2 = z[:, :batch], z[:, batch:], p[:, :batch], p[:, batch:]
         if not cfg.amcl:
-            return simsiam_loss(p1, p2, z1, z2), {}
-        if self.temperature_net is not None:
-            tau1 = self.temperature_net.paired_temperatures(self.temperature_input(p1), z2.detach())
-            tau2 = self.temperature_net.paired_temperatures(self.temperature_input(p2), z1.detach())
-        else:
-            tau1 = tau2 = cfg.temperature
+            return self.criterion(p1, p2, z1, z2), {}
+        tau1, tau2 = self.criterion.temperatures(p1, p2, z1, z2)  # the heads' sum: the base divides for the mean
         loss = amcl_simsiam_loss(p1, p2, z1, z2, tau1, tau2, cfg.beta)
         self.diagnose(**temperature_range(tau1, tau2))
         with torch.no_grad():

@@ -21,14 +21,14 @@ which is the training loop's job: :func:`amcl.distributed.gather_no_grad`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from amcl.distributed import gather_views, is_distributed, rank, sum_with_grad, world_size
 from amcl.losses import (
-    PairTemperatures,
+    ContrastiveTerms,
     amcl_barlow_twins_loss,
     amcl_moco_terms,
     amcl_nt_xent_terms,
@@ -39,11 +39,11 @@ from amcl.losses import (
     batch_standardise,
     moco_infonce_loss,
     nt_xent_loss,
-    paired_temperatures,
     process_anchors,
     simsiam_loss,
 )
-from amcl.losses.temperature import at_least_float32
+from amcl.losses.siamese import TemperatureScores
+from amcl.losses.temperature import at_least_float32, temperature_from_scores
 from amcl.nn.temperature import Shard, TemperatureNet
 from amcl.specs import METHOD_SPECS, amcl_loss_defaults
 
@@ -79,34 +79,67 @@ def _total(gather: bool):
 
 
 class _AMCLLoss(nn.Module):
-    """The settings every AMCL module shares: the temperature net, its bounds, beta and the heads' reduction."""
+    """The settings every AMCL module shares: the temperature module, its bounds, beta, the heads' reduction, and
+    the paper's temperature ablations.
+
+    ``temperature_mode``: ``adaptive`` (every pair's temperature from phi), ``positive`` / ``negative`` (only
+    that side's; the other uses the constant ``temperature``), ``constant`` (both constant: no phi) or
+    ``global`` (one learned temperature per head: pass ``temperature_net=GlobalTemperature(heads, ...)``).
+    ``temperature_net``: a temperature module owned elsewhere (a training method's phi, saved with it), used
+    instead of building one; it is then not part of this module's parameters."""
 
     def __init__(self, method: str, dim: int, form: str | None, beta: float | None, tau_min: float | None,
-                 tau_max: float | None, head_reduction: str | None, hidden: int, detach_input: bool) -> None:
+                 tau_max: float | None, head_reduction: str | None, hidden: int, detach_input: bool,
+                 temperature_mode: str = "adaptive", temperature: float | None = None,
+                 negative_regularizer: str = "mean_omega", temperature_net: nn.Module | None = None) -> None:
         super().__init__()
         defaults = amcl_loss_defaults(method, form)
-        given = {"beta": beta, "tau_min": tau_min, "tau_max": tau_max, "head_reduction": head_reduction}
+        given = {"beta": beta, "tau_min": tau_min, "tau_max": tau_max, "head_reduction": head_reduction,
+                 "temperature": temperature}
         settings: dict[str, Any] = {**defaults, **{k: v for k, v in given.items() if v is not None}}
         if settings["head_reduction"] not in ("sum", "mean"):
             raise ValueError(f"head_reduction must be sum or mean, got {settings['head_reduction']!r}")
-        forms = METHOD_SPECS[method].amcl_forms
-        if form is not None and form not in forms:
-            raise ValueError(f"form must be one of {', '.join(forms)}, got {form!r}")
+        spec = METHOD_SPECS[method]
+        if form is not None and form not in spec.amcl_forms:
+            raise ValueError(f"form must be one of {', '.join(spec.amcl_forms)}, got {form!r}")
+        if temperature_mode not in spec.temperature_modes:
+            raise ValueError(f"temperature_mode must be one of {', '.join(spec.temperature_modes)}, got "
+                             f"{temperature_mode!r}")
         self.form, self.beta = settings["amcl_form"], float(settings["beta"])
         self.head_reduction, self.detach_input = settings["head_reduction"], detach_input
-        self.temperature_net = TemperatureNet(dim, hidden, settings["tau_min"], settings["tau_max"])
+        self.temperature_mode, self.temperature = temperature_mode, float(settings["temperature"])
+        self.negative_regularizer = negative_regularizer
+        self.adaptive_positive = temperature_mode in ("adaptive", "positive", "global")
+        self.adaptive_negative = temperature_mode in ("adaptive", "negative", "global")
+        self.temperature_net: Any
+        if temperature_net is not None:  # shared, not registered: its owner moves and saves it
+            object.__setattr__(self, "temperature_net", temperature_net)
+        elif temperature_mode == "global":
+            raise ValueError("temperature_mode global learns one temperature per head: pass "
+                             "temperature_net=GlobalTemperature(heads, tau_min, tau_max)")
+        elif self.adaptive_positive or self.adaptive_negative:
+            self.temperature_net = TemperatureNet(dim, hidden, settings["tau_min"], settings["tau_max"])
+        else:
+            self.temperature_net = None
+        self.tau_bounds = (float(settings["tau_min"]), float(settings["tau_max"]))
         self.last_terms: Any = None
 
     def _phi_input(self, z: Tensor) -> Tensor:
         return z.detach() if self.detach_input else z
 
+    def _sides(self, learned: Any, positive: Any = None) -> tuple[Any, Any]:
+        """The positive and negative pairs' temperatures: the learned ones where the mode adapts that side (the
+        positive side's own values when given), else the constant."""
+        return (((learned if positive is None else positive) if self.adaptive_positive else self.temperature),
+                learned if self.adaptive_negative else self.temperature)
+
     def _reduce(self, loss: Tensor, heads: int) -> Tensor:
         return loss / heads if self.head_reduction == "mean" else loss
 
     def extra_repr(self) -> str:
-        net = self.temperature_net
-        return (f"form={self.form}, beta={self.beta:g}, tau_min={net.tau_min:g}, tau_max={net.tau_max:g}, "
-                f"head_reduction={self.head_reduction}")
+        low, high = self.tau_bounds
+        return (f"form={self.form}, beta={self.beta:g}, tau_min={low:g}, tau_max={high:g}, "
+                f"head_reduction={self.head_reduction}, temperature_mode={self.temperature_mode}")
 
 
 class NTXentLoss(nn.Module):
@@ -129,7 +162,7 @@ class NTXentLoss(nn.Module):
 class AMCLNTXentLoss(_AMCLLoss):
     """AMCL SimCLR: ``form`` softmax (recommended, the default), hardest (Eq. 2.1) or infonce (Eq. 2.4), with
     pair temperatures from the shared temperature net (:func:`amcl.losses.amcl_softmax_nt_xent_terms`,
-    :func:`amcl.losses.amcl_nt_xent_terms`).
+    :func:`amcl.losses.amcl_nt_xent_terms`). ``amcl pretrain``'s SimCLR computes its loss with this module.
 
     Args:
         dim: the projection size d' (phi's input).
@@ -138,6 +171,9 @@ class AMCLNTXentLoss(_AMCLLoss):
         topk: the hardest negatives averaged (hardest and infonce forms).
         hidden: phi's hidden width. detach_input: phi reads the projections without gradients.
         gather_distributed: under DDP, the negatives of every process (see the module's notes).
+        temperature_mode, temperature, negative_regularizer, temperature_net: the ablations (see
+            ``_AMCLLoss``), the constant of a side they keep fixed, the regulariser's negative side
+            (``mean_omega`` or ``sum_log_inverse``) and a temperature module owned elsewhere.
 
     Example:
         >>> from amcl.nn import MultiHeadProjector
@@ -148,25 +184,32 @@ class AMCLNTXentLoss(_AMCLLoss):
 
     def __init__(self, dim: int, form: str | None = None, beta: float | None = None, tau_min: float | None = None,
                  tau_max: float | None = None, head_reduction: str | None = None, topk: int = 1, hidden: int = 128,
-                 detach_input: bool = False, gather_distributed: bool = False) -> None:
-        super().__init__("simclr", dim, form, beta, tau_min, tau_max, head_reduction, hidden, detach_input)
+                 detach_input: bool = False, gather_distributed: bool = False, temperature_mode: str = "adaptive",
+                 temperature: float | None = None, negative_regularizer: str = "mean_omega",
+                 temperature_net: nn.Module | None = None) -> None:
+        super().__init__("simclr", dim, form, beta, tau_min, tau_max, head_reduction, hidden, detach_input,
+                         temperature_mode, temperature, negative_regularizer, temperature_net)
         self.topk, self.gather_distributed = topk, gather_distributed
 
-    def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
+    def terms(self, z0: Tensor, z1: Tensor) -> ContrastiveTerms:
+        """The loss's parts, summed over heads by ``.loss()`` (before the heads' reduction)."""
         z0, z1 = _heads(z0), _heads(z1)
-        # phi runs on this process's views; the right factors of every process are gathered with the views
-        taus = self.temperature_net.pair_factors(self._phi_input(torch.cat([z0, z1], dim=1)))
-        batch = z0.shape[1]
+        batch, net, learned = z0.shape[1], self.temperature_net, None
+        if net is not None:  # one factored [C, 2B, 2BW] matrix serves positives and negatives
+            learned = net.pair_factors(self._phi_input(torch.cat([z0, z1], dim=1)))  # phi on this process's views
         z0, z1, anchors = _global_views(z0, z1, self.gather_distributed)
-        if anchors is not None:
-            taus = taus._replace(right=gather_views(taus.right, batch))
+        if learned is not None and anchors is not None:  # every process's right factors, gathered with the views
+            learned = learned._replace(right=gather_views(learned.right, batch))
+        positive, negative = self._sides(learned)
         if self.form == "softmax":
-            terms = amcl_softmax_nt_xent_terms(z0, z1, taus, self.beta, anchors=anchors)
-        else:
-            terms = amcl_nt_xent_terms(z0, z1, taus, self.beta, self.topk, include_positive=self.form == "infonce",
-                                       anchors=anchors)
-        self.last_terms = terms
-        return self._reduce(terms.loss(), z0.shape[0])
+            return amcl_softmax_nt_xent_terms(z0, z1, positive, self.beta, negative,
+                                              negative_regularizer=self.negative_regularizer, anchors=anchors)
+        return amcl_nt_xent_terms(z0, z1, positive, self.beta, self.topk, negative, self.form == "infonce",
+                                  negative_regularizer=self.negative_regularizer, anchors=anchors)
+
+    def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
+        terms = self.last_terms = self.terms(z0, z1)
+        return self._reduce(terms.loss(), _heads(z0).shape[0])
 
 
 class MoCoLoss(nn.Module):
@@ -186,9 +229,10 @@ class MoCoLoss(nn.Module):
 
 
 class AMCLMoCoLoss(_AMCLLoss):
-    """AMCL MoCo: each head's queue as the negatives, temperatures from phi's embeddings of queries, keys
-    and queue (one matrix product for the queue; :func:`amcl.losses.amcl_softmax_moco_terms`,
-    :func:`amcl.losses.amcl_moco_terms`). Arguments as :class:`AMCLNTXentLoss`, with MoCo's defaults.
+    """AMCL MoCo: each head's queue as the negatives, temperatures from phi's embeddings of the queries and of
+    [keys; queue] (one matrix product for the queue; :func:`amcl.losses.amcl_softmax_moco_terms`,
+    :func:`amcl.losses.amcl_moco_terms`). Arguments as :class:`AMCLNTXentLoss`, with MoCo's defaults; its
+    negatives are the queue, so it needs no gathering under DDP. ``amcl pretrain``'s MoCo uses this module.
 
     Example:
         >>> criterion = AMCLMoCoLoss(dim=128)
@@ -198,23 +242,33 @@ class AMCLMoCoLoss(_AMCLLoss):
 
     def __init__(self, dim: int, form: str | None = None, beta: float | None = None, tau_min: float | None = None,
                  tau_max: float | None = None, head_reduction: str | None = None, topk: int = 1, hidden: int = 128,
-                 detach_input: bool = False) -> None:
-        super().__init__("moco", dim, form, beta, tau_min, tau_max, head_reduction, hidden, detach_input)
+                 detach_input: bool = False, temperature_mode: str = "adaptive", temperature: float | None = None,
+                 negative_regularizer: str = "mean_omega", temperature_net: nn.Module | None = None) -> None:
+        super().__init__("moco", dim, form, beta, tau_min, tau_max, head_reduction, hidden, detach_input,
+                         temperature_mode, temperature, negative_regularizer, temperature_net)
         self.topk = topk
 
-    def forward(self, q: Tensor, k: Tensor, queue: Tensor) -> Tensor:
+    def terms(self, q: Tensor, k: Tensor, queue: Tensor) -> ContrastiveTerms:
+        """The loss's parts, summed over heads by ``.loss()`` (before the heads' reduction)."""
         q, k = _heads(q), _heads(k)
         queue = _heads(queue).detach()
-        net = self.temperature_net
-        phi_q = net(self._phi_input(q))
-        positive = paired_temperatures(phi_q, net(k.detach()), net.tau_min, net.tau_max)  # [C, N]
-        negative = PairTemperatures(phi_q, net(queue), net.tau_min, net.tau_max)  # [C, N, K], as its factors
+        net, learned, positive = self.temperature_net, None, None
+        if net is not None:  # phi runs once on the queries and once on [keys; queue]; no pair is embedded
+            factors = net.pair_factors(self._phi_input(q), torch.cat([k.detach(), queue], dim=1))
+            keys = factors.right[:, :k.shape[1]]
+            # tau(q_i, k_i): the row-wise products of the factors, [C, 2B]; tau(q_i, queue_j) as factors
+            positive = temperature_from_scores((factors.left * keys).sum(-1), net.tau_min, net.tau_max)
+            learned = factors._replace(right=factors.right[:, k.shape[1]:])
+        positive, negative = self._sides(learned, positive)
         if self.form == "softmax":
-            terms = amcl_softmax_moco_terms(q, k, queue, positive, negative, self.beta)
-        else:
-            terms = amcl_moco_terms(q, k, queue, positive, negative, self.beta, self.topk, self.form == "infonce")
-        self.last_terms = terms
-        return self._reduce(terms.loss(), q.shape[0])
+            return amcl_softmax_moco_terms(q, k, queue, positive, negative, self.beta,
+                                           negative_regularizer=self.negative_regularizer)
+        return amcl_moco_terms(q, k, queue, positive, negative, self.beta, self.topk, self.form == "infonce",
+                               negative_regularizer=self.negative_regularizer)
+
+    def forward(self, q: Tensor, k: Tensor, queue: Tensor) -> Tensor:
+        terms = self.last_terms = self.terms(q, k, queue)
+        return self._reduce(terms.loss(), _heads(q).shape[0])
 
 
 class SimSiamLoss(nn.Module):
@@ -232,7 +286,9 @@ class SimSiamLoss(nn.Module):
 class AMCLSimSiamLoss(_AMCLLoss):
     """AMCL SimSiam (Eq. 2.2): ``tau(p0, sg(z1))`` and ``tau(p1, sg(z0))`` from the temperature net
     (:func:`amcl.losses.amcl_simsiam_loss`). Defaults: SimSiam's (tau in [1, 2], where Eq. 2.2's pull to
-    the floor keeps the loss's scale; the heads' mean). ``dim`` is the projection size.
+    the floor keeps the loss's scale; the heads' mean). ``dim`` is the projection size. SimSiam has only
+    positive pairs: ``temperature_mode`` adaptive (= positive) or constant. ``amcl pretrain``'s SimSiam reads
+    its temperatures from this module.
 
     Example:
         >>> p0, p1, z0, z1 = (torch.randn(3, 8, 256) for _ in range(4))
@@ -241,15 +297,22 @@ class AMCLSimSiamLoss(_AMCLLoss):
 
     def __init__(self, dim: int, beta: float | None = None, tau_min: float | None = None,
                  tau_max: float | None = None, head_reduction: str | None = None, hidden: int = 128,
-                 detach_input: bool = False) -> None:
-        super().__init__("simsiam", dim, None, beta, tau_min, tau_max, head_reduction, hidden, detach_input)
+                 detach_input: bool = False, temperature_mode: str = "adaptive", temperature: float | None = None,
+                 temperature_net: nn.Module | None = None) -> None:
+        super().__init__("simsiam", dim, None, beta, tau_min, tau_max, head_reduction, hidden, detach_input,
+                         temperature_mode, temperature, "mean_omega", temperature_net)
+
+    def temperatures(self, p0: Tensor, p1: Tensor, z0: Tensor, z1: Tensor) -> tuple[Tensor | float, Tensor | float]:
+        """tau(p0, sg(z1)) and tau(p1, sg(z0)) ``[C, B]``, or the constant twice."""
+        net = self.temperature_net
+        if net is None:
+            return self.temperature, self.temperature
+        return (net.paired_temperatures(self._phi_input(p0), z1.detach()),
+                net.paired_temperatures(self._phi_input(p1), z0.detach()))
 
     def forward(self, p0: Tensor, p1: Tensor, z0: Tensor, z1: Tensor) -> Tensor:
         p0, p1, z0, z1 = (_heads(t) for t in (p0, p1, z0, z1))
-        net = self.temperature_net
-        tau0 = net.paired_temperatures(self._phi_input(p0), z1.detach())
-        tau1 = net.paired_temperatures(self._phi_input(p1), z0.detach())
-        self.last_terms = (tau0, tau1)
+        tau0, tau1 = self.last_terms = self.temperatures(p0, p1, z0, z1)
         return self._reduce(amcl_simsiam_loss(p0, p1, z0, z1, tau0, tau1, self.beta), p0.shape[0])
 
 
@@ -273,6 +336,8 @@ class AMCLBarlowTwinsLoss(_AMCLLoss):
     batch-standardised channel vectors, so phi's input size is the batch size ``batch_size`` (every batch
     must have that many images; :func:`amcl.losses.amcl_barlow_twins_loss`). With ``gather_distributed`` under
     DDP, ``batch_size`` is the global batch (every process's images) and each process passes its own rows.
+    The ablations (``temperature_mode`` positive / negative) learn the diagonal tau_ll or the off-diagonal
+    tau_lm only. ``amcl pretrain``'s Barlow Twins reads its channel temperatures from this module.
 
     Example:
         >>> criterion = AMCLBarlowTwinsLoss(batch_size=16)
@@ -281,10 +346,42 @@ class AMCLBarlowTwinsLoss(_AMCLLoss):
 
     def __init__(self, batch_size: int, lambd: float = 5e-3, beta: float | None = None,
                  tau_min: float | None = None, tau_max: float | None = None, head_reduction: str | None = None,
-                 hidden: int = 128, detach_input: bool = False, gather_distributed: bool = False) -> None:
+                 hidden: int = 128, detach_input: bool = False, gather_distributed: bool = False,
+                 temperature_mode: str = "adaptive", temperature: float | None = None,
+                 temperature_net: nn.Module | None = None) -> None:
         super().__init__("barlow_twins", batch_size, None, beta, tau_min, tau_max, head_reduction, hidden,
-                         detach_input)
+                         detach_input, temperature_mode, temperature, "mean_omega", temperature_net)
         self.batch_size, self.lambd, self.gather_distributed = batch_size, lambd, gather_distributed
+
+    def channel_scores(self, z0: Tensor, z1: Tensor, total: Callable[[Tensor], Tensor] | None = None
+                       ) -> TemperatureScores | None:
+        """The temperature net's scores s_lm of every pair of channels, ``[C, d, d]`` (tau_lm =
+        tau_min + (tau_max - tau_min) sigmoid(-s_lm)), from one matrix product of its factors over the
+        batch-standardised channel vectors; None without a net. With ``total`` (several processes) ``z0``,
+        ``z1`` are this process's rows: its shard of the global batch's channel vectors, at its rank's offset."""
+        net = self.temperature_net
+        if net is None:
+            return None
+        shard = None if total is None else Shard(rank() * z0.shape[1], total)
+        with torch.autocast(z0.device.type, enabled=False):
+            channels0, channels1 = (  # [C, d, B]
+                batch_standardise(at_least_float32(self._phi_input(z)), total=total).transpose(1, 2)
+                for z in (z0, z1))
+            factors = net.pair_factors(channels0, channels1, shard=shard)
+            return TemperatureScores(factors.left @ factors.right.transpose(-1, -2), net.tau_min, net.tau_max)
+
+    def channel_temperatures(self, scores: TemperatureScores | None) -> TemperatureScores | Tensor | float:
+        """What the loss reads: the scores themselves (the sigmoid fused into the loss), the ablations' matrix
+        (learned on the diagonal only, or off it only, the constant elsewhere), or the constant."""
+        if scores is None:
+            return self.temperature
+        if self.adaptive_positive and self.adaptive_negative:
+            return scores
+        learned = scores.matrix()
+        diagonal = torch.eye(learned.shape[-1], dtype=torch.bool, device=learned.device)
+        constant = torch.full_like(learned, self.temperature)
+        return torch.where(diagonal, learned, constant) if self.adaptive_positive else \
+            torch.where(diagonal, constant, learned)
 
     def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
         z0, z1 = _heads(z0), _heads(z1)
@@ -294,13 +391,5 @@ class AMCLBarlowTwinsLoss(_AMCLLoss):
             raise ValueError(f"AMCLBarlowTwinsLoss(batch_size={self.batch_size}) reads channel vectors of that many "
                              f"images, got a batch of {z0.shape[1]}" + (f" on each of {processes} processes"
                                                                          if processes > 1 else ""))
-        with torch.autocast(z0.device.type, enabled=False):
-            channels0 = batch_standardise(at_least_float32(self._phi_input(z0)), total=total).transpose(1, 2)
-            channels1 = batch_standardise(at_least_float32(self._phi_input(z1)), total=total).transpose(1, 2)
-            if total is None:
-                taus: Any = self.temperature_net.pair_temperatures(channels0, channels1)  # [C, d, d]
-            else:  # this process's entries of the global channel vectors: phi's factors totalled, no gather
-                shard = Shard(rank() * z0.shape[1], total)
-                taus = self.temperature_net.pair_factors(channels0, channels1, shard=shard)
-        self.last_terms = taus
+        taus = self.last_terms = self.channel_temperatures(self.channel_scores(z0, z1, total))
         return self._reduce(amcl_barlow_twins_loss(z0, z1, taus, self.lambd, self.beta, total=total), z0.shape[0])

@@ -16,9 +16,10 @@ from typing import Any, Sequence
 
 from amcl import __version__
 from amcl.compare_grid import GRID_OPTIONS
-from amcl.config import METHODS, PretrainConfig, coerce, field_types, load_yaml_files, option_names
+from amcl.config import PretrainConfig, coerce, field_types, load_yaml_files, option_names
 from amcl.errors import AmclError, RunInterrupted, warnings_on_one_line
 from amcl.eval.options import AnalyzeOptions, EvalOptions, ExportOptions
+from amcl.specs import method_names
 
 #: The config options ``amcl preview`` takes (the dataset and how its images are read).
 PREVIEW_OPTIONS = ("dataset", "data_root", "image_size", "unlabeled", "class_list", "strict_data", "workers",
@@ -310,7 +311,7 @@ def _add_commands(commands) -> None:
     compare.add_argument("--print-config", action="store_true",
                          help="print the shared options and the variants as YAML, as merged from the files and the "
                               "command line, and exit")
-    compare.add_argument("--methods", nargs="+", default=["simclr"], choices=METHODS,
+    compare.add_argument("--methods", nargs="+", default=["simclr"], choices=method_names(),
                          help="methods [default: simclr]")
     compare.add_argument("--modes", nargs="+", default=None,
                          help="baseline, amcl and the names of --variant's (or the config's variants) [default: "

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from amcl.config import METHODS, PretrainConfig, coerce, option_names
+from amcl.config import PretrainConfig, coerce, option_names
 from amcl.errors import AmclError, warn
 from amcl.policies import parse_policy
 from amcl.runs import config_differences, finished_metrics, read_config
-from amcl.specs import method_dependent_options
+from amcl.specs import method_dependent_options, method_names
 
 #: The built-in modes: each method's baseline, and AMCL with the shared options.
 MODES = ("baseline", "amcl")
@@ -192,8 +192,8 @@ def plan_grid(base: PretrainConfig, methods: Sequence[str], policies: Sequence[s
         raise AmclError(f"--metric {metric} reads the validation split: give --val-fraction (e.g. 0.1) too")
     methods = _unique("--methods", methods, "a method, e.g. simclr")
     for method in methods:
-        if method not in METHODS:
-            raise AmclError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        if method not in method_names():
+            raise AmclError(f"unknown method {method!r}; choose one of: {', '.join(method_names())}")
     modes = _unique("--modes", modes, "baseline and/or amcl")
     options = {**MODE_OPTIONS, **variants}
     for mode in modes:

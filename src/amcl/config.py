@@ -19,7 +19,15 @@ import yaml
 
 from amcl.errors import AmclError
 from amcl.policies import parse_policy
-from amcl.specs import AMCL_FORMS, AUTHORS_TAU_BOUNDS, FORM_DEFAULTS, METHOD_SPECS, METHODS, TEMPERATURE_MODES
+from amcl.specs import (
+    AMCL_FORMS,
+    AUTHORS_TAU_BOUNDS,
+    FORM_DEFAULTS,
+    METHOD_SPECS,
+    METHODS,
+    TEMPERATURE_MODES,
+    method_names,
+)
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "stl10", "fashion_mnist", "mnist", "kmnist", "folder")
 #: Datasets read from --data-root, those that may be (Fashion-MNIST: from its system package without it), and
@@ -360,7 +368,7 @@ class PretrainConfig:
         """Check values that need no data; raises AmclError naming the option and the fix."""
         for name in ("method", "dataset", "temperature_mode", "amcl_form", "negative_regularizer", "temperature_input",
                      "head_reduction", "cache_images", "on_nonfinite", "optimizer", "lr_scaling", "logger"):
-            choices = _choices(name)
+            choices = method_names() if name == "method" else _choices(name)  # registered methods count too
             optional = name in ("head_reduction", "amcl_form")  # None: resolved from the form / the method
             values = getattr(self, name).split(",") if name == "logger" else [getattr(self, name)]
             for value in values:

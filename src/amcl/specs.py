@@ -2,8 +2,9 @@
 allows, how many negatives it ranks, and what its temperatures mean. Torch-free, so the config reads
 its defaults and checks here; the LightningModules in :mod:`amcl.methods` implement the methods.
 
-Adding a method: its module in ``amcl/methods/``, its :class:`MethodSpec` in :data:`METHOD_SPECS`
-below, its line in :data:`amcl.methods.METHOD_CLASSES`, and its tests.
+Adding a method: its module (a :class:`amcl.methods.PretrainMethod` with its :mod:`amcl.nn` criterion) and
+:func:`amcl.methods.register_method` with its :class:`MethodSpec`; the built-in methods' specs are the table
+below. Everything else (the config's checks, the commands, compare's per-method settings) reads the registry.
 """
 
 from __future__ import annotations
@@ -117,7 +118,13 @@ METHOD_SPECS: dict[str, MethodSpec] = {
                           "positive = diagonal tau_ll, negative = off-diagonal tau_lm"),
     ),
 }
+#: The built-in methods (choices shown in the options' help); :func:`method_names` includes registered ones.
 METHODS = tuple(METHOD_SPECS)
+
+
+def method_names() -> tuple[str, ...]:
+    """Every method registered now: the built-in ones and those of :func:`amcl.methods.register_method`."""
+    return tuple(METHOD_SPECS)
 
 #: Defaults that depend on the AMCL form (they fill options left unset, before the method's defaults).
 FORM_DEFAULTS: dict[str, dict[str, Any]] = {

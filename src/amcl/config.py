@@ -313,17 +313,15 @@ class PretrainConfig:
     @property
     def world_size(self) -> int:
         """Processes taking part in training: devices per node x nodes (``auto`` counts visible GPUs)."""
-        devices = str(self.devices).strip()
-        if devices in ("auto", "-1"):
+        devices = parse_devices(self.devices)
+        if isinstance(devices, str) or devices == -1:  # auto, or -1: every visible GPU
             count = 1
             if self.accelerator in ("auto", "gpu", "cuda"):
                 import torch
 
                 count = max(1, torch.cuda.device_count())
-        elif "," in devices or devices.startswith("["):
-            count = len([d for d in devices.strip("[]").split(",") if d.strip()])
         else:
-            count = int(devices)
+            count = len(devices) if isinstance(devices, list) else devices
         return count * self.num_nodes
 
     def resolved(self) -> "PretrainConfig":
@@ -465,6 +463,17 @@ class PretrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def parse_devices(devices: str | int) -> int | list[int] | str:
+    """``--devices`` as Lightning takes it: a count, a list of indices (``0,1`` or ``[0, 1]``), ``auto``, or -1
+    (every visible GPU); ValueError for text that is none of these."""
+    text = str(devices).strip()
+    if text in ("auto", "-1"):
+        return text if text == "auto" else -1
+    if "," in text or text.startswith("["):
+        return [int(d) for d in text.strip("[]").split(",") if d.strip()]
+    return int(text)
 
 
 def effective_precision(precision: str, accelerator: str) -> str:

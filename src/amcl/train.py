@@ -34,7 +34,7 @@ from amcl.checkpointing import (
     StopOnSignal,
     remove_partial_checkpoints,
 )
-from amcl.config import PretrainConfig
+from amcl.config import PretrainConfig, parse_devices
 from amcl.data.datasets import load_configured_dataset
 from amcl.data.folders import machine_memory
 from amcl.data.module import ContrastiveDataModule
@@ -380,7 +380,7 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
     trainer = _trainer(
         config,
         accelerator=config.accelerator,
-        devices=_devices(config.devices),
+        devices=parse_devices(config.devices),
         num_nodes=config.num_nodes,
         strategy=config.strategy,
         sync_batchnorm=config.sync_batchnorm,
@@ -673,16 +673,6 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()
     except OSError:
         pass
-
-
-def _devices(devices: str) -> int | list[int] | str:
-    """``--devices`` as Lightning takes it: a count, a list of indices, or ``auto``."""
-    text = str(devices).strip()
-    if text in ("auto", "-1"):
-        return text if text == "auto" else -1
-    if "," in text or text.startswith("["):
-        return [int(d) for d in text.strip("[]").split(",") if d.strip()]
-    return int(text)
 
 
 def series_folder(out: Path, seed: int) -> Path:

@@ -79,7 +79,7 @@ class PairFeatures:
     backbone2: Tensor  # [N, D]
     z1: Tensor  # [C, N, d] projections of view 1
     z2: Tensor  # [C, N, d]
-    p1: Tensor | None = None  # [C, N, d] SimSiam's predictor outputs of view 1
+    p1: Tensor | None = None  # [C, N, d] the method's analysis_outputs of view 1 (SimSiam: its predictions)
 
     def __len__(self) -> int:
         return self.backbone1.shape[0]
@@ -92,7 +92,8 @@ def embed_views(
 ) -> PairFeatures:
     """Two augmented views of every image (uint8 or float ``[N, C, H, W]``, on the model's device) drawn
     under ``seed`` without touching the global random state, through the model in eval mode: backbone
-    features, every head's projection and (SimSiam) every head's prediction.
+    features, every head's projection and what the method computes from them besides
+    (:meth:`~amcl.methods.base.PretrainMethod.analysis_outputs`: SimSiam's predictions).
 
     For MoCo these are the online (query) encoder's; the momentum copy is not used.
     """
@@ -100,7 +101,6 @@ def embed_views(
     was_training = model.training
     model.eval()
     parts: dict[str, list[Tensor]] = {"h": [], "z": [], "p": []}
-    predictor = getattr(model, "predictor", None)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -110,8 +110,9 @@ def embed_views(
                 z = model.projector(h).float()
                 parts["h"].append(h.view(2, len(chunk), -1))
                 parts["z"].append(z.view(z.shape[0], 2, len(chunk), -1))
-                if predictor is not None:
-                    parts["p"].append(predictor(z).float().view(z.shape[0], 2, len(chunk), -1)[:, 0])
+                outputs = model.analysis_outputs(z)  # the method's own (SimSiam: the predictions), or None
+                if outputs is not None:
+                    parts["p"].append(outputs.float().view(z.shape[0], 2, len(chunk), -1)[:, 0])
     finally:
         model.train(was_training)
     h, z = torch.cat(parts["h"], dim=1), torch.cat(parts["z"], dim=2)

@@ -86,7 +86,7 @@ class BarlowTwins(PretrainMethod):
         return self.config.global_batch if self.temperature_net is not None else 0
 
     @torch.no_grad()
-    def analysis_temperatures(self, z1: Tensor, z2: Tensor, p1: Tensor | None,
+    def analysis_temperatures(self, z1: Tensor, z2: Tensor, outputs1: Tensor | None,
                               partner: Tensor) -> tuple[list[HeadTemperatures] | None, str]:
         """Temperatures per channel pair (tau_lm over the batch-wise channel vectors) of the first
         ``global_batch`` positive pairs: the diagonal tau_ll as "positive", the off-diagonal as "negative"

@@ -99,11 +99,16 @@ class PretrainMethod(L.LightningModule):
         return 0
 
     @torch.no_grad()
-    def analysis_temperatures(self, z1: Tensor, z2: Tensor, p1: Tensor | None,
+    def analysis_outputs(self, z: Tensor) -> Tensor | None:
+        """What the method computes from its projections ``z`` ``[C, N, d]`` besides them, for ``amcl analyze``
+        (its :meth:`analysis_temperatures` receives those of view 1): None here; SimSiam's predictions."""
+        return None
+
+    def analysis_temperatures(self, z1: Tensor, z2: Tensor, outputs1: Tensor | None,
                               partner: Tensor) -> tuple[list[HeadTemperatures] | None, str]:
         """Per head, the temperatures the loss gives the positive pairs (view 1 of i, view 2 of i) and the
         negative pairs (view 1 of i, view 2 of ``partner[i]``) of the first ``len(partner)`` images, from
-        their projections ``z1``, ``z2`` ``[C, N, d]`` (``p1``: SimSiam's predictions of view 1), and the
+        their projections ``z1``, ``z2`` ``[C, N, d]`` (``outputs1``: :meth:`analysis_outputs` of view 1), and the
         kind of pairs they belong to; ``(None, reason)`` when there are none. A side the ablations keep
         constant is ``config.temperature``, as in the loss. (MoCo's loss reads its keys from the momentum
         encoder and its negatives from the queue; here both sides come from the online encoder.)"""

@@ -33,15 +33,20 @@ class SimSiam(PretrainMethod):
             temperature=config.temperature, temperature_net=self.temperature_net,
         ) if config.amcl else SimSiamLoss()
 
+    def analysis_outputs(self, z: Tensor) -> Tensor:
+        """The predictions p of the projections: Eq. 2.2's temperatures are tau(p_a, z_b)."""
+        return self.predictor(z)
+
     @torch.no_grad()
-    def analysis_temperatures(self, z1: Tensor, z2: Tensor, p1: Tensor | None,
+    def analysis_temperatures(self, z1: Tensor, z2: Tensor, outputs1: Tensor | None,
                               partner: Tensor) -> tuple[list[HeadTemperatures] | None, str]:
         """tau(p_a, z_b) of view a's prediction and view b's projection, as in Eq. 2.2 (learned in every
         non-constant mode); the loss has no negative pairs: theirs show what the network would give them."""
         if self.temperature_net is None:
             return None, "constant"
         n = len(partner)
-        return self.paired_head_temperatures(p1[:, :n], z2[:, :n], partner, True, True), "pair"
+        assert outputs1 is not None  # analysis_outputs: the predictions of view 1
+        return self.paired_head_temperatures(outputs1[:, :n], z2[:, :n], partner, True, True), "pair"
 
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         batch, cfg = view1.shape[0], self.config

@@ -16,7 +16,7 @@ LAYERS = {
     "losses": 1, "nn": 1, "distributed": 1, "knn": 1, "optim": 1, "profiling": 1,
     "config": 2,
     "runs": 3,
-    "monitoring": 4, "checkpointing": 4,
+    "monitoring": 4, "checkpointing": 4, "callbacks": 4, "loggers": 4,
     "data": 5,
     "methods": 6,
     "train": 7,

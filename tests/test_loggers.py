@@ -74,10 +74,10 @@ def test_save_every_keeps_epoch_checkpoints_that_evaluate_on_their_own(logged_ru
 
 
 def test_a_logger_whose_package_is_missing_is_one_clear_error_before_anything_is_written(tmp_path, monkeypatch):
-    import amcl.train
+    import amcl.loggers
 
     if importlib.util.find_spec("mlflow") is not None:  # installed here: stand for a machine without it
-        monkeypatch.setitem(amcl.train.LOGGER_PACKAGES, "mlflow", ("mlflow_not_installed",))
+        monkeypatch.setitem(amcl.loggers.LOGGER_PACKAGES, "mlflow", ("mlflow_not_installed",))
     with pytest.raises(AmclError, match=r"--logger mlflow needs the mlflow(_not_installed)? package, which is not "
                                         r"installed: pip install 'amcl\[mlflow\]' \(or drop mlflow from --logger\)"):
         pretrain(tiny_options_config(tmp_path, logger="csv,mlflow"))

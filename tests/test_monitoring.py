@@ -148,7 +148,7 @@ def test_siamese_temperatures_resting_on_a_bound_do_not_warn(tmp_path):
     MoCo both bounds are."""
     import warnings
 
-    from amcl.train import MetricsRecorder
+    from amcl.callbacks import MetricsRecorder
 
     def warnings_for(method, bound, **options):
         config = PretrainConfig(method=method, amcl=True, **options).resolved()
@@ -168,7 +168,7 @@ def test_siamese_temperatures_resting_on_a_bound_do_not_warn(tmp_path):
 def test_similar_positives_and_negatives_warn_of_collapse_once_for_all_heads(tmp_path):
     import warnings
 
-    from amcl.train import MetricsRecorder
+    from amcl.callbacks import MetricsRecorder
 
     recorder = MetricsRecorder(tmp_path / "metrics.json")
     collapsed = {"epoch": 1, "head1/sim_pos_mean": 0.95, "head1/sim_neg_mean": 0.97,

@@ -191,7 +191,7 @@ def test_outside_a_terminal_a_run_prints_one_line_per_epoch_and_the_knn_k(tmp_pa
 def test_the_bar_is_chosen_by_the_option_or_the_terminal(monkeypatch):
     import sys
 
-    from amcl.train import shows_bar
+    from amcl.callbacks import shows_bar
 
     assert shows_bar(PretrainConfig(progress=True)) and not shows_bar(PretrainConfig(progress=False))
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)

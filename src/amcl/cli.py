@@ -305,12 +305,8 @@ def _add_commands(commands) -> None:
                     "resumes the grid. All pretrain options except --method, --amcl, --augs, --seed, --runs and --out"
                     " set every cell.",
     )
-    compare.add_argument("--config", metavar="FILE.yaml", action="append",
-                         help="read the shared pretrain options (and variants) from a YAML file; several files "
-                              "merge in order, a later one winning, and the command line wins over them all")
-    compare.add_argument("--print-config", action="store_true",
-                         help="print the shared options and the variants as YAML, as merged from the files and the "
-                              "command line, and exit")
+    _add_config_files(compare, "the shared pretrain options (and variants)",
+                      "the shared options and the variants as YAML, as merged from the files and the command line")
     compare.add_argument("--methods", nargs="+", default=["simclr"], choices=method_names(),
                          help="methods [default: simclr]")
     compare.add_argument("--modes", nargs="+", default=None,
@@ -350,6 +346,14 @@ def _add_commands(commands) -> None:
     compare.set_defaults(parser=compare, func=_compare)
 
 
+def _add_config_files(parser: argparse.ArgumentParser, what: str, printed: str) -> None:
+    """``--config`` (several YAML files, merged in order) and ``--print-config`` (``printed``, then exit)."""
+    parser.add_argument("--config", metavar="FILE.yaml", action="append",
+                        help=f"read {what} from a YAML file; several files merge in order, a later one winning, and "
+                             "the command line wins over them all")
+    parser.add_argument("--print-config", action="store_true", help=f"print {printed}, and exit without training")
+
+
 def _policy_list(text: str) -> str:
     from amcl.data.augment import parse_policy
 
@@ -375,12 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pre-train an encoder. Every option can also come from --config FILE.yaml (keys as the "
                     "option names, with - or _); options on the command line win.",
     )
-    pretrain.add_argument("--config", metavar="FILE.yaml", action="append",
-                          help="read options from a YAML file; several files merge in order, a later one winning, "
-                               "and the command line wins over them all")
-    pretrain.add_argument("--print-config", action="store_true",
-                          help="print the resolved configuration (every option, defaults filled in) as YAML and "
-                               "exit without training")
+    _add_config_files(pretrain, "options", "the resolved configuration (every option, defaults filled in) as YAML")
     pretrain.add_argument("--resume", metavar="DIR",
                           help="continue the run in DIR (its --out folder) from its last checkpoint, with its own "
                                "settings; finished runs are left as they are")

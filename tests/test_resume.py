@@ -120,10 +120,17 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(reference, t
 # --------------------------------------------------------------------------- signals (SIGTERM, SIGINT)
 
 
+def _default_signals() -> None:
+    """In the child: SIGINT and SIGTERM as a terminal gives them, even when the tests run as a background job
+    (which starts with SIGINT ignored, and a run leaves an ignored signal ignored)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _start(out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "amcl.cli", "pretrain", *RUN, "--method", "moco", "--queue-size",
                              "256", *extra, "--out", str(out)], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
 
 
 def _wait_for(path: Path, process: subprocess.Popen) -> None:

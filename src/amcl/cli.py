@@ -113,6 +113,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         print(config.to_yaml(), end="")
         return 0
     summary = pretrain(config, resume=bool(args.resume), overwrite=args.overwrite)
+    _close_process_group()
     if rank_zero_only.rank != 0:  # in multi-process training, one process reports
         return 0
     best = summary["best_knn_acc"]["mean"] if config.runs > 1 else summary["best_knn_acc"]
@@ -121,6 +122,17 @@ def _pretrain(args: argparse.Namespace) -> int:
         print(f"best kNN accuracy: {best:.4f}" + (f" (kNN monitor with k = {k} neighbours)" if k else ""))
     print(f"outputs in {config.out}")
     return 0
+
+
+def _close_process_group() -> None:
+    """After a multi-process run: every process waits for the others, then takes its process group down. Left
+    to the interpreter's exit, gloo's threads can be torn down mid-flight ("terminate called without an active
+    exception"), and Lightning's launcher then kills the whole run although it finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _resumed_config(args: argparse.Namespace) -> PretrainConfig:

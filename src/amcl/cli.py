@@ -125,13 +125,13 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _close_process_group() -> None:
-    """After a multi-process run: every process waits for the others, then takes its process group down. Left
-    to the interpreter's exit, gloo's threads can be torn down mid-flight ("terminate called without an active
-    exception"), and Lightning's launcher then kills the whole run although it finished."""
+    """After a multi-process run, each process takes its process group down. Left to the interpreter's exit,
+    gloo's threads can be torn down mid-flight ("terminate called without an active exception"), and
+    Lightning's launcher then kills the whole run although it finished. No barrier first: every collective of
+    the run has completed on both sides, and a barrier would hang on a peer that ended with an error."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
 
 

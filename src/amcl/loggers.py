@@ -29,10 +29,10 @@ def chosen_loggers(config: PretrainConfig) -> list[str]:
     return names
 
 
-def experiment_loggers(config: PretrainConfig, out: Path) -> list[Any] | bool:
+def experiment_loggers(config: PretrainConfig, out: Path) -> list[Any]:
     """The Lightning loggers of ``--logger``, writing into ``out``: ``tensorboard/`` (TensorBoard events),
     ``csv/metrics.csv``, ``wandb/`` (offline unless ``WANDB_MODE=online``), ``mlflow.db`` and ``mlruns/`` (MLflow's
-    local SQLite store and artifacts, unless ``MLFLOW_TRACKING_URI`` is set); False for none.
+    local SQLite store and artifacts, unless ``MLFLOW_TRACKING_URI`` is set); empty for none.
     :class:`MetricsRecorder` logs every metric once per epoch, with the epoch (counted from 1) as the step, and
     Lightning the config as hyper-parameters. Made once the run's folder is claimed: some write files at once."""
     made: list[Any] = []
@@ -42,7 +42,7 @@ def experiment_loggers(config: PretrainConfig, out: Path) -> list[Any] | bool:
         except Exception as exc:  # a backend that cannot start (its package's version, a bad tracking URI)
             raise AmclError(f"--logger {name} cannot start: {type(exc).__name__}: {str(exc).splitlines()[0]}; "
                             f"drop {name} from --logger, or fix its setting") from None
-    return made or False
+    return made
 
 
 def _logger(name: str, out: Path) -> Any:

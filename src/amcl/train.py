@@ -217,7 +217,7 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
             write_config(out, config)
             write_marker(out, "run", config)
             remove_partial_checkpoints(out)
-            trainer.loggers = experiment_loggers(config, out) or []
+            trainer.loggers = experiment_loggers(config, out)
         try:
             with stop:
                 return _train(config, trainer, model, data, recorder, resuming, started)

@@ -89,4 +89,5 @@ def test_every_option_a_method_or_form_resolves_is_recorded_per_grid_cell():
 
     filled = {k for spec in METHOD_SPECS.values() for k in spec.defaults} | set(AUTHORS_TAU_BOUNDS)
     filled |= {k for defaults in FORM_DEFAULTS.values() for k in defaults} | {"amcl_form", "heads"}
+    filled |= {opt.name for spec in METHOD_SPECS.values() for opt in spec.options}  # queue_size, barlow_lambda ...
     assert filled == set(PER_METHOD)

@@ -579,7 +579,7 @@ CASES = [
       "truncated.ckpt", "it is truncated", setup=truncated_checkpoint),
     E("eval-foreign-torch-file", ["--checkpoint", "{tmp}/foreign.ckpt"],
       "foreign.ckpt is a torch file but not an amcl pretrain checkpoint", setup=foreign_checkpoint),
-    E("eval-unknown-protocol", [*CKPT, "--protocol", "svm"], "argument --protocol", "invalid choice: 'svm'"),
+    E("eval-unknown-protocol", [*CKPT, "--protocol", "svm"], "unknown --protocol 'svm'; choose one of: knn, linear"),
     E("eval-epochs-0", [*CKPT, "--protocol", "linear", "--epochs", "0"], "--epochs must be at least 1, got 0"),
     E("eval-lr-0", [*CKPT, "--protocol", "linear", "--lr", "0"], "--lr must be a positive number, got 0.0"),
     E("eval-batch-size-0", [*CKPT, "--protocol", "linear", "--batch-size", "0"], "--batch-size must be at least 1"),

@@ -12,7 +12,7 @@ SOURCE = Path(__file__).resolve().parent.parent / "src" / "amcl"
 
 #: Layer of each module or package, bottom up (docs/architecture.md, "Layers").
 LAYERS = {
-    "amcl": 0, "errors": 0, "files": 0, "policies": 0, "specs": 0, "stats": 0,
+    "amcl": 0, "errors": 0, "files": 0, "options": 0, "policies": 0, "specs": 0, "stats": 0,
     "losses": 1, "nn": 1, "distributed": 1, "knn": 1, "optim": 1, "profiling": 1,
     "config": 2,
     "runs": 3,

@@ -14,6 +14,7 @@ from amcl.cli import main
 from amcl.losses import nt_xent_loss
 from amcl.methods import METHOD_CLASSES, PretrainMethod, SimCLR, register_method
 from amcl.nn import NTXentLoss
+from amcl.options import NON_NEGATIVE, Option
 from amcl.specs import METHOD_SPECS
 from builders import cli_args, tiny_options
 
@@ -24,7 +25,7 @@ class DecoupledCLR(PretrainMethod):
     def __init__(self, config, num_classes: int, normalization: dict | None = None) -> None:
         super().__init__(config, num_classes, normalization)
         self.projector = self.make_projector()
-        self.criterion = NTXentLoss(self.config.temperature, decoupled=True, gather_distributed=True)
+        self.criterion = NTXentLoss(self.config.temperature, decoupled=self.config.decoupled, gather_distributed=True)
 
     def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         batch = view1.shape[0]
@@ -34,7 +35,9 @@ class DecoupledCLR(PretrainMethod):
 
 @pytest.fixture
 def dcl():
-    spec = dataclasses.replace(METHOD_SPECS["simclr"], name="dcl", title="DCL")
+    own = (Option("decoupled", bool, True, "leave the positive out of the denominator"),
+           Option("dcl_weight", float, 1.0, "an option with a range", valid=NON_NEGATIVE))
+    spec = dataclasses.replace(METHOD_SPECS["simclr"], name="dcl", title="DCL", options=own)
     register_method(spec, DecoupledCLR)
     try:
         yield spec
@@ -53,6 +56,30 @@ def test_a_registered_method_pretrains_and_evaluates_through_the_commands(dcl, t
     assert json.loads((out / "eval-knn.json").read_text())["top1"] > 0.1  # above chance on ten digits
 
 
+def test_a_registered_method_declares_and_checks_its_own_options(dcl, tmp_path, capsys):
+    from amcl.config import PretrainConfig, load_yaml
+
+    given = tmp_path / "dcl.yaml"
+    given.write_text("method: dcl\ndecoupled: false\n")
+    assert main(["pretrain", "--config", str(given), "--print-config"]) == 0  # YAML key of the method's option
+    printed = capsys.readouterr().out
+    assert "decoupled: false\n" in printed and "dcl_weight: 1.0\n" in printed and "queue_size" not in printed
+    assert main(["pretrain", "--method", "dcl", "--decoupled", "--dcl-weight", "2", "--print-config"]) == 0
+    assert "decoupled: true\ndcl_weight: 2.0\n" in capsys.readouterr().out  # its flags, bool with --no- too
+    assert main(["pretrain", "--method", "dcl", "--dcl-weight", "-1", "--print-config"]) == 2
+    assert "--dcl-weight must be a number >= 0, got -1.0" in capsys.readouterr().err  # its declared range
+    assert main(["pretrain", "--method", "dcl", "--queue-size", "8", "--print-config"]) == 2
+    assert "--queue-size is an option of moco, which --method dcl does not use" in capsys.readouterr().err
+    assert main(["pretrain", "--method", "simclr", "--dcl-weight", "2", "--print-config"]) == 2
+    assert "--dcl-weight is an option of dcl" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    assert "DCL options:\n  --decoupled, --no-decoupled" in capsys.readouterr().out  # a group of its own
+    config = PretrainConfig(**{**load_yaml(given), "dcl_weight": 3}).resolved()
+    assert (config.decoupled, config.dcl_weight, config.method_options) == (False, 3.0, {"decoupled": False,
+                                                                                          "dcl_weight": 3.0})
+
+
 def test_a_registered_methods_loss_is_its_own(dcl):
     from amcl.config import PretrainConfig
 
@@ -64,6 +91,8 @@ def test_a_registered_methods_loss_is_its_own(dcl):
     with torch.no_grad():
         z = model.projector(model.backbone(torch.cat([v1, v2])))
     assert torch.allclose(loss, nt_xent_loss(z[:, :4], z[:, 4:], 0.5, decoupled=True))
+    coupled = METHOD_CLASSES["dcl"](dataclasses.replace(config, decoupled=False), num_classes=10)
+    assert coupled.criterion.decoupled is False  # the method reads its own option
     with pytest.raises(ValueError, match="a method named 'simclr' is registered already"):
         register_method(METHOD_SPECS["simclr"], DecoupledCLR)
     register_method(METHOD_SPECS["simclr"], SimCLR)  # registering a method again as it is changes nothing

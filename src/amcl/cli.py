@@ -16,10 +16,11 @@ from typing import Any, Sequence
 
 from amcl import __version__
 from amcl.compare_grid import GRID_OPTIONS
-from amcl.config import PretrainConfig, coerce, field_types, load_yaml_files, option_names
+from amcl.config import PretrainConfig, config_options, load_yaml_files, option_names
 from amcl.errors import AmclError, RunInterrupted, warnings_on_one_line
 from amcl.eval.options import AnalyzeOptions, EvalOptions, ExportOptions
-from amcl.specs import method_names
+from amcl.options import Option, coerce_value, dataclass_options
+from amcl.specs import METHOD_SPECS, method_names, method_options
 
 #: The config options ``amcl preview`` takes (the dataset and how its images are read).
 PREVIEW_OPTIONS = ("dataset", "data_root", "image_size", "unlabeled", "class_list", "strict_data", "workers",
@@ -38,45 +39,63 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
-    """One option per config field (or per field in ``names``), with its help, choices and default."""
-    types = field_types()
-    for f in dataclasses.fields(PretrainConfig):
-        if f.name not in (option_names() if names is None else names):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        choices = f.metadata.get("choices")
-        help_text = f.metadata["help"]
-        if choices:
-            help_text += f" ({', '.join(choices)})"
-        if f.default is not None:
-            help_text += f" [default: {f.default}]"
-        if types[f.name] is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+def _add_options(parser: argparse.ArgumentParser | Any, options: Sequence[Option]) -> None:
+    """One flag per option (:class:`amcl.options.Option`), with its help, choices and default: the one way every
+    command's options reach the command line. Values are converted and checked as YAML values are; a
+    boolean gets ``--flag`` and ``--no-flag``."""
+    for opt in options:
+        help_text = opt.help
+        if opt.choices and typing.get_origin(opt.kind) is not tuple:
+            help_text += f" ({', '.join(opt.choices)})"
+        if opt.default is not None:
+            shown = " ".join(opt.default) if isinstance(opt.default, tuple) else opt.default
+            help_text += f" [default: {shown}]"
+        if opt.kind is bool:
+            parser.add_argument(opt.flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
-        elif f.metadata.get("several"):
-            parser.add_argument(flag, nargs="+", action=_Words, default=argparse.SUPPRESS, help=help_text,
-                                metavar=f.name.upper())
+        elif typing.get_origin(opt.kind) is tuple:
+            parser.add_argument(opt.flag, nargs="+", choices=opt.choices, default=argparse.SUPPRESS, help=help_text)
+        elif opt.several:
+            parser.add_argument(opt.flag, nargs="+", action=_Words, default=argparse.SUPPRESS, help=help_text,
+                                metavar=opt.metavar or opt.name.upper(), option=opt)
         else:
-            parser.add_argument(flag, type=_typed(f.name), default=argparse.SUPPRESS, help=help_text,
-                                metavar=f.name.upper())
+            parser.add_argument(opt.flag, type=_typed(opt), default=argparse.SUPPRESS, help=help_text,
+                                metavar=opt.metavar or opt.name.upper())
+
+
+def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """The pretrain options (or those in ``names``): the shared ones, then each method's own in a group of its
+    own ("MoCo options")."""
+    wanted = option_names() if names is None else names
+    shared = [opt for name, opt in config_options().items() if name in wanted and name not in method_options()]
+    _add_options(parser, shared)
+    seen: set[str] = set()
+    for method in method_names():  # an option two methods declare is listed under the first
+        own = [opt for name, opt in method_options(method).items() if name in wanted and name not in seen]
+        seen.update(opt.name for opt in own)
+        if own:
+            _add_options(parser.add_argument_group(f"{METHOD_SPECS[method].title} options"), own)
 
 
 class _Words(argparse.Action):
     """An option of several words (``--logger tensorboard csv``), kept as the config holds it: ``tensorboard,csv``."""
 
+    def __init__(self, *args: Any, option: Option, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.option = option
+
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
-        setattr(namespace, self.dest, coerce(self.dest, list(values)))
+        setattr(namespace, self.dest, coerce_value(self.option, list(values)))
 
 
-def _typed(name: str):
+def _typed(opt: Option):
     def convert(text: str) -> Any:
         try:
-            return coerce(name, text)
-        except AmclError as exc:
+            return coerce_value(opt, text)
+        except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
-    convert.__name__ = field_types()[name].__name__
+    convert.__name__ = opt.kind.__name__
     return convert
 
 
@@ -93,9 +112,21 @@ def config_from_args(
     values = {k: v for k, v in values.items() if k not in extras}
     if names is not None:
         values = {k: v for k, v in values.items() if k in names}
-    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in fields})
+    options = set(option_names())
+    values.update({k: v for k, v in vars(args).items() if k in options})
     return PretrainConfig(**values)
+
+
+def _refuse_other_methods_options(args: argparse.Namespace, method: str) -> None:
+    """An option of another method given on the command line (``--queue-size`` with ``--method simclr``) would
+    be ignored: say so instead. (Config files may hold them: a run's config.yaml from an earlier version
+    records every method's.)"""
+    for name in vars(args):
+        owners = [m for m in method_names() if name in method_options(m)]
+        if owners and method not in owners:
+            flag = "--" + name.replace("_", "-")
+            raise AmclError(f"{flag} is an option of {' and '.join(owners)}, which --method {method} does not use; "
+                            f"drop {flag}, or give --method {owners[0]}")
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -108,7 +139,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.resume:
         config = _resumed_config(args)
     else:
-        config = config_from_args(args).resolved()
+        config = config_from_args(args)
+        _refuse_other_methods_options(args, config.method)
+        config = config.resolved()
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
@@ -228,7 +261,7 @@ def _compare(args: argparse.Namespace) -> int:
     if args.print_config:
         import yaml
 
-        given = {k: v for k, v in dataclasses.asdict(base).items() if v is not None}
+        given = {k: v for k, v in base.as_dict().items() if v is not None}
         print(yaml.safe_dump({**given, **({"variants": variants} if variants else {})}, sort_keys=False), end="")
         return 0
     result = run_comparison(base, args.methods, _split_policies(args.policies), args.seeds, args.modes, args.out,
@@ -257,24 +290,10 @@ def _split_policies(text: str) -> list[str]:
 
 def _add_checkpoint_options(parser: argparse.ArgumentParser, kind: type) -> None:
     """``--checkpoint`` and one flag per field of the option dataclass ``kind`` (see
-    :mod:`amcl.eval.options`), with its help, choices and default."""
+    :mod:`amcl.eval.options`)."""
     parser.add_argument("--checkpoint", required=True, metavar="FILE",
                         help="a last.ckpt written by amcl pretrain (or its --out folder)")
-    hints = typing.get_type_hints(kind)
-    for f in dataclasses.fields(kind):
-        flag, help_text = "--" + f.name.replace("_", "-"), f.metadata["help"]
-        choices, kind_of = f.metadata.get("choices"), hints[f.name]
-        if f.default is not None and f.default is not False:
-            shown = " ".join(f.default) if isinstance(f.default, tuple) else f.default
-            help_text += f" [default: {shown}]"
-        if kind_of is bool:
-            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
-        elif typing.get_origin(kind_of) is tuple:
-            parser.add_argument(flag, nargs="+", choices=choices, default=argparse.SUPPRESS, help=help_text)
-        else:
-            base = next((a for a in typing.get_args(kind_of) if a is not type(None)), kind_of)
-            parser.add_argument(flag, type=base, choices=choices, default=argparse.SUPPRESS,
-                                metavar=f.metadata.get("metavar"), help=help_text)
+    _add_options(parser, dataclass_options(kind))
 
 
 def _add_commands(commands) -> None:

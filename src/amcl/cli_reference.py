@@ -63,10 +63,12 @@ def reference_markdown() -> str:
     for name, command in commands.items():
         lines += ["", f"## amcl {name}", "", _cell(command.description or ""), "", "| option | what it does |",
                   "|---|---|"]
-        for action in command._actions:
-            if isinstance(action, argparse._HelpAction) or not action.option_strings:
-                continue
-            lines.append(f"| {_flags(action)} | {_cell(action.help or '')} |")
+        for group in command._action_groups:  # the shared options, then each method's own ("MoCo options")
+            rows = [f"| {_flags(action)} | {_cell(action.help or '')} |" for action in group._group_actions
+                    if action.option_strings and not isinstance(action, argparse._HelpAction)]
+            if rows and group.title not in ("options", "optional arguments", "positional arguments"):
+                rows.insert(0, f"| **{group.title}** | |")
+            lines += rows
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,6 @@ report its mean, sample standard deviation and wins/ties/losses.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import statistics
@@ -258,9 +257,9 @@ def _settings(grid: Grid) -> list[str]:
     defaults = PretrainConfig()
     shown = [f"{name.replace('_', ' ')} {_value(getattr(first, name))}" for name in KEY_SETTINGS]
     skip = set(KEY_SETTINGS) | set(GRID_OPTIONS) | set(RESUMABLE_CHANGES) | set(PER_METHOD)
-    others = [f"--{f.name.replace('_', '-')} {_value(getattr(first, f.name))}" for f in dataclasses.fields(first)
-              if f.name not in skip and getattr(first, f.name) != getattr(defaults, f.name)
-              and all(getattr(run.config, f.name) == getattr(first, f.name) for run in grid.runs)]
+    others = [f"--{name.replace('_', '-')} {_value(value)}" for name, value in first.as_dict().items()
+              if name not in skip and value != getattr(defaults, name)
+              and all(getattr(run.config, name) == value for run in grid.runs)]
     lines = ["Shared settings: " + ", ".join(shown) + "."]
     if others:
         lines.append("Other options set for every run: " + ", ".join(others) + ".")
@@ -319,7 +318,7 @@ def write_results(grid: Grid) -> dict[str, Any]:
         lines += [table, ""]
     if finished < len(grid.runs):
         lines += ["The grid is not finished: the same `amcl compare` command with the same --out resumes it.", ""]
-    shared = {k: v for k, v in dataclasses.asdict(grid.base).items() if k not in GRID_OPTIONS}
+    shared = {k: v for k, v in grid.base.as_dict().items() if k not in GRID_OPTIONS}
     data = {
         "metric": grid.metric,
         "metric_description": description,

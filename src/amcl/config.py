@@ -18,6 +18,18 @@ from typing import Any
 import yaml
 
 from amcl.errors import AmclError
+from amcl.options import (
+    AT_LEAST_1,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEEDS,
+    Option,
+    Range,
+    coerce_value,
+    dataclass_options,
+    option,
+)
 from amcl.policies import parse_policy
 from amcl.specs import (
     AMCL_FORMS,
@@ -27,7 +39,11 @@ from amcl.specs import (
     METHODS,
     TEMPERATURE_MODES,
     method_names,
+    method_options,
 )
+
+__all__ = ["AT_LEAST_1", "FRACTION", "NON_NEGATIVE", "POSITIVE", "SEEDS", "PretrainConfig", "Range", "coerce",
+           "field_types", "load_yaml", "load_yaml_files", "option_names", "parse_devices"]
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "stl10", "fashion_mnist", "mnist", "kmnist", "folder")
 #: Datasets read from --data-root, those that may be (Fashion-MNIST: from its system package without it), and
@@ -54,33 +70,6 @@ DATASET_IMAGE_SIZES = {"digits": 16, "synthetic": 32, "cifar10": 32, "cifar100":
 IMAGENET_STEM_FROM = 128
 
 
-@dataclass(frozen=True)
-class Range:
-    """The valid values of a numeric option: finite numbers from ``low`` to ``high`` (either may be open)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_included: bool = True
-    high_included: bool = True
-
-    def __contains__(self, value: float) -> bool:
-        if isinstance(value, bool) or not math.isfinite(value):
-            return False
-        above = self.low is None or (value >= self.low if self.low_included else value > self.low)
-        below = self.high is None or (value <= self.high if self.high_included else value < self.high)
-        return above and below
-
-    def __str__(self) -> str:
-        if self.high is None:
-            if self.low == 0:
-                return "a number >= 0" if self.low_included else "a positive number"
-            return f"{'at least' if self.low_included else 'above'} {self.low:g}"
-        whole = float(self.low or 0).is_integer() and float(self.high).is_integer()
-        if self.low_included and self.high_included and whole:
-            return f"in {self.low:g}..{self.high:.0f}"
-        return f"in {'[' if self.low_included else '('}{self.low:g}, {self.high:g}{']' if self.high_included else ')'}"
-
-
 #: Why an option's range is what it is, where the range alone does not say.
 _RANGE_NOTES = {
     "batch_size": " (every method compares images within a batch)",
@@ -89,25 +78,23 @@ _RANGE_NOTES = {
     "color_strength": " (SimCLR's s; above 2.5 the hue jitter would exceed half a turn)",
 }
 
-AT_LEAST_1 = Range(1)
-POSITIVE = Range(0, low_included=False)
-NON_NEGATIVE = Range(0)
-FRACTION = Range(0, 1, high_included=False)  # momenta
-SEEDS = Range(0, 2**32 - 1)
-
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, recorded: bool = False,
          valid: Range | None = None, several: bool = False) -> Any:
-    """A config field; ``recorded`` marks a value ``amcl pretrain`` fills in and saves, which is not an option;
-    ``valid`` is a numeric option's range, which :meth:`PretrainConfig.validate` checks; ``several`` lets a
-    text option hold several of its ``choices``, kept comma-separated (on the command line: one or more words)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "recorded": recorded, "range": valid,
-                                            "several": several})
+    """A config field (:func:`amcl.options.option`); ``recorded`` marks a value ``amcl pretrain`` fills in and
+    saves, which is not an option; ``valid`` is a numeric option's range, which :meth:`PretrainConfig.validate`
+    checks; ``several`` lets a text option hold several of its ``choices``, kept comma-separated."""
+    return option(default, help, choices, valid=valid, several=several, recorded=recorded)
 
 
-@dataclass
+@dataclass(init=False)
 class PretrainConfig:
-    """All options of a pre-training run. ``None`` means "the method's or dataset's default"."""
+    """All options of a pre-training run. ``None`` means "the method's or dataset's default".
+
+    The options every method shares are fields; a method's own options (``queue_size``, ``barlow_lambda`` ...)
+    are declared by the method (:attr:`amcl.specs.MethodSpec.options`) and held in ``method_options``, but read
+    and given like fields: ``PretrainConfig(method="moco", queue_size=1024).queue_size``. A value left unset reads
+    as the declaring method's default; :meth:`resolved` keeps only the configured method's own."""
 
     # method
     method: str = _opt("simclr", "self-supervised method", METHODS)
@@ -183,13 +170,9 @@ class PretrainConfig:
         None, f"linear layers per projection head ({_by_method('proj_layers')})",
         valid=AT_LEAST_1
     )
-    predictor_hidden: int | None = _opt(
-        None, "SimSiam: hidden width of each head's predictor (default: 512)",
-        valid=AT_LEAST_1
-    )
-    queue_size: int = _opt(4096, "MoCo: keys in each head's queue (K)", valid=AT_LEAST_1)
-    ema_momentum: float = _opt(0.99, "MoCo: momentum of the key encoder's moving average", valid=FRACTION)
-    barlow_lambda: float = _opt(5e-3, "Barlow Twins: weight lambda of the off-diagonal terms", valid=NON_NEGATIVE)
+    #: The method's own options (MoCo's queue_size ...), declared in its :class:`amcl.specs.MethodSpec`: read
+    #: as attributes (``config.queue_size``), given as keyword arguments, flat in YAML and in checkpoints.
+    method_options: dict[str, Any] = field(default_factory=dict)
     # data
     dataset: str = _opt("digits", "dataset to pre-train on", DATASETS)
     data_root: str | None = _opt(
@@ -310,6 +293,42 @@ class PretrainConfig:
         "the lines when the output goes to a file, a pipe or a scheduler's log)",
     )
 
+    def __init__(self, **values: Any) -> None:
+        own = dict(values.pop("method_options", None) or {})
+        for f in dataclasses.fields(self):
+            if f.name == "method_options":
+                continue
+            if f.name in values:
+                setattr(self, f.name, values.pop(f.name))
+            else:
+                setattr(self, f.name, f.default_factory() if f.default is dataclasses.MISSING else f.default)
+        declared = method_options()
+        unknown = [k for k in values if k not in declared]
+        if unknown:
+            raise TypeError(f"PretrainConfig got unknown option(s) {', '.join(unknown)}")
+        self.method_options = {**own, **values}
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not fields: a method's own options
+        own = self.__dict__.get("method_options")
+        if own is not None and name in own:
+            return own[name]
+        method = self.__dict__.get("method")
+        declared = {**method_options(), **(method_options(method) if method in METHOD_SPECS else {})}
+        if own is not None and name in declared:
+            return declared[name].default
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every option by name, the method's own ones flat where ``method_options`` stands (as config.yaml and
+        checkpoints hold them)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "method_options":
+                out.update(self.method_options)
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
+
     @property
     def world_size(self) -> int:
         """Processes taking part in training: devices per node x nodes (``auto`` counts visible GPUs)."""
@@ -330,8 +349,11 @@ class PretrainConfig:
 
         AMCL options follow the form first (:data:`amcl.specs.FORM_DEFAULTS`), then the method's spec;
         SimSiam and Barlow Twins have no form (``amcl_form`` stays None)."""
-        values = dataclasses.asdict(self)
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "method_options"}
         spec = METHOD_SPECS.get(self.method)
+        own = method_options(self.method) if spec is not None else {}
+        values["method_options"] = {name: opt.default if self.method_options.get(name) is None
+                                    else self.method_options[name] for name, opt in own.items()}
         if values["amcl_form"] is None and self.amcl and spec is not None:
             values["amcl_form"] = spec.recommended_form
         if self.amcl:
@@ -413,15 +435,12 @@ class PretrainConfig:
         self._validate_data()
 
     def _validate_ranges(self) -> None:
-        """Every numeric option against its field's :class:`Range` (``valid``); booleans are not numbers."""
-        for f in dataclasses.fields(self):
-            valid, value = f.metadata.get("range"), getattr(self, f.name)
-            if valid is None or value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise AmclError(f"--{_flag(f.name)} must be a number, got {value!r}")
-            if value not in valid:
-                raise AmclError(f"--{_flag(f.name)} must be {valid}{_RANGE_NOTES.get(f.name, '')}, got {value}")
+        """Every numeric option, the method's own included, against its :class:`Range`; booleans are not numbers."""
+        own = method_options(self.method) if self.method in METHOD_SPECS else {}
+        for opt in [*_FIELD_OPTIONS, *own.values()]:
+            problem = opt.problem(getattr(self, opt.name), _RANGE_NOTES.get(opt.name, ""))
+            if problem:
+                raise AmclError(problem)
 
     def _validate_data(self) -> None:
         if self.dataset in FILE_DATASETS and not self.data_root:
@@ -462,7 +481,18 @@ class PretrainConfig:
                             f"--topk <= {negatives} or {spec.negatives.fix}")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+        return yaml.safe_dump(self.as_dict(), sort_keys=False)
+
+
+#: The options that are fields of :class:`PretrainConfig` (the methods' own ones are in their specs).
+_FIELD_OPTIONS = dataclass_options(PretrainConfig)
+
+
+def config_options(method: str | None = None) -> dict[str, Option]:
+    """Every option of a pre-training config by name: the shared ones (recorded values included), then the own
+    options of ``method`` (None: of every registered method)."""
+    own = method_options(method) if method is None or method in METHOD_SPECS else {}
+    return {**{o.name: o for o in _FIELD_OPTIONS}, **own}
 
 
 def parse_devices(devices: str | int) -> int | list[int] | str:
@@ -492,57 +522,31 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _several(name: str) -> bool:
-    return any(f.metadata.get("several") for f in dataclasses.fields(PretrainConfig) if f.name == name)
-
-
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
 def _choices(name: str) -> tuple[str, ...]:
-    return next(f.metadata["choices"] for f in dataclasses.fields(PretrainConfig) if f.name == name)
+    return config_options()[name].choices or ()
 
 
-def option_names() -> list[str]:
-    """The config fields a user sets (command-line options and YAML keys), recorded values left out."""
-    return [f.name for f in dataclasses.fields(PretrainConfig) if not f.metadata.get("recorded")]
+def option_names(method: str | None = None) -> list[str]:
+    """The options a user sets (command-line options and YAML keys), recorded values left out: the shared ones
+    and the own options of ``method`` (None: of every registered method)."""
+    return [name for name, opt in config_options(method).items() if not opt.recorded]
 
 
 def field_types() -> dict[str, type]:
     """Each option's base type (int, float, str or bool), ``Optional`` unwrapped."""
-    hints = typing.get_type_hints(PretrainConfig)
-    out = {}
-    for name, hint in hints.items():
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        out[name] = args[0] if args else hint
-    return out
+    return {name: opt.kind for name, opt in config_options().items()}
 
 
 def coerce(name: str, value: Any) -> Any:
     """Convert a YAML or CLI value to the option's type, or raise AmclError."""
-    kind = field_types()[name]
-    if value is None:
-        return None
     try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "yes", "1", "on"):
-                return True
-            if str(value).lower() in ("false", "no", "0", "off"):
-                return False
-            raise ValueError
-        if kind in (int, float) and isinstance(value, bool):  # YAML's yes/no/true/false are not numbers
-            raise ValueError
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        if _several(name):  # a YAML list or comma-separated words: kept as "a,b" in its order, without repeats
-            words = value if isinstance(value, (list, tuple)) else str(value).split(",")
-            return ",".join(dict.fromkeys(str(w).strip() for w in words if str(w).strip())) or "none"
-        return kind(value)
-    except (TypeError, ValueError):
-        raise AmclError(f"option {_flag(name)}: expected {kind.__name__}, got {value!r}") from None
+        return coerce_value(config_options()[name], value)
+    except ValueError as exc:
+        raise AmclError(str(exc)) from None
 
 
 class _DuplicateKey(Exception):
@@ -567,8 +571,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _optional(name: str) -> bool:
-    """Whether an option may be null (``None``: the method's or dataset's default, or unset)."""
-    return type(None) in typing.get_args(typing.get_type_hints(PretrainConfig)[name])
+    """Whether an option may be null (``None``: the method's or dataset's default, or unset; a method's own
+    options may always be, as the records of other methods' runs hold them)."""
+    return config_options()[name].optional or name in method_options()
 
 
 def load_yaml(path: str | Path, extras: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -597,7 +602,7 @@ def load_yaml(path: str | Path, extras: tuple[str, ...] = ()) -> dict[str, Any]:
         raise AmclError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise AmclError(f"{where} must hold a mapping of option: value")
-    known = {f.name for f in dataclasses.fields(PretrainConfig)}
+    known = set(config_options())
     out: dict[str, Any] = {}
     spelled: dict[str, Any] = {}
     for key, value in data.items():

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from amcl.config import PretrainConfig, load_yaml, option_names
+from amcl.config import PretrainConfig, config_options, load_yaml, option_names
 from amcl.errors import AmclError
 from amcl.files import write_atomic
 from amcl.policies import parse_policy
@@ -282,7 +282,7 @@ def read_resumed_config(path: str | os.PathLike[str], trained: Mapping[str, Any]
     there. A key left out (a file cut off, or edited) is an :class:`AmclError` naming it: a resumed run never
     gets defaults in place of its settings."""
     values = load_yaml(Path(path))
-    options = option_names()
+    options = option_names(values.get("method"))  # the shared options and the file's method's own
     expected = [name for name in options if name in trained] if trained is not None else \
         [name for name in options if name not in UPGRADED_OPTIONS]
     missing = [name for name in expected if name not in values]
@@ -303,7 +303,7 @@ def upgrade_config(saved: Mapping[str, Any]) -> dict[str, Any]:
     values.setdefault("logger", "none")  # before --logger: no experiment loggers (TensorBoard when installed)
     values.setdefault("save_every", 0)  # before --save-every: last.ckpt only
     if values.get("global_batch") is None and str(values.get("devices", "1")).strip() not in ("auto", "-1"):
-        known = {k: v for k, v in values.items() if k in PretrainConfig.__dataclass_fields__}
+        known = {k: v for k, v in values.items() if k in config_options()}
         try:
             values["global_batch"] = PretrainConfig(**{**known, "global_batch": None}).with_global_batch().global_batch
         except (TypeError, ValueError):
@@ -326,7 +326,7 @@ def config_differences(saved: Mapping[str, Any], current: PretrainConfig, saved_
     :data:`RESUMABLE_CHANGES`) in which a saved run's config differs from ``current``. Options the saved
     config does not hold (written by an older version) are taken to match; without ``recorded``, values
     ``amcl pretrain`` records (the global batch) are not compared."""
-    now, options = current.__dict__, set(option_names())
+    now, options = current.as_dict(), set(option_names())
     differing = [name for name in now if name not in RESUMABLE_CHANGES and name in saved
                  and (recorded or name in options) and not _same(name, saved[name], now[name])]
     return [f"{'--' + name.replace('_', '-') if name in options else name} {saved[name]!r} {saved_in}, "

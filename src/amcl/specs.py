@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from amcl.options import AT_LEAST_1, FRACTION, NON_NEGATIVE, Option
+
 #: The AMCL loss forms of the contrastive methods (SimCLR, MoCo); the others have one, their paper equation.
 AMCL_FORMS = ("hardest", "infonce", "softmax")
 TEMPERATURE_MODES = ("adaptive", "constant", "positive", "negative", "global")
@@ -31,7 +33,10 @@ class Negatives:
 class MethodSpec:
     """One method as the rest of amcl sees it.
 
-    ``defaults`` fill the options a config leaves unset (after the AMCL form's). ``amcl_forms`` are the
+    ``defaults`` fill the shared options a config leaves unset (after the AMCL form's); ``options`` are the
+    method's own (``--queue-size`` of MoCo), declared, defaulted and range-checked here, accepted on the
+    command line and in YAML for every registered method and recorded in a run's config only for its own.
+    ``amcl_forms`` are the
     forms ``--amcl-form`` may pick (empty: one form, the method's paper equation), the first being
     the one ``--amcl`` uses. ``paper_literal`` are the options that make ``--amcl`` the paper's
     equation exactly as printed. ``negatives`` is None for methods without negative pairs.
@@ -44,6 +49,7 @@ class MethodSpec:
     title: str
     defaults: Mapping[str, Any]
     paper_literal: Mapping[str, Any]
+    options: tuple[Option, ...] = ()
     amcl_forms: tuple[str, ...] = ()
     temperature_modes: tuple[str, ...] = TEMPERATURE_MODES
     negatives: Negatives | None = None
@@ -94,13 +100,18 @@ METHOD_SPECS: dict[str, MethodSpec] = {
                             what=lambda c: f"entries of the --queue-size {c.queue_size} queue",
                             fix="a larger --queue-size"),
         baseline_temperature=True,
+        options=(Option("queue_size", int, 4096, "keys in each head's queue (K)", valid=AT_LEAST_1),
+                 Option("ema_momentum", float, 0.99, "momentum of the key encoder's moving average",
+                        valid=FRACTION)),
         analysis_note="MoCo: features of the online (query) encoder; the momentum copy is not used",
     ),
     "simsiam": MethodSpec(
         name="simsiam", title="SimSiam",
         defaults={"lr": 0.05, "temperature": 1.0, "beta": 1e-4, "proj_hidden": 2048, "proj_dim": 2048,
-                  "proj_layers": 3, "predictor_hidden": 512, "tau_min": 1.0, "tau_max": 2.0, "head_reduction": "mean"},
+                  "proj_layers": 3, "tau_min": 1.0, "tau_max": 2.0, "head_reduction": "mean"},
         paper_literal={"tau_min": 1e-5, "tau_max": 2.0, "head_reduction": "sum"},
+        options=(Option("predictor_hidden", int, 512, "hidden width of each head's predictor",
+                        valid=AT_LEAST_1),),
         temperature_modes=("adaptive", "constant", "positive", "global"),
         bound_is_expected=True,
         pair_names=("positive pairs", None),
@@ -112,6 +123,8 @@ METHOD_SPECS: dict[str, MethodSpec] = {
         defaults={"lr": 0.11, "temperature": 1.0, "beta": 1e-6, "proj_hidden": 2048, "proj_dim": 2048,
                   "proj_layers": 3, "tau_min": 1.0, "tau_max": 2.0, "head_reduction": "mean"},
         paper_literal={"tau_min": 1e-5, "tau_max": 2.0, "head_reduction": "sum"},
+        options=(Option("barlow_lambda", float, 5e-3, "weight lambda of the off-diagonal terms",
+                        valid=NON_NEGATIVE),),
         bound_is_expected=True,
         pair_names=("diagonal channel pairs", "off-diagonal channel pairs"),
         temperature_note=("Barlow Twins: temperatures of channel pairs on the first {global_batch} positive pairs; "
@@ -125,6 +138,17 @@ METHODS = tuple(METHOD_SPECS)
 def method_names() -> tuple[str, ...]:
     """Every method registered now: the built-in ones and those of :func:`amcl.methods.register_method`."""
     return tuple(METHOD_SPECS)
+
+
+def method_options(method: str | None = None) -> dict[str, Option]:
+    """The own options of ``method`` (None: of every registered method; where two declare one name, the first
+    registered), by name."""
+    specs = [METHOD_SPECS[method]] if method is not None else list(METHOD_SPECS.values())
+    out: dict[str, Option] = {}
+    for spec in specs:
+        for opt in spec.options:
+            out.setdefault(opt.name, opt)
+    return out
 
 #: Defaults that depend on the AMCL form (they fill options left unset, before the method's defaults).
 FORM_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -143,7 +167,8 @@ def method_dependent_options() -> tuple[str, ...]:
     method's spec, a form or the bounds fill, plus ``amcl_form`` and ``heads`` (3 with ``--amcl``). Derived
     from the tables above, so a new method's defaults are recorded per grid cell without another list."""
     keys = [*(k for spec in METHOD_SPECS.values() for k in spec.defaults), *(k for d in FORM_DEFAULTS.values()
-                                                                           for k in d), *AUTHORS_TAU_BOUNDS]
+                                                                           for k in d), *AUTHORS_TAU_BOUNDS,
+            *method_options()]
     return tuple(dict.fromkeys(["amcl_form", "heads", *keys, "head_reduction"]))
 
 

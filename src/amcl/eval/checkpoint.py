@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from amcl.config import PretrainConfig
+from amcl.config import PretrainConfig, config_options
 from amcl.errors import AmclError
 from amcl.methods import METHOD_CLASSES
 from amcl.runs import read_checkpoint, upgrade_config
@@ -41,7 +41,7 @@ def load_pretrained(path: str | os.PathLike[str], device: str | torch.device = "
     """Rebuild the method a checkpoint was trained with, load its weights, and put it in eval mode."""
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
-    known = PretrainConfig.__dataclass_fields__
+    known = config_options()
     try:
         method = METHOD_CLASSES[hparams["config"]["method"]]
         saved = method.saved_config(upgrade_config(hparams["config"]), checkpoint["state_dict"])

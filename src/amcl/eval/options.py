@@ -7,10 +7,11 @@ function takes the same names as keyword arguments; :meth:`validate` checks what
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from amcl.errors import AmclError
+from amcl.options import option
 from amcl.policies import parse_policy
 
 __all__ = ["AnalyzeOptions", "CheckpointOptions", "EvalOptions", "ExportOptions", "PROTOCOLS"]
@@ -19,7 +20,7 @@ PROTOCOLS = ("knn", "linear")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, metavar: str | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices, "metavar": metavar})
+    return option(default, help, choices, metavar=metavar)
 
 
 def _at_least(name: str, value: int, least: int, why: str = "") -> None:

@@ -9,7 +9,6 @@ says how ``amcl analyze`` reads its temperatures.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import lightning as L
@@ -48,7 +47,7 @@ class PretrainMethod(L.LightningModule):
         if config.global_batch is None:  # a config built by hand, not resolved: the processes it names
             config = config.with_global_batch()
         self.save_hyperparameters(
-            {"config": dataclasses.asdict(config), "num_classes": num_classes, "normalization": normalization}
+            {"config": config.as_dict(), "num_classes": num_classes, "normalization": normalization}
         )
         self.config = config
         self.num_classes = num_classes

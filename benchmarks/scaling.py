@@ -121,7 +121,7 @@ def barlow_step(world: int, args: argparse.Namespace, gathered: bool) -> Step:
     """One process's AMCL Barlow Twins loss step: on the gathered ``[C, BW, d]`` views, or on its own B rows
     with phi's first layer on its shard of the channel vectors (the all-reduces are identities here)."""
     from amcl.losses import amcl_barlow_twins_loss, batch_standardise
-    from amcl.losses.siamese import TemperatureScores
+    from amcl.losses.barlow_twins import TemperatureScores
     from amcl.nn import Shard
 
     rows = args.barlow_batch_size * (world if gathered else 1)

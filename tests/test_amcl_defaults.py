@@ -48,7 +48,7 @@ def test_a_baseline_names_no_amcl_form():
 
 @pytest.mark.parametrize("options,fragment", [
     (dict(amcl=True, head_reduction="max"), "unknown head_reduction 'max'"),
-    (dict(amcl=True, amcl_form="softmax", topk=3), "--topk 3 applies to --amcl-form hardest and infonce"),
+    (dict(amcl=True, amcl_form="softmax", topk=3), "--topk 3 applies to --amcl-form hardest and hardest_with_positive"),
     (dict(method="barlow_twins", amcl=True, amcl_form="softmax"), "--amcl-form softmax applies to simclr and moco"),
     (dict(amcl=True, grad_clip=-1.0), "--grad-clip must be a positive number"),
     (dict(split_seed=2**32), "--split-seed must be in 0..4294967295"),

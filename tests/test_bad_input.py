@@ -358,7 +358,8 @@ CASES = [
     P("pretrain-unknown-augmentation-code", ["--augs", "abx"], "--augs", "unknown augmentation code(s) 'x'",
       "valid codes"),
     P("pretrain-repeated-augmentation-code", ["--augs", "aa"], "repeated augmentation code(s) 'a'"),
-    P("pretrain-unknown-amcl-form", ["--amcl-form", "max"], "unknown amcl_form 'max'", "hardest, infonce, softmax"),
+    P("pretrain-unknown-amcl-form", ["--amcl-form", "max"], "unknown amcl_form 'max'",
+      "hardest, hardest_with_positive, softmax"),
     P("pretrain-unknown-negative-regularizer", ["--negative-regularizer", "sum"], "unknown negative_regularizer 'sum'",
       "mean_omega, sum_log_inverse"),
     P("pretrain-unknown-temperature-input", ["--temperature-input", "backbone"], "unknown temperature_input",
@@ -427,9 +428,10 @@ CASES = [
     P("pretrain-sync-batchnorm-on-cpu", ["--accelerator", "cpu", "--sync-batchnorm", "--devices", "2"],
       "--sync-batchnorm works with CUDA GPUs only"),
     # options that do not apply
-    P("pretrain-infonce-with-simsiam", ["--method", "simsiam", "--amcl", "--amcl-form", "infonce"],
-      "--amcl-form infonce", "applies to simclr and moco", "simsiam"),
-    P("pretrain-infonce-with-barlow-twins", ["--method", "barlow_twins", "--amcl", "--amcl-form", "infonce"],
+    P("pretrain-eq24-form-with-simsiam", ["--method", "simsiam", "--amcl", "--amcl-form", "hardest_with_positive"],
+      "--amcl-form hardest_with_positive", "applies to simclr and moco", "simsiam"),
+    P("pretrain-eq24-form-with-barlow-twins",
+      ["--method", "barlow_twins", "--amcl", "--amcl-form", "hardest_with_positive"],
       "applies to simclr and moco", "barlow_twins"),
     P("pretrain-negative-mode-with-simsiam", ["--method", "simsiam", "--amcl", "--temperature-mode", "negative"],
       "--temperature-mode negative", "simsiam does not have"),
@@ -630,7 +632,8 @@ CASES = [
     V("preview-unwritable-out", ["--out", "/proc/version/p.png", "--num-images", "1", "--augs", "e"],
       "cannot write /proc/version/p.png", "choose a writable --out"),
     # ------------------------------------------------------------------ compare
-    C("compare-infonce-with-simsiam", ["--methods", "simsiam", "--modes", "amcl", "--amcl-form", "infonce"],
+    C("compare-eq24-form-with-simsiam",
+      ["--methods", "simsiam", "--modes", "amcl", "--amcl-form", "hardest_with_positive"],
       "simsiam amcl:", "applies to simclr and moco"),
     C("compare-unknown-method", ["--methods", "byol"], "argument --methods", "invalid choice: 'byol'"),
     C("compare-unknown-augmentation-code", ["--augs", "a,xz"], "argument --augs", "'x', 'z'"),
@@ -761,7 +764,7 @@ def test_user_mistake_exits_2_with_one_line_and_writes_nothing(case, tmp_path, m
     assert runs.used == case.needs_runs, "the row's slow mark (Case.needs_runs) does not match its use of the runs"
 
 
-SUBPROCESS_ROWS = ["pretrain-cifar10-corrupt-pickle", "eval-truncated-checkpoint", "compare-infonce-with-simsiam"]
+SUBPROCESS_ROWS = ["pretrain-cifar10-corrupt-pickle", "eval-truncated-checkpoint", "compare-eq24-form-with-simsiam"]
 
 
 @pytest.mark.parametrize("row", SUBPROCESS_ROWS)

@@ -245,8 +245,8 @@ def test_duplicates_are_run_once(grid, tmp_path):
 @pytest.mark.parametrize(
     "args,fragment",
     [
-        (["--methods", "simsiam", "--amcl-form", "infonce"], "applies to simclr and moco"),
-        (["--methods", "simclr", "barlow_twins", "--amcl-form", "infonce"], "barlow_twins amcl"),
+        (["--methods", "simsiam", "--amcl-form", "hardest_with_positive"], "applies to simclr and moco"),
+        (["--methods", "simclr", "barlow_twins", "--amcl-form", "hardest_with_positive"], "barlow_twins amcl"),
         (["--batch-size", "4", "--amcl-form", "hardest", "--topk", "7"], "--topk 7"),
         (["--seeds", "-1"], "--seeds: -1"),
     ],

@@ -55,7 +55,7 @@ def test_the_baseline_modules_are_the_pure_functions():
     assert BarlowTwinsLoss(0.01)(z0, z1) == barlow_twins_loss(z0, z1, 0.01)
 
 
-@pytest.mark.parametrize("form", ["softmax", "hardest", "infonce"])
+@pytest.mark.parametrize("form", ["softmax", "hardest", "hardest_with_positive"])
 def test_amcl_ntxent_module_equals_the_simclr_method_loss(form):
     """The module with the method's temperature net gives the method's own loss (the heads' mean or sum)."""
     config = PretrainConfig(method="simclr", amcl=True, amcl_form=form, backbone="small_cnn", image_size=16,
@@ -92,7 +92,7 @@ def test_two_dimensional_projections_are_one_head():
 
 
 def test_module_mistakes_are_named():
-    with pytest.raises(ValueError, match="form must be one of softmax, hardest, infonce, got 'median'"):
+    with pytest.raises(ValueError, match="form must be one of softmax, hardest, hardest_with_positive, got 'median'"):
         AMCLNTXentLoss(16, form="median")
     with pytest.raises(ValueError, match="head_reduction must be sum or mean"):
         AMCLNTXentLoss(16, head_reduction="max")

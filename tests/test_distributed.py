@@ -32,7 +32,8 @@ CASES = {
     "simclr": dict(method="simclr"),
     "simclr-amcl": dict(method="simclr", amcl=True, heads=2, topk=2, amcl_form="hardest"),
     "simclr-amcl-softmax": dict(method="simclr", amcl=True, heads=2),
-    "simclr-amcl-infonce": dict(method="simclr", amcl=True, heads=2, topk=1, amcl_form="infonce"),
+    "simclr-amcl-hardest-with-positive": dict(method="simclr", amcl=True, heads=2, topk=1,
+                                              amcl_form="hardest_with_positive"),
     "simclr-amcl-negative-only": dict(method="simclr", amcl=True, heads=2, topk=3, amcl_form="hardest",
                                       temperature_mode="negative"),
     # proj_dim 8 > temperature_hidden 4 + 1: phi's last layer folded into the factors (r W^T W, r)

@@ -19,7 +19,7 @@ from amcl.losses import (
     process_anchors,
     view_similarities,
 )
-from amcl.losses.contrastive import _largest_entries, _order_keys_
+from amcl.losses.kernels import largest_entries, order_keys_
 from amcl.losses.temperature import gathers_rows, selected_products, sparse_gradient
 from amcl.nn import Shard, TemperatureNet
 from builders import LargestTensor, cos, reference_omega
@@ -245,7 +245,7 @@ def test_largest_entries_are_the_top_k_of_the_floats(dtype):
     x = x.to(dtype)
     excluded = torch.rand(6, 40) < 0.2
     excluded[0, 2] = False  # keep the +inf of row 0 a candidate
-    values, index = _largest_entries(x.clone(), 7, excluded)
+    values, index = largest_entries(x.clone(), 7, excluded)
     expected = x.masked_fill(excluded, float("-inf")).topk(7, dim=-1).values
     assert torch.equal(values.sort(dim=-1, descending=True).values, expected)
     assert torch.equal(x.gather(-1, index), values)
@@ -255,9 +255,9 @@ def test_largest_entries_are_the_top_k_of_the_floats(dtype):
 
 def test_order_keys_sort_like_the_floats_and_give_them_back():
     floats = torch.tensor([float("-inf"), -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.0, float("inf")])
-    keys = _order_keys_(floats.clone().view(torch.int32))
+    keys = order_keys_(floats.clone().view(torch.int32))
     assert torch.equal(keys.argsort(), torch.arange(8))  # strictly increasing (-0.0 just below 0.0)
-    assert torch.equal(_order_keys_(keys.clone()).view(torch.float32), floats)
+    assert torch.equal(order_keys_(keys.clone()).view(torch.float32), floats)
 
 
 @pytest.mark.parametrize("case", ["gram", "two-factors", "one-head-left", "one-head-right"])

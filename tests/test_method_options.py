@@ -51,3 +51,18 @@ def test_a_value_outside_the_declared_range_is_refused_by_name():
     with pytest.raises(AmclError, match=r"--ema-momentum must be in \[0, 1\), got 1.0"):
         PretrainConfig(method="moco", ema_momentum=1.0).resolved()
     PretrainConfig(method="simclr", queue_size=0).resolved()  # not simclr's option: not its check either
+
+
+def test_the_eq24_forms_earlier_name_infonce_is_still_accepted(capsys):
+    from amcl.cli import main
+    from amcl.nn import AMCLMoCoLoss, AMCLNTXentLoss
+    from amcl.runs import config_differences
+
+    config = PretrainConfig(amcl=True, amcl_form="infonce").resolved()  # a config file or checkpoint of before
+    assert (config.amcl_form, config.head_reduction) == ("hardest_with_positive", "sum")
+    assert main(["pretrain", "--amcl", "--amcl-form", "infonce", "--print-config"]) == 0
+    assert "amcl_form: hardest_with_positive\n" in capsys.readouterr().out
+    assert AMCLNTXentLoss(dim=8, form="infonce").form == AMCLMoCoLoss(dim=8, form="infonce").form == \
+        "hardest_with_positive"
+    saved = {**config.as_dict(), "amcl_form": "infonce"}  # resuming a run recorded with the earlier name
+    assert config_differences(saved, config) == []

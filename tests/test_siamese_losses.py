@@ -10,10 +10,11 @@ from amcl.losses import (
     amcl_barlow_twins_loss,
     amcl_simsiam_loss,
     barlow_twins_loss,
-    siamese,
+    kernels,
     simsiam_loss,
     temperature_from_scores,
 )
+from amcl.losses.barlow_twins import TemperatureScores, _BarlowTerms
 from builders import cos, reference_omega
 
 
@@ -133,7 +134,7 @@ def reference_barlow_terms(c, tau, lambd, beta, dim):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Row blocks of 2 rows of a 5-wide matrix: several blocks per head and a short last one."""
-    monkeypatch.setattr(siamese, "BLOCK_ELEMENTS", 10)
+    monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", 10)
 
 
 def scores_to_tau(s, tau_min, tau_max):
@@ -149,8 +150,8 @@ def test_fused_barlow_terms_match_formula(blocked, request):
     c, s = torch.randn(2, 5, 5, dtype=torch.float64), 2 * torch.randn(2, 5, 5, dtype=torch.float64)
     tau = scores_to_tau(s, 0.05, 2.0)
     expected = reference_barlow_terms(c, tau, 0.1, 1e-2, 7)
-    from_scores = siamese._BarlowTerms.apply(c, s, 0.1, 1e-2, 3.5, (0.05, 2.0))
-    from_tau = siamese._BarlowTerms.apply(c, tau, 0.1, 1e-2, 3.5, None)
+    from_scores = _BarlowTerms.apply(c, s, 0.1, 1e-2, 3.5, (0.05, 2.0))
+    from_tau = _BarlowTerms.apply(c, tau, 0.1, 1e-2, 3.5, None)
     assert from_scores.item() == pytest.approx(expected, rel=1e-12)
     assert from_tau.item() == pytest.approx(expected, rel=1e-12)
 
@@ -165,12 +166,12 @@ def test_fused_barlow_terms_gradcheck(blocked, request):
     c = (0.5 * torch.randn(2, 5, 5, dtype=torch.float64)).requires_grad_()
     s = torch.randn(2, 5, 5, dtype=torch.float64, requires_grad=True)
     tau = (torch.rand(2, 5, 5, dtype=torch.float64) + 0.3).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: siamese._BarlowTerms.apply(a, b, 0.2, 0.05, 2.5, (0.1, 1.5)), (c, s))
-    assert torch.autograd.gradcheck(lambda a, b: siamese._BarlowTerms.apply(a, b, 0.2, 0.05, 2.5, None), (c, tau))
+    assert torch.autograd.gradcheck(lambda a, b: _BarlowTerms.apply(a, b, 0.2, 0.05, 2.5, (0.1, 1.5)), (c, s))
+    assert torch.autograd.gradcheck(lambda a, b: _BarlowTerms.apply(a, b, 0.2, 0.05, 2.5, None), (c, tau))
     # one gradient only: the other is not computed
-    assert torch.autograd.gradcheck(lambda a: siamese._BarlowTerms.apply(a, s.detach(), 0.2, 0.05, 2.5, (0.1, 1.5)),
+    assert torch.autograd.gradcheck(lambda a: _BarlowTerms.apply(a, s.detach(), 0.2, 0.05, 2.5, (0.1, 1.5)),
                                     (c,))
-    assert torch.autograd.gradcheck(lambda b: siamese._BarlowTerms.apply(c.detach(), b, 0.2, 0.05, 2.5, None), (tau,))
+    assert torch.autograd.gradcheck(lambda b: _BarlowTerms.apply(c.detach(), b, 0.2, 0.05, 2.5, None), (tau,))
 
 
 def test_amcl_barlow_twins_scores_match_temperatures_and_formula(small_blocks):
@@ -180,21 +181,21 @@ def test_amcl_barlow_twins_scores_match_temperatures_and_formula(small_blocks):
     s = left @ right.transpose(1, 2)
     tau = scores_to_tau(s, 1e-2, 2.0)
     expected = reference_amcl_barlow(z1, z2, tau, 0.1, 1e-3, 5)
-    for temperatures in (siamese.TemperatureScores(s, 1e-2, 2.0), PairTemperatures(left, right, 1e-2, 2.0), tau):
+    for temperatures in (TemperatureScores(s, 1e-2, 2.0), PairTemperatures(left, right, 1e-2, 2.0), tau):
         got = amcl_barlow_twins_loss(z1, z2, temperatures, lambd=0.1, beta=1e-3)
         assert got.item() == pytest.approx(expected, rel=1e-12)
-    assert torch.allclose(siamese.TemperatureScores(s, 1e-2, 2.0).matrix(), tau, rtol=1e-12)
+    assert torch.allclose(TemperatureScores(s, 1e-2, 2.0).matrix(), tau, rtol=1e-12)
     # the loss's gradients through the scores match those through the materialised matrix
     z = z1.clone().requires_grad_()
     sl, st = s.clone().requires_grad_(), s.clone().requires_grad_()
-    g_fused = torch.autograd.grad(amcl_barlow_twins_loss(z, z2, siamese.TemperatureScores(sl, 1e-2, 2.0), 0.1, 1e-3),
+    g_fused = torch.autograd.grad(amcl_barlow_twins_loss(z, z2, TemperatureScores(sl, 1e-2, 2.0), 0.1, 1e-3),
                                   (z, sl))
     g_plain = torch.autograd.grad(amcl_barlow_twins_loss(z, z2, temperature_from_scores(st, 1e-2, 2.0), 0.1, 1e-3),
                                   (z, st))
     for a, b in zip(g_fused, g_plain):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="temperature scores must be"):
-        amcl_barlow_twins_loss(z1, z2, siamese.TemperatureScores(s[:, :4], 1e-2, 2.0))
+        amcl_barlow_twins_loss(z1, z2, TemperatureScores(s[:, :4], 1e-2, 2.0))
 
 
 def test_amcl_barlow_twins_constant_and_broadcast_temperatures(small_blocks):

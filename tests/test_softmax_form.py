@@ -163,7 +163,7 @@ def test_softmax_terms_report_full_matrices_with_a_negative_mask():
     assert terms.loss().item() == pytest.approx(amcl_softmax_nt_xent_loss(z1, z2, temps, beta=0.01).item())
 
 
-def test_softmax_upper_bounds_the_infonce_max_form_within_log_candidates():
+def test_softmax_upper_bounds_the_eq24_max_form_within_log_candidates():
     """log-sum-exp is the smooth max of Eq. 2.4: max <= lse <= max + log(N + 1), term by term."""
     torch.manual_seed(3)
     z1, z2 = torch.randn(1, 5, 8, dtype=torch.float64), torch.randn(1, 5, 8, dtype=torch.float64)

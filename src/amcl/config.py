@@ -38,6 +38,7 @@ from amcl.specs import (
     METHOD_SPECS,
     METHODS,
     TEMPERATURE_MODES,
+    canonical_form,
     method_names,
     method_options,
 )
@@ -104,7 +105,7 @@ class PretrainConfig:
         None,
         "how the C heads' losses combine: sum (as the paper's equations; the backbone then gets C times one head's "
         "gradient) or mean (the same loss divided by C, which equals dividing --lr by C) (default: sum for "
-        "--amcl-form hardest and infonce, mean for softmax)",
+        "--amcl-form hardest and hardest_with_positive, mean for softmax)",
         ("sum", "mean"),
     )
     temperature_mode: str = _opt(
@@ -119,9 +120,9 @@ class PretrainConfig:
         "AMCL loss of SimCLR and MoCo: softmax (our extension, recommended: the log-sum-exp over all candidates "
         "that Eq. 2.4's max approximates, a temperature per pair; default beta 0.01 and the heads' mean), hardest "
         "(Eq. 2.1 as printed, k = 1: the hardest negatives, with beta and tau bounds from the authors' later code, the "
-        "heads' sum) or infonce (Eq. 2.4, the "
-        "hardest of the N+1 candidates, positive included) (default: softmax for simclr and moco; the other "
-        "methods have one AMCL form, their paper equation)",
+        "heads' sum) or hardest_with_positive (Eq. 2.4, the hardest of the N+1 candidates, positive included; "
+        "'infonce', its earlier name, is accepted) (default: softmax for simclr and moco; the other methods have "
+        "one AMCL form, their paper equation)",
         AMCL_FORMS,
     )
     negative_regularizer: str = _opt(
@@ -294,6 +295,8 @@ class PretrainConfig:
     )
 
     def __init__(self, **values: Any) -> None:
+        if "amcl_form" in values:  # a form's earlier name (infonce) as it is called now
+            values["amcl_form"] = canonical_form(values["amcl_form"])
         own = dict(values.pop("method_options", None) or {})
         for f in dataclasses.fields(self):
             if f.name == "method_options":
@@ -461,7 +464,7 @@ class PretrainConfig:
         if self.amcl_form not in (None, "hardest") and not spec.contrastive:  # "hardest": configs of earlier versions
             raise AmclError(
                 f"--amcl-form {self.amcl_form} applies to simclr and moco; {self.method} has no negatives to "
-                f"{'rank' if self.amcl_form == 'infonce' else 'weigh'}: drop --amcl-form"
+                f"{'rank' if self.amcl_form == 'hardest_with_positive' else 'weigh'}: drop --amcl-form"
             )
         if self.temperature_mode not in spec.temperature_modes:
             raise AmclError(
@@ -472,10 +475,11 @@ class PretrainConfig:
             return
         if self.amcl_form == "softmax":  # every negative takes part: there is no top-k to choose
             if self.topk != 1:
-                raise AmclError(f"--topk {self.topk} applies to --amcl-form hardest and infonce; the softmax form "
-                                "weighs every negative: drop --topk")
+                raise AmclError(f"--topk {self.topk} applies to --amcl-form hardest and hardest_with_positive; the "
+                                "softmax form weighs every negative: drop --topk")
             return
-        negatives = spec.negatives.count(self) + (self.amcl_form == "infonce")  # Eq. 2.4 also ranks the positive
+        with_positive = self.amcl_form == "hardest_with_positive"  # Eq. 2.4 ranks the positive too
+        negatives = spec.negatives.count(self) + with_positive
         if self.topk > negatives:
             raise AmclError(f"--topk {self.topk} is larger than the {negatives} {spec.negatives.what(self)}; use "
                             f"--topk <= {negatives} or {spec.negatives.fix}")

@@ -29,6 +29,7 @@ from amcl.config import PretrainConfig, config_options, load_yaml, option_names
 from amcl.errors import AmclError
 from amcl.files import write_atomic
 from amcl.policies import parse_policy
+from amcl.specs import canonical_form
 
 __all__ = [
     "MARKER", "RESUMABLE_CHANGES", "claim_folder", "config_differences", "finished_metrics", "folder_entries",
@@ -317,6 +318,8 @@ def _same(name: str, saved: Any, current: Any) -> bool:
             return parse_policy(str(saved)) == parse_policy(str(current))
         except ValueError:
             return False
+    if name == "amcl_form":  # infonce is hardest_with_positive's earlier name
+        saved = canonical_form(saved)
     return saved == current and isinstance(saved, bool) == isinstance(current, bool)  # 1 == 1.0, True != 1
 
 

@@ -15,7 +15,9 @@ from typing import Any, Callable, Mapping
 from amcl.options import AT_LEAST_1, FRACTION, NON_NEGATIVE, Option
 
 #: The AMCL loss forms of the contrastive methods (SimCLR, MoCo); the others have one, their paper equation.
-AMCL_FORMS = ("hardest", "infonce", "softmax")
+AMCL_FORMS = ("hardest", "hardest_with_positive", "softmax")
+#: Earlier names of the forms, still accepted in options, config files, checkpoints and the criteria.
+FORM_ALIASES = {"infonce": "hardest_with_positive"}
 TEMPERATURE_MODES = ("adaptive", "constant", "positive", "negative", "global")
 
 
@@ -70,8 +72,9 @@ class MethodSpec:
 
 
 #: The contrastive methods' forms, the recommended first: the softmax form, chosen on the paired study
-#: of docs/results.md; ``hardest`` is Eq. 2.1 as printed, ``infonce`` Eq. 2.4.
-_CONTRASTIVE_FORMS = ("softmax", "hardest", "infonce")
+#: of docs/results.md; ``hardest`` is Eq. 2.1 as printed, ``hardest_with_positive`` Eq. 2.4 (the hardest of the
+#: N + 1 candidates, the positive among them; called ``infonce`` before).
+_CONTRASTIVE_FORMS = ("softmax", "hardest", "hardest_with_positive")
 
 # Per-method defaults from the authors' code and the paper's experimental settings. ``temperature`` is
 # the baseline's constant for SimCLR and MoCo; for SimSiam and Barlow Twins, whose baselines have none,
@@ -154,7 +157,7 @@ def method_options(method: str | None = None) -> dict[str, Option]:
 FORM_DEFAULTS: dict[str, dict[str, Any]] = {
     "softmax": {"beta": 1e-2, "head_reduction": "mean", "tau_min": 0.05},
     "hardest": {"head_reduction": "sum"},
-    "infonce": {"head_reduction": "sum"},
+    "hardest_with_positive": {"head_reduction": "sum"},
 }
 
 #: The temperature bounds of the authors' later code (the paper prints none), where neither the AMCL form nor
@@ -172,13 +175,18 @@ def method_dependent_options() -> tuple[str, ...]:
     return tuple(dict.fromkeys(["amcl_form", "heads", *keys, "head_reduction"]))
 
 
+def canonical_form(form: str | None) -> str | None:
+    """A form's name as it is now (``infonce`` -> ``hardest_with_positive``); other values unchanged."""
+    return FORM_ALIASES.get(form, form) if isinstance(form, str) else form
+
+
 def amcl_loss_defaults(method: str, amcl_form: str | None = None) -> dict[str, Any]:
     """The AMCL loss settings of ``method`` with ``amcl_form`` (default: its recommended form), as
     ``amcl pretrain --amcl`` resolves them: the form's defaults, then the method's, then the authors'
     later code's bounds and the heads' sum. Keys: ``amcl_form``, ``beta``, ``tau_min``, ``tau_max``, ``head_reduction``,
     ``temperature`` (the constant of the baseline and the ablations)."""
     spec = METHOD_SPECS[method]
-    form = amcl_form or spec.recommended_form
+    form = canonical_form(amcl_form) or spec.recommended_form
     values: dict[str, Any] = {"amcl_form": form}
     for source in (FORM_DEFAULTS.get(form or "", {}), spec.defaults, AUTHORS_TAU_BOUNDS, {"head_reduction": "sum"}):
         for key, value in source.items():

@@ -12,8 +12,12 @@ import math
 from typing import Any
 
 import torch
+from torch import Tensor
 
-__all__ = ["check_count", "check_features", "check_number", "check_temperature_bounds", "check_temperatures"]
+from amcl.losses.kernels import at_least_float32
+
+__all__ = ["check_count", "check_features", "check_number", "check_temperature_bounds", "check_temperatures",
+           "checked_heads"]
 
 
 def _got(value: Any) -> str:
@@ -78,3 +82,16 @@ def check_temperatures(name: str, value: Any, shape: tuple[int, ...]) -> None:
         layout = ", ".join(map(str, shape))
         raise ValueError(f"{name} must be [{layout}] (one temperature per pair; C = {heads} may be left out or 1) "
                          f"or a number, got shape {got}")
+
+
+def checked_heads(names: str, *tensors: Tensor) -> list[Tensor]:
+    """Features named by ``names`` (space-separated) checked to be of one shape, each as ``[C, B, d]`` (a
+    ``[B, d]`` is one head) in at least float32."""
+    for name, tensor in zip(names.split(), tensors):
+        check_features(name, tensor)
+    shape = tensors[0].shape
+    if any(t.shape != shape for t in tensors):
+        raise ValueError(f"all inputs must have one shape, got {[tuple(t.shape) for t in tensors]}")
+    if len(shape) not in (2, 3):
+        raise ValueError(f"features must be [B, d] or [C, B, d], got {tuple(shape)}")
+    return [at_least_float32(t if t.dim() == 3 else t.unsqueeze(0)) for t in tensors]

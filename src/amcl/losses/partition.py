@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from amcl.losses.siamese import row_blocks
+from amcl.losses.kernels import row_blocks
 
 __all__ = ["adaptive_log_partition", "negative_side_weights"]
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from amcl.losses.checks import check_count, check_temperature_bounds
+from amcl.losses.kernels import at_least_float32
 
 __all__ = [
     "NEGATIVE_REGULARIZERS",
@@ -124,11 +125,6 @@ class _SelectedProducts(torch.autograd.Function):
         grad_left = _sum_to_heads(scattered @ right, left) if wants_left else None
         grad_right = _sum_to_heads(scattered.transpose(-1, -2) @ left, right) if wants_right else None
         return grad_left, grad_right, None, None
-
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """Half and bfloat16 tensors as float32; float32 and float64 unchanged (gradcheck runs in float64)."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def temperature_from_scores(scores: Tensor, tau_min: float, tau_max: float) -> Tensor:

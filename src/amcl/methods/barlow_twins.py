@@ -11,7 +11,8 @@ from amcl.config import PretrainConfig
 from amcl.distributed import is_distributed, sum_with_grad, world_size
 from amcl.errors import AmclError
 from amcl.losses import amcl_barlow_twins_loss
-from amcl.losses.siamese import TemperatureScores, row_blocks
+from amcl.losses.barlow_twins import TemperatureScores
+from amcl.losses.kernels import row_blocks
 from amcl.methods.base import HeadTemperatures, PretrainMethod
 from amcl.monitoring import BOUND_TOLERANCE, temperature_statistics
 from amcl.nn import AMCLBarlowTwinsLoss, BarlowTwinsLoss

@@ -42,10 +42,10 @@ from amcl.losses import (
     process_anchors,
     simsiam_loss,
 )
-from amcl.losses.siamese import TemperatureScores
+from amcl.losses.barlow_twins import TemperatureScores
 from amcl.losses.temperature import at_least_float32, temperature_from_scores
 from amcl.nn.temperature import Shard, TemperatureNet
-from amcl.specs import METHOD_SPECS, amcl_loss_defaults
+from amcl.specs import METHOD_SPECS, amcl_loss_defaults, canonical_form
 
 __all__ = [
     "AMCLBarlowTwinsLoss",
@@ -93,6 +93,7 @@ class _AMCLLoss(nn.Module):
                  temperature_mode: str = "adaptive", temperature: float | None = None,
                  negative_regularizer: str = "mean_omega", temperature_net: nn.Module | None = None) -> None:
         super().__init__()
+        form = canonical_form(form)  # infonce, the earlier name of hardest_with_positive, is accepted
         defaults = amcl_loss_defaults(method, form)
         given = {"beta": beta, "tau_min": tau_min, "tau_max": tau_max, "head_reduction": head_reduction,
                  "temperature": temperature}
@@ -160,15 +161,15 @@ class NTXentLoss(nn.Module):
 
 
 class AMCLNTXentLoss(_AMCLLoss):
-    """AMCL SimCLR: ``form`` softmax (recommended, the default), hardest (Eq. 2.1) or infonce (Eq. 2.4), with
-    pair temperatures from the shared temperature net (:func:`amcl.losses.amcl_softmax_nt_xent_terms`,
+    """AMCL SimCLR: ``form`` softmax (recommended, the default), hardest (Eq. 2.1) or hardest_with_positive
+    (Eq. 2.4), with pair temperatures from the shared temperature net (:func:`amcl.losses.amcl_softmax_nt_xent_terms`,
     :func:`amcl.losses.amcl_nt_xent_terms`). ``amcl pretrain``'s SimCLR computes its loss with this module.
 
     Args:
         dim: the projection size d' (phi's input).
         form, beta, tau_min, tau_max, head_reduction: as ``amcl pretrain``'s options; None takes the
             form's and SimCLR's defaults (softmax: beta 0.01, tau in [0.05, 2], the heads' mean).
-        topk: the hardest negatives averaged (hardest and infonce forms).
+        topk: the hardest negatives averaged (hardest and hardest_with_positive forms).
         hidden: phi's hidden width. detach_input: phi reads the projections without gradients.
         gather_distributed: under DDP, the negatives of every process (see the module's notes).
         temperature_mode, temperature, negative_regularizer, temperature_net: the ablations (see
@@ -204,7 +205,8 @@ class AMCLNTXentLoss(_AMCLLoss):
         if self.form == "softmax":
             return amcl_softmax_nt_xent_terms(z0, z1, positive, self.beta, negative,
                                               negative_regularizer=self.negative_regularizer, anchors=anchors)
-        return amcl_nt_xent_terms(z0, z1, positive, self.beta, self.topk, negative, self.form == "infonce",
+        with_positive = self.form == "hardest_with_positive"
+        return amcl_nt_xent_terms(z0, z1, positive, self.beta, self.topk, negative, with_positive,
                                   negative_regularizer=self.negative_regularizer, anchors=anchors)
 
     def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
@@ -263,7 +265,8 @@ class AMCLMoCoLoss(_AMCLLoss):
         if self.form == "softmax":
             return amcl_softmax_moco_terms(q, k, queue, positive, negative, self.beta,
                                            negative_regularizer=self.negative_regularizer)
-        return amcl_moco_terms(q, k, queue, positive, negative, self.beta, self.topk, self.form == "infonce",
+        with_positive = self.form == "hardest_with_positive"
+        return amcl_moco_terms(q, k, queue, positive, negative, self.beta, self.topk, with_positive,
                                negative_regularizer=self.negative_regularizer)
 
     def forward(self, q: Tensor, k: Tensor, queue: Tensor) -> Tensor:

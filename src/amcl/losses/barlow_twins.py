@@ -1,88 +1,22 @@
-"""Non-contrastive losses: SimSiam's negative cosine (Eq. 1.2 / 2.2) and Barlow Twins' cross-correlation
-(Eq. 1.3 / 2.3), baseline and AMCL forms. Per-head inputs ``[C, B, d]`` (``[B, d]`` is one head);
-losses are summed over heads. Float32 even under autocast.
+"""Barlow Twins' loss: the cross-correlation of the two views' standardised projections driven to the identity
+(Eq. 1.3), and its AMCL form with a temperature per channel pair (Eq. 2.3), fused over row blocks on the CPU.
+Per-head inputs ``[C, B, d]`` (``[B, d]`` is one head); summed over heads; float32 even under autocast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from amcl.losses.checks import check_features, check_number, check_temperature_bounds, check_temperatures
-from amcl.losses.temperature import (
-    PairTemperatures,
-    Temperatures,
-    at_least_float32,
-    omega,
-    temperature_from_scores,
-)
+from amcl.losses.checks import check_number, check_temperature_bounds, check_temperatures, checked_heads
+from amcl.losses.kernels import at_least_float32, row_blocks
+from amcl.losses.temperature import PairTemperatures, Temperatures, temperature_from_scores
 
-__all__ = [
-    "TemperatureScores",
-    "amcl_barlow_twins_loss",
-    "amcl_simsiam_loss",
-    "barlow_twins_loss",
-    "batch_standardise",
-    "cross_correlation",
-    "simsiam_loss",
-]
-
-
-def _heads(names: str, *tensors: Tensor) -> list[Tensor]:
-    for name, tensor in zip(names.split(), tensors):
-        check_features(name, tensor)
-    shape = tensors[0].shape
-    if any(t.shape != shape for t in tensors):
-        raise ValueError(f"all inputs must have one shape, got {[tuple(t.shape) for t in tensors]}")
-    if len(shape) not in (2, 3):
-        raise ValueError(f"features must be [B, d] or [C, B, d], got {tuple(shape)}")
-    return [at_least_float32(t if t.dim() == 3 else t.unsqueeze(0)) for t in tensors]
-
-
-def _tau(t: Temperatures, like: Tensor) -> Tensor:
-    if isinstance(t, PairTemperatures):
-        raise TypeError("per-image temperatures must be a tensor or a number, got PairTemperatures")
-    if torch.is_tensor(t):
-        return at_least_float32(t).expand_as(like) if t.dim() < like.dim() else at_least_float32(t)
-    return torch.full_like(like, float(t))
-
-
-def simsiam_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
-    """SimSiam's symmetric negative cosine (Eq. 1.2): ``-(1/2) sim(p1, sg(z2)) - (1/2) sim(p2, sg(z1))``,
-    averaged over the batch, summed over heads. ``p`` are predictor outputs, ``z`` projections.
-    """
-    p1, p2, z1, z2 = _heads("p1 p2 z1 z2", p1, p2, z1, z2)
-    with torch.autocast(p1.device.type, enabled=False):
-        sim = F.cosine_similarity(p1, z2.detach(), dim=-1) + F.cosine_similarity(p2, z1.detach(), dim=-1)
-        return (-0.5 * sim).mean(-1).sum()
-
-
-def amcl_simsiam_loss(
-    p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor, tau1: Temperatures, tau2: Temperatures,
-    beta: float = 1e-4, omega_dim: int | None = None,
-) -> Tensor:
-    """AMCL SimSiam (Eq. 2.2), per head and image:
-
-        -(1/(2 tau1)) sim(p1, sg(z2)) - (1/(2 tau2)) sim(p2, sg(z1)) + beta*Omega(tau1) + beta*Omega(tau2)
-
-    with ``tau1 = tau(p1, sg(z2))`` and ``tau2 = tau(p2, sg(z1))`` given as ``[C, B]`` tensors (e.g.
-    :meth:`amcl.nn.TemperatureNet.paired_temperatures`) or constants. Mean over the batch, sum over heads.
-    """
-    p1, p2, z1, z2 = _heads("p1 p2 z1 z2", p1, p2, z1, z2)
-    with torch.autocast(p1.device.type, enabled=False):
-        omega_dim = p1.shape[-1] if omega_dim is None else omega_dim
-        s1 = F.cosine_similarity(p1, z2.detach(), dim=-1)
-        s2 = F.cosine_similarity(p2, z1.detach(), dim=-1)
-        for name, tau in (("tau1", tau1), ("tau2", tau2)):
-            check_temperatures(name, tau, tuple(s1.shape))
-        check_number("beta", beta, positive=False)
-        t1, t2 = _tau(tau1, s1), _tau(tau2, s2)
-        per_image = -s1 / (2 * t1) - s2 / (2 * t2) + beta * (omega(t1, omega_dim) + omega(t2, omega_dim))
-        return per_image.mean(-1).sum()
+__all__ = ["TemperatureScores", "amcl_barlow_twins_loss", "barlow_twins_loss", "batch_standardise",
+           "cross_correlation"]
 
 
 def batch_standardise(z: Tensor, eps: float = 1e-5, total: Callable[[Tensor], Tensor] | None = None) -> Tensor:
@@ -107,7 +41,7 @@ def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5, total: Callable
     With ``total`` (see :func:`batch_standardise`) each process passes only its own rows: the statistics
     and the ``d x d`` sum of products are totalled over the processes, so every process gets the global
     batch's matrix from ``B d^2`` work of its own instead of ``BW d^2`` on gathered features."""
-    z1, z2 = _heads("z1 z2", z1, z2)
+    z1, z2 = checked_heads("z1 z2", z1, z2)
     batch = z1.shape[1]
     if batch < 2 and total is None:
         raise ValueError("Barlow Twins needs at least 2 images per batch")
@@ -124,7 +58,7 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3, total: Callab
     ``total``: each process's own rows, with the cross-correlation totalled over processes (see
     :func:`cross_correlation`); every process then computes the same loss."""
     check_number("lambd", lambd, positive=False)
-    z1, z2 = _heads("z1 z2", z1, z2)
+    z1, z2 = checked_heads("z1 z2", z1, z2)
     with torch.autocast(z1.device.type, enabled=False):
         c = cross_correlation(z1, z2, total=total)
         diagonal = torch.diagonal(c, dim1=1, dim2=2)
@@ -144,22 +78,6 @@ class TemperatureScores(NamedTuple):
 
     def matrix(self) -> Tensor:
         return temperature_from_scores(self.scores, self.tau_min, self.tau_max)
-
-
-#: Entries per row block of the fused Barlow Twins pass on the CPU: its few block-sized temporaries
-#: then stay in the L2/L3 caches, so each of the ~10 elementwise steps reads cache, not memory (measured
-#: on a 2-core EPYC: 2^16 to 2^18 are alike, whole-matrix passes 2-3x slower). Other devices take the
-#: whole matrix at once (one kernel per step, no launch per block).
-BLOCK_ELEMENTS = 1 << 17
-
-
-def row_blocks(heads: int, rows: int, cols: int, device: torch.device) -> Iterator[tuple[int, slice]]:
-    """``(head, rows)`` of the row blocks of a ``[heads, rows, cols]`` matrix, about
-    :data:`BLOCK_ELEMENTS` entries each on the CPU, one block per head elsewhere."""
-    step = max(1, BLOCK_ELEMENTS // max(1, cols)) if device.type == "cpu" else rows
-    for head in range(heads):
-        for start in range(0, rows, step):
-            yield head, slice(start, min(rows, start + step))
 
 
 class _BarlowTerms(torch.autograd.Function):
@@ -283,7 +201,7 @@ def amcl_barlow_twins_loss(
     of this process's shard of the channel vectors, :class:`amcl.nn.Shard`), and every process computes the
     same loss.
     """
-    z1, z2 = _heads("z1 z2", z1, z2)
+    z1, z2 = checked_heads("z1 z2", z1, z2)
     with torch.autocast(z1.device.type, enabled=False):
         c = cross_correlation(z1, z2, total=total)
         check_number("lambd", lambd, positive=False)

@@ -33,14 +33,13 @@ from amcl.options import (
 from amcl.policies import parse_policy
 from amcl.specs import (
     AMCL_FORMS,
-    AUTHORS_TAU_BOUNDS,
-    FORM_DEFAULTS,
     METHOD_SPECS,
     METHODS,
     TEMPERATURE_MODES,
     canonical_form,
     method_names,
     method_options,
+    resolve_defaults,
 )
 
 __all__ = ["AT_LEAST_1", "FRACTION", "NON_NEGATIVE", "POSITIVE", "SEEDS", "PretrainConfig", "Range", "coerce",
@@ -350,29 +349,13 @@ class PretrainConfig:
         """A copy with every ``None`` replaced by its default and ``precision auto`` made concrete, validated
         (raises AmclError); ``global_batch`` is recorded as this machine's processes would make it.
 
-        AMCL options follow the form first (:data:`amcl.specs.FORM_DEFAULTS`), then the method's spec;
+        Method-dependent options follow :func:`amcl.specs.resolve_defaults` (the form's, then the method's ...);
         SimSiam and Barlow Twins have no form (``amcl_form`` stays None)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "method_options"}
-        spec = METHOD_SPECS.get(self.method)
-        own = method_options(self.method) if spec is not None else {}
+        values = resolve_defaults(self.method, self.amcl, values)
+        own = method_options(self.method) if self.method in METHOD_SPECS else {}
         values["method_options"] = {name: opt.default if self.method_options.get(name) is None
                                     else self.method_options[name] for name, opt in own.items()}
-        if values["amcl_form"] is None and self.amcl and spec is not None:
-            values["amcl_form"] = spec.recommended_form
-        if self.amcl:
-            for key, value in FORM_DEFAULTS.get(values["amcl_form"] or "", {}).items():
-                if values[key] is None:
-                    values[key] = value
-        for key, value in (spec.defaults if spec else {}).items():
-            if values[key] is None:
-                values[key] = value
-        if values["heads"] is None:
-            values["heads"] = 3 if self.amcl else 1
-        for key, value in AUTHORS_TAU_BOUNDS.items():
-            if values[key] is None:
-                values[key] = value
-        if values["head_reduction"] is None:
-            values["head_reduction"] = "sum"
         if values["image_size"] is None:
             values["image_size"] = DATASET_IMAGE_SIZES.get(self.dataset, 32)
         values["precision"] = effective_precision(values["precision"], values["accelerator"])  # config.yaml: what ran

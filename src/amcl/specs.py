@@ -185,10 +185,25 @@ def amcl_loss_defaults(method: str, amcl_form: str | None = None) -> dict[str, A
     ``amcl pretrain --amcl`` resolves them: the form's defaults, then the method's, then the authors'
     later code's bounds and the heads' sum. Keys: ``amcl_form``, ``beta``, ``tau_min``, ``tau_max``, ``head_reduction``,
     ``temperature`` (the constant of the baseline and the ablations)."""
-    spec = METHOD_SPECS[method]
-    form = canonical_form(amcl_form) or spec.recommended_form
-    values: dict[str, Any] = {"amcl_form": form}
-    for source in (FORM_DEFAULTS.get(form or "", {}), spec.defaults, AUTHORS_TAU_BOUNDS, {"head_reduction": "sum"}):
+    keys = ("amcl_form", "beta", "tau_min", "tau_max", "head_reduction", "temperature")
+    values = resolve_defaults(method, True, {key: None for key in keys} | {"amcl_form": canonical_form(amcl_form)})
+    return {k: values[k] for k in keys}
+
+
+def resolve_defaults(method: str, amcl: bool, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (options by name, None where unset) with the method-dependent ones filled, in the one order
+    every part of amcl uses: with ``amcl``, the method's recommended form and that form's defaults first
+    (:data:`FORM_DEFAULTS`); then the method's (:attr:`MethodSpec.defaults`); ``heads`` 3 with ``amcl``, else 1;
+    the authors' later code's bounds (:data:`AUTHORS_TAU_BOUNDS`); the heads' sum. A method not registered
+    gets only the generic defaults (the config then names it)."""
+    out = dict(values)
+    spec = METHOD_SPECS.get(method)
+    if amcl and out.get("amcl_form") is None and spec is not None:
+        out["amcl_form"] = spec.recommended_form
+    sources = [FORM_DEFAULTS.get(out.get("amcl_form") or "", {}) if amcl else {}, spec.defaults if spec else {},
+               {"heads": 3 if amcl else 1}, AUTHORS_TAU_BOUNDS, {"head_reduction": "sum"}]
+    for source in sources:
         for key, value in source.items():
-            values.setdefault(key, value)
-    return {k: values[k] for k in ("amcl_form", "beta", "tau_min", "tau_max", "head_reduction", "temperature")}
+            if out.get(key) is None:
+                out[key] = value
+    return out

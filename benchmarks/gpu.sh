@@ -34,13 +34,14 @@ PYTHON
 
 if [[ $quick == 1 ]]; then
   section "train_speed.py (quick, CPU)"
-  "$PY" benchmarks/train_speed.py --quick --device cpu --methods simclr --no-memory --json "$OUT/train_speed.json"
+  "$PY" benchmarks/train_speed.py --quick --device cpu --methods simclr --backbone small_cnn --image-size 16 \
+    --no-memory --json "$OUT/train_speed.json"
   section "input_pipeline.py (quick, CPU)"
   "$PY" benchmarks/input_pipeline.py --quick --device cpu --sizes 32 --policies default --json "$OUT/input_pipeline.json"
   section "loss_speed.py (quick, CPU)"
   "$PY" benchmarks/loss_speed.py --quick --device cpu --methods simclr moco
   section "epoch_speed.py (quick, CPU)"
-  "$PY" benchmarks/epoch_speed.py --quick --epochs 2 --json "$OUT/epoch_speed.json"
+  "$PY" benchmarks/epoch_speed.py --quick --epochs 2 --images 512 --json "$OUT/epoch_speed.json"
 else
   section "train_speed.py (CUDA: batch 512, bf16; augmentation share and host synchronisations)"
   "$PY" benchmarks/train_speed.py --device cuda --json "$OUT/train_speed.json"

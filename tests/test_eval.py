@@ -192,11 +192,9 @@ def test_augmented_linear_probe_in_memory_and_streamed(tmp_path, cache):
 # --------------------------------------------------------------------------- amcl eval end to end
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pretrained")
-    pretrain(tiny_config(epochs=2, out=str(out)))
-    return out / "last.ckpt"
+@pytest.fixture
+def checkpoint(digits_baseline_run) -> Path:  # conftest.py: trained once per session
+    return digits_baseline_run[0] / "last.ckpt"
 
 
 def run_eval(*args: str) -> int:

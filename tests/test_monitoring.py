@@ -96,23 +96,21 @@ def test_barlow_channel_statistics_split_diagonal_and_off_diagonal():
     assert stats["head1/share_at_tau_max"] == pytest.approx(1 / 9)
 
 
-@pytest.fixture(scope="module")
-def amcl_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("monitored")
-    config = tiny_config(epochs=3, knn_k=10, amcl=True, heads=2, tau_min=1e-3, out=str(out))
-    return out, pretrain(config)
+@pytest.fixture
+def amcl_run(digits_amcl_run):  # conftest.py: 3 heads, tau in [1e-3, 1.5], 4 epochs, trained once per session
+    return digits_amcl_run
 
 
 @pytest.mark.slow
 def test_epochs_hold_per_head_statistics_and_the_learning_rate(amcl_run):
     out, summary = amcl_run
     for record in summary["epochs"]:
-        for head in ("head1", "head2"):
+        for head in ("head1", "head2", "head3"):
             low, mean, high = (record[f"{head}/tau_pos_{k}"] for k in ("min", "mean", "max"))
-            assert 1e-3 <= low <= mean <= high <= 2.0
+            assert 1e-3 <= low <= mean <= high <= 1.5
             assert 0 <= record[f"{head}/share_at_tau_min"] <= 1 and -1 <= record[f"{head}/sim_neg_mean"] <= 1
-        assert "head3/tau_pos_mean" not in record
-    total = 3 * (1438 // 128)
+        assert "head4/tau_pos_mean" not in record
+    total = 4 * (1438 // 128)
     for record in summary["epochs"]:  # the learning rate after the epoch's last step, per-step cosine
         assert record["lr"] == pytest.approx(0.06 * 0.5 * (1 + math.cos(math.pi * record["step"] / total)), abs=1e-9)
 
@@ -123,7 +121,7 @@ def test_csv_and_curves_hold_the_logged_values(amcl_run):
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     epochs = json.loads((out / "metrics.json").read_text())["epochs"]
-    assert len(rows) == len(epochs) == 3
+    assert len(rows) == len(epochs) == 4
     for row, record in zip(rows, epochs):
         assert {k: float(v) for k, v in row.items() if v != ""} == pytest.approx(record)
     with Image.open(out / "curves.png") as image:

@@ -16,18 +16,14 @@ def read_metrics(path):
     return json.loads((path / "metrics.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def baseline_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("baseline")
-    summary = pretrain(tiny_config(epochs=5, out=str(out)))
-    return out, summary
+@pytest.fixture
+def baseline_run(digits_baseline_run):  # conftest.py: trained once per session
+    return digits_baseline_run
 
 
-@pytest.fixture(scope="module")
-def amcl_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("amcl")
-    summary = pretrain(tiny_config(epochs=4, amcl=True, heads=3, tau_min=1e-3, tau_max=1.5, out=str(out)))
-    return out, summary
+@pytest.fixture
+def amcl_run(digits_amcl_run):
+    return digits_amcl_run
 
 
 @pytest.mark.slow

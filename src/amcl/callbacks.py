@@ -16,14 +16,12 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from amcl.config import PretrainConfig
 from amcl.errors import warn
 from amcl.files import write_json
-from amcl.monitoring import plot_curves, write_csv
+from amcl.monitoring import bound_warnings, collapse_warning, plot_curves, write_csv
 from amcl.specs import METHOD_SPECS
 
 __all__ = ["EpochCheckpoints", "EpochLog", "MetricsRecorder", "PaceNote", "TrainingProgressBar", "clock_time",
            "shows_bar", "time_left"]
 
-#: A head whose mean positive and mean negative similarity both exceed this has collapsed.
-COLLAPSE_SIMILARITY = 0.9
 #: curves.png is redrawn during a run when this many seconds passed since it was last drawn (and at its end).
 CURVES_EVERY_S = 60.0
 
@@ -87,41 +85,16 @@ class MetricsRecorder(Callback):
         self._drawn = time.perf_counter()
 
     def _warn_about_bounds(self, record: dict[str, float], config: PretrainConfig) -> None:
-        """Warn (once per head and bound) when most of a head's temperatures sit on tau_min or tau_max.
-
-        Not for SimSiam and Barlow Twins: their temperatures rest on a bound by construction (Eq. 2.2 / 2.3
-        have no interior optimum), whatever the bounds; their collapse shows in the similarities
-        (:meth:`_warn_about_collapse`) or as a non-finite loss."""
-        if METHOD_SPECS[config.method].bound_is_expected:
-            return
-        for key, share in record.items():
-            if not key.endswith(("/share_at_tau_min", "/share_at_tau_max")) or share <= 0.5 or key in self._warned:
-                continue
-            self._warned.add(key)
-            head, bound = key.split("/")[0], key.rsplit("_", 1)[-1]
-            value = config.tau_min if bound == "min" else config.tau_max
-            epoch = int(record["epoch"])
-            warn(f"{share:.0%} of {head}'s temperatures sit at tau_{bound} = {value:g} in epoch {epoch}: "
-                 "AMCL may be collapsing (see 'Reading the curves' in docs/monitoring.md); watch curves.png, or try "
-                 f"another --tau-{bound}, --beta or --lr")
+        """:func:`amcl.monitoring.bound_warnings` of the epoch's record, each warned once per head and bound."""
+        spec = METHOD_SPECS[config.method]
+        for message in bound_warnings(record, config.tau_min, config.tau_max, spec.bound_is_expected, self._warned):
+            warn(message)
 
     def _warn_about_collapse(self, record: dict[str, float]) -> None:
-        """Warn (once per head) when a head's mean positive and negative similarities both pass
-        :data:`COLLAPSE_SIMILARITY`: every image then maps to nearly one point, whatever the loss says."""
-        collapsing = []
-        for key, positive in record.items():
-            head = key.split("/")[0]
-            negative = record.get(f"{head}/sim_neg_mean")
-            if not key.endswith("/sim_pos_mean") or negative is None or f"{head}/collapse" in self._warned:
-                continue
-            if min(positive, negative) > COLLAPSE_SIMILARITY:
-                self._warned.add(f"{head}/collapse")
-                collapsing.append(f"{head} {positive:.3f} and {negative:.3f}")
-        if collapsing:  # one line for all heads of the epoch
-            warn(f"projections are collapsing in epoch {int(record['epoch'])}: mean similarity of positive and "
-                 f"negative pairs {'; '.join(collapsing)}, so all images map close to one point (see 'Reading the "
-                 "curves' in docs/monitoring.md and the similarity panel of curves.png); try a larger --tau-min or "
-                 "--beta, --temperature-input detached, or a smaller --lr")
+        """:func:`amcl.monitoring.collapse_warning` of the epoch's record, once per head."""
+        message = collapse_warning(record, self._warned)
+        if message:
+            warn(message)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "epoch_seconds": self.epoch_seconds, "knn_k": self.knn_k, "first_epoch": 1}

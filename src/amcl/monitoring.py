@@ -25,9 +25,56 @@ from amcl.distributed import is_distributed
 from amcl.files import write_atomic
 
 __all__ = [
-    "EpochStatistics", "REDUCTIONS", "bound_shares", "masked_mean_min_max", "plot_curves", "temperature_statistics",
-    "write_csv",
+    "COLLAPSE_SIMILARITY", "EpochStatistics", "REDUCTIONS", "bound_shares", "bound_warnings", "collapse_warning",
+    "masked_mean_min_max", "plot_curves", "temperature_statistics", "write_csv",
 ]
+
+#: A head whose mean positive and mean negative similarity both exceed this has collapsed.
+COLLAPSE_SIMILARITY = 0.9
+
+
+def bound_warnings(record: dict[str, float], tau_min: float, tau_max: float, bound_is_expected: bool,
+                   warned: set[str]) -> list[str]:
+    """Warnings for an epoch's ``record`` in which most of a head's temperatures sit on ``tau_min`` or
+    ``tau_max``, each (head, bound) once: the keys already warned about are in ``warned``, which grows.
+
+    None where ``bound_is_expected`` (SimSiam, Barlow Twins): their temperatures rest on a bound by
+    construction (Eq. 2.2 / 2.3 have no interior optimum), whatever the bounds; their collapse shows in the
+    similarities (:func:`collapse_warning`) or as a non-finite loss."""
+    if bound_is_expected:
+        return []
+    messages = []
+    for key, share in record.items():
+        if not key.endswith(("/share_at_tau_min", "/share_at_tau_max")) or share <= 0.5 or key in warned:
+            continue
+        warned.add(key)
+        head, bound = key.split("/")[0], key.rsplit("_", 1)[-1]
+        value = tau_min if bound == "min" else tau_max
+        messages.append(f"{share:.0%} of {head}'s temperatures sit at tau_{bound} = {value:g} in epoch "
+                        f"{int(record['epoch'])}: AMCL may be collapsing (see 'Reading the curves' in "
+                        f"docs/monitoring.md); watch curves.png, or try another --tau-{bound}, --beta or --lr")
+    return messages
+
+
+def collapse_warning(record: dict[str, float], warned: set[str]) -> str | None:
+    """One warning for the heads of an epoch's ``record`` whose mean positive and negative similarities both
+    pass :data:`COLLAPSE_SIMILARITY` (every image then maps to nearly one point, whatever the loss says), each
+    head once (``<head>/collapse`` in ``warned``, which grows); None if there is none."""
+    collapsing = []
+    for key, positive in record.items():
+        head = key.split("/")[0]
+        negative = record.get(f"{head}/sim_neg_mean")
+        if not key.endswith("/sim_pos_mean") or negative is None or f"{head}/collapse" in warned:
+            continue
+        if min(positive, negative) > COLLAPSE_SIMILARITY:
+            warned.add(f"{head}/collapse")
+            collapsing.append(f"{head} {positive:.3f} and {negative:.3f}")
+    if not collapsing:
+        return None
+    return (f"projections are collapsing in epoch {int(record['epoch'])}: mean similarity of positive and negative "
+            f"pairs {'; '.join(collapsing)}, so all images map close to one point (see 'Reading the curves' in "
+            "docs/monitoring.md and the similarity panel of curves.png); try a larger --tau-min or --beta, "
+            "--temperature-input detached, or a smaller --lr")
 
 #: How a statistic is reduced over the steps of an epoch (and over processes); the rest are means.
 REDUCTIONS = {"tau_pos_min": "min", "tau_pos_max": "max", "tau_neg_min": "min", "tau_neg_max": "max"}

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from amcl.cli import main
 from amcl.losses import nt_xent_loss
-from amcl.methods import METHOD_CLASSES, PretrainMethod, SimCLR, register_method
+from amcl.methods import METHOD_CLASSES, MomentumMethod, PretrainMethod, SimCLR, register_method
 from amcl.nn import NTXentLoss
 from amcl.options import NON_NEGATIVE, Option
 from amcl.specs import METHOD_SPECS
@@ -96,3 +96,35 @@ def test_a_registered_methods_loss_is_its_own(dcl):
     with pytest.raises(ValueError, match="a method named 'simclr' is registered already"):
         register_method(METHOD_SPECS["simclr"], DecoupledCLR)
     register_method(METHOD_SPECS["simclr"], SimCLR)  # registering a method again as it is changes nothing
+
+
+class MomentumCLR(MomentumMethod):
+    """A BYOL-like toy: the online projections against the momentum copy's, with NT-Xent. It writes no EMA of its
+    own: the momentum base class holds the copy and updates it."""
+
+    def __init__(self, config, num_classes: int, normalization: dict | None = None) -> None:
+        super().__init__(config, num_classes, normalization)
+        self.projector = self.make_projector()
+        self.make_momentum_encoder()
+        self.criterion = NTXentLoss(self.config.temperature)
+
+    def loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        online = self.projector(self.backbone(view1))
+        return self.criterion(online, self.momentum_targets(view2, 0.5)), {}
+
+
+def test_a_momentum_method_gets_its_moving_average_copy_from_the_base_class():
+    from amcl.config import PretrainConfig
+
+    config = PretrainConfig(**tiny_options(image_size=8)).resolved()
+    model = MomentumCLR(config, num_classes=10)
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(1.0)  # the online weights move away from their copy
+    before = [p.clone() for p in model.momentum_backbone.parameters()]
+    loss, _ = model.loss(torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8))
+    loss.backward()
+    for old, new, online in zip(before, model.momentum_backbone.parameters(), model.backbone.parameters()):
+        assert torch.allclose(new, 0.5 * old + 0.5 * online)  # one EMA step with the given momentum
+        assert new.grad is None and not new.requires_grad  # the copy takes no gradient and no optimiser step
+    assert all(p.grad is not None for p in model.projector.parameters())

@@ -2,7 +2,7 @@
 method available to every command: :func:`register_method` (a method's spec and its class, together)."""
 
 from amcl.methods.barlow_twins import BarlowTwins
-from amcl.methods.base import PretrainMethod
+from amcl.methods.base import MomentumMethod, PretrainMethod
 from amcl.methods.moco import MoCo
 from amcl.methods.simclr import SimCLR
 from amcl.methods.simsiam import SimSiam
@@ -32,4 +32,5 @@ def register_method(spec: MethodSpec, method: type[PretrainMethod]) -> None:
 for _name, _class in (("simclr", SimCLR), ("moco", MoCo), ("simsiam", SimSiam), ("barlow_twins", BarlowTwins)):
     register_method(METHOD_SPECS[_name], _class)
 
-__all__ = ["METHOD_CLASSES", "BarlowTwins", "MoCo", "PretrainMethod", "SimCLR", "SimSiam", "register_method"]
+__all__ = ["METHOD_CLASSES", "BarlowTwins", "MoCo", "MomentumMethod", "PretrainMethod", "SimCLR", "SimSiam",
+           "register_method"]

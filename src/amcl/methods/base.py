@@ -21,7 +21,14 @@ from amcl.distributed import gather_rows, sum_across
 from amcl.knn import default_k, knn_predict
 from amcl.losses import ContrastiveTerms
 from amcl.monitoring import EpochStatistics, masked_mean_min_max, temperature_statistics
-from amcl.nn import GlobalTemperature, MultiHeadProjector, TemperatureNet, build_backbone
+from amcl.nn import (
+    GlobalTemperature,
+    MultiHeadProjector,
+    TemperatureNet,
+    build_backbone,
+    momentum_copy,
+    momentum_update_,
+)
 from amcl.optim import build_optimizer, warmup_cosine, warmup_steps
 
 
@@ -238,6 +245,25 @@ class PretrainMethod(L.LightningModule):
         warmup = warmup_steps(cfg.warmup_epochs, cfg.epochs, total)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class MomentumMethod(PretrainMethod):
+    """A method whose targets come from a momentum (moving-average) copy of its backbone and projector: MoCo,
+    and BYOL-like methods. The subclass builds ``self.projector``, then :meth:`make_momentum_encoder`; each
+    step's :meth:`momentum_targets` moves the copy towards the online weights (one fused EMA, before the
+    targets are computed, as in MoCo) and encodes the views with it, without gradients. The copies are
+    frozen (``requires_grad`` False), so the optimiser never sees them."""
+
+    def make_momentum_encoder(self) -> None:
+        self.momentum_backbone = momentum_copy(self.backbone)
+        self.momentum_projector = momentum_copy(self.projector)
+
+    @torch.no_grad()
+    def momentum_targets(self, views: Tensor, momentum: float) -> Tensor:
+        """The momentum copy's projections ``[C, N, d]`` of ``views``, after its update with ``momentum``."""
+        momentum_update_(self.momentum_backbone, self.backbone, momentum)
+        momentum_update_(self.momentum_projector, self.projector, momentum)
+        return self.momentum_projector(self.momentum_backbone(views))
 
 
 def temperature_range(*temperatures: Tensor | float) -> dict[str, Tensor]:

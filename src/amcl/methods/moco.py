@@ -8,11 +8,11 @@ from torch import Tensor
 
 from amcl.config import PretrainConfig
 from amcl.distributed import gather_no_grad
-from amcl.methods.base import PretrainMethod, contrastive_extras, term_diagnostics
-from amcl.nn import AMCLMoCoLoss, FeatureQueue, MoCoLoss, momentum_copy, momentum_update_
+from amcl.methods.base import MomentumMethod, contrastive_extras, term_diagnostics
+from amcl.nn import AMCLMoCoLoss, FeatureQueue, MoCoLoss
 
 
-class MoCo(PretrainMethod):
+class MoCo(MomentumMethod):
     """Query encoder (backbone + C heads), its momentum copy for the keys, and one queue of keys per head.
 
     Symmetric: each view's queries are matched with the other view's keys, and the loss is the
@@ -25,8 +25,7 @@ class MoCo(PretrainMethod):
         super().__init__(config, num_classes, normalization)
         config = self.config
         self.projector = self.make_projector()
-        self.momentum_backbone = momentum_copy(self.backbone)
-        self.momentum_projector = momentum_copy(self.projector)
+        self.make_momentum_encoder()
         self.queue = FeatureQueue(config.heads, config.queue_size, config.proj_dim)
         self.temperature_net = self.make_temperature_net(config.proj_dim)
         self.criterion = AMCLMoCoLoss(
@@ -41,10 +40,7 @@ class MoCo(PretrainMethod):
         batch, cfg = view1.shape[0], self.config
         views = torch.cat([view1, view2])
         q = self.projector(self.backbone(views))  # [C, 2B, d]: queries [q1; q2]
-        with torch.no_grad():
-            momentum_update_(self.momentum_backbone, self.backbone, cfg.ema_momentum)
-            momentum_update_(self.momentum_projector, self.projector, cfg.ema_momentum)
-            keys = self.momentum_projector(self.momentum_backbone(views))  # [k1; k2]
+        keys = self.momentum_targets(views, cfg.ema_momentum)  # [k1; k2]
         # every process enqueues the keys of the global batch, so all hold the same queue
         self._new_keys = torch.cat([gather_no_grad(keys[:, :batch], 1), gather_no_grad(keys[:, batch:], 1)], dim=1)
         k = keys.roll(batch, dims=1)  # [k2; k1]: each query's positive is the other view's key

@@ -116,6 +116,10 @@ def topk_accuracies(scores: Tensor, labels: Tensor, ks: Iterable[int] = (1, 5)) 
         raise ValueError(f"need scores [N, C] and labels [N], got {tuple(scores.shape)} and {tuple(labels.shape)}")
     if scores.shape[0] == 0 or scores.shape[1] == 0:
         raise ValueError("topk_accuracies needs at least one row and one class")
-    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
-    hits = top == labels.to(top.device)[:, None]
-    return {k: hits[:, : min(k, scores.shape[1])].any(1).float().mean().item() for k in ks}
+    from torchmetrics.functional.classification import multiclass_accuracy  # installed with Lightning
+
+    classes, labels = scores.shape[1], labels.to(scores.device)
+    if classes == 1:  # torchmetrics wants two classes; with one, every row is right
+        return {k: 1.0 for k in ks}
+    return {k: multiclass_accuracy(scores, labels, classes, top_k=min(k, classes), average="micro").item()
+            for k in ks}

@@ -21,7 +21,7 @@ LAYERS = {
     "methods": 6,
     "train": 7,
     "eval": 8, "export": 8,
-    "compare_grid": 9, "compare_tables": 9, "compare": 9, "demo": 9, "cli": 9, "cli_reference": 9,
+    "compare_grid": 9, "compare_tables": 9, "compare": 9, "demo": 9, "cli": 9, "cli_options": 9, "cli_reference": 9,
 }
 
 

@@ -1,30 +1,36 @@
-"""The ``amcl`` command: a thin argparse layer over the typed :class:`PretrainConfig`.
+"""The ``amcl`` command: its parsers and one handler per sub-command, a thin layer over the typed
+:class:`PretrainConfig` and the option classes of :mod:`amcl.eval.options`.
 
-Every option of ``pretrain`` is generated from the config's fields, so ``--config FILE.yaml``
-can set any of them; options given on the command line win over the file.
+Every option is generated from its :class:`amcl.options.Option` record (:mod:`amcl.cli_options`), so
+``--config FILE.yaml`` can set any of ``pretrain``'s; options given on the command line win over the file.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
 import threading
-import typing
 from typing import Any, Sequence
 
 from amcl import __version__
+from amcl.cli_options import (
+    PREVIEW_OPTIONS,
+    add_checkpoint_options,
+    add_config_files,
+    add_config_options,
+    config_from_args,
+    given_options,
+    policy_list,
+    refuse_other_methods_options,
+    split_policies,
+    variant_options,
+)
 from amcl.compare_grid import GRID_OPTIONS
-from amcl.config import PretrainConfig, config_options, load_yaml_files, option_names
+from amcl.config import PretrainConfig, load_yaml_files, option_names
 from amcl.errors import AmclError, RunInterrupted, warnings_on_one_line
 from amcl.eval.options import AnalyzeOptions, EvalOptions, ExportOptions
-from amcl.options import Option, coerce_value, dataclass_options
-from amcl.specs import METHOD_SPECS, method_names, method_options
-
-#: The config options ``amcl preview`` takes (the dataset and how its images are read).
-PREVIEW_OPTIONS = ("dataset", "data_root", "image_size", "unlabeled", "class_list", "strict_data", "workers",
-                   "color_strength", "seed")
+from amcl.specs import method_names
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,96 +45,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_options(parser: argparse.ArgumentParser | Any, options: Sequence[Option]) -> None:
-    """One flag per option (:class:`amcl.options.Option`), with its help, choices and default: the one way every
-    command's options reach the command line. Values are converted and checked as YAML values are; a
-    boolean gets ``--flag`` and ``--no-flag``."""
-    for opt in options:
-        help_text = opt.help
-        if opt.choices and typing.get_origin(opt.kind) is not tuple:
-            help_text += f" ({', '.join(opt.choices)})"
-        if opt.default is not None:
-            shown = " ".join(opt.default) if isinstance(opt.default, tuple) else opt.default
-            help_text += f" [default: {shown}]"
-        if opt.kind is bool:
-            parser.add_argument(opt.flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=help_text)
-        elif typing.get_origin(opt.kind) is tuple:
-            parser.add_argument(opt.flag, nargs="+", choices=opt.choices, default=argparse.SUPPRESS, help=help_text)
-        elif opt.several:
-            parser.add_argument(opt.flag, nargs="+", action=_Words, default=argparse.SUPPRESS, help=help_text,
-                                metavar=opt.metavar or opt.name.upper(), option=opt)
-        else:
-            parser.add_argument(opt.flag, type=_typed(opt), default=argparse.SUPPRESS, help=help_text,
-                                metavar=opt.metavar or opt.name.upper())
-
-
-def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
-    """The pretrain options (or those in ``names``): the shared ones, then each method's own in a group of its
-    own ("MoCo options")."""
-    wanted = option_names() if names is None else names
-    shared = [opt for name, opt in config_options().items() if name in wanted and name not in method_options()]
-    _add_options(parser, shared)
-    seen: set[str] = set()
-    for method in method_names():  # an option two methods declare is listed under the first
-        own = [opt for name, opt in method_options(method).items() if name in wanted and name not in seen]
-        seen.update(opt.name for opt in own)
-        if own:
-            _add_options(parser.add_argument_group(f"{METHOD_SPECS[method].title} options"), own)
-
-
-class _Words(argparse.Action):
-    """An option of several words (``--logger tensorboard csv``), kept as the config holds it: ``tensorboard,csv``."""
-
-    def __init__(self, *args: Any, option: Option, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.option = option
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
-        setattr(namespace, self.dest, coerce_value(self.option, list(values)))
-
-
-def _typed(opt: Option):
-    def convert(text: str) -> Any:
-        try:
-            return coerce_value(opt, text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = opt.kind.__name__
-    return convert
-
-
-def config_from_args(
-    args: argparse.Namespace, names: Sequence[str] | None = None, extras: tuple[str, ...] = ()
-) -> PretrainConfig:
-    """The config files' values (if any, merged in order) overridden by the options given on the command line.
-
-    With ``names``, only those options are taken from the file (a pre-training preset can then
-    feed a command that needs only its dataset options). ``extras`` are other keys the file may
-    hold (compare's ``variants``); they are left out here.
-    """
-    values = load_yaml_files(getattr(args, "config", None) or [], extras)
-    values = {k: v for k, v in values.items() if k not in extras}
-    if names is not None:
-        values = {k: v for k, v in values.items() if k in names}
-    options = set(option_names())
-    values.update({k: v for k, v in vars(args).items() if k in options})
-    return PretrainConfig(**values)
-
-
-def _refuse_other_methods_options(args: argparse.Namespace, method: str) -> None:
-    """An option of another method given on the command line (``--queue-size`` with ``--method simclr``) would
-    be ignored: say so instead. (Config files may hold them: a run's config.yaml from an earlier version
-    records every method's.)"""
-    for name in vars(args):
-        owners = [m for m in method_names() if name in method_options(m)]
-        if owners and method not in owners:
-            flag = "--" + name.replace("_", "-")
-            raise AmclError(f"{flag} is an option of {' and '.join(owners)}, which --method {method} does not use; "
-                            f"drop {flag}, or give --method {owners[0]}")
-
-
 def _pretrain(args: argparse.Namespace) -> int:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -140,7 +56,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         config = _resumed_config(args)
     else:
         config = config_from_args(args)
-        _refuse_other_methods_options(args, config.method)
+        refuse_other_methods_options(args, config.method)
         config = config.resolved()
     if args.print_config:
         print(config.to_yaml(), end="")
@@ -210,15 +126,10 @@ def _print_json_summary(result: dict, keys: Sequence[str]) -> None:
     print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
 
 
-def _options(args: argparse.Namespace, kind: type) -> dict[str, Any]:
-    """The fields of the option dataclass ``kind`` that were given on the command line."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(kind) if hasattr(args, f.name)}
-
-
 def _eval(args: argparse.Namespace) -> int:
     from amcl.eval.protocols import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, **_options(args, EvalOptions))
+    result = evaluate_checkpoint(args.checkpoint, **given_options(args, EvalOptions))
     _print_json_summary(result, ("protocol", "labels_per_class", "top1", "top1_std", "top5", "val_top1",
                                  "val_top1_std"))
     print(f"wrote {result['json']}")
@@ -228,7 +139,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     from amcl.eval.analysis import analyze_checkpoint
 
-    result = analyze_checkpoint(args.checkpoint, **_options(args, AnalyzeOptions))
+    result = analyze_checkpoint(args.checkpoint, **given_options(args, AnalyzeOptions))
     print(f"backbone overlap {result['backbone']['overlap']:.3f}; per head: "
           + ", ".join(f"{h['overlap']:.3f}" for h in result["heads"]))
     print(f"wrote {', '.join(result['files'])}")
@@ -238,7 +149,7 @@ def _analyze(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from amcl.export import export_encoder
 
-    result = export_encoder(args.checkpoint, **_options(args, ExportOptions))
+    result = export_encoder(args.checkpoint, **given_options(args, ExportOptions))
     print(f"wrote {', '.join(result['files'])}")
     return 0
 
@@ -257,43 +168,20 @@ def _compare(args: argparse.Namespace) -> int:
                         "variants: {softmax: {amcl-form: softmax}}")
     variants = dict(variants)
     for name, *options in args.variant or []:
-        variants[name] = _variant_options(name, options)
+        variants[name] = variant_options(name, options)
     if args.print_config:
         import yaml
 
         given = {k: v for k, v in base.as_dict().items() if v is not None}
         print(yaml.safe_dump({**given, **({"variants": variants} if variants else {})}, sort_keys=False), end="")
         return 0
-    result = run_comparison(base, args.methods, _split_policies(args.policies), args.seeds, args.modes, args.out,
+    result = run_comparison(base, args.methods, split_policies(args.policies), args.seeds, args.modes, args.out,
                             args.metric, variants, args.linear, args.holm, args.equivalence_margin,
                             args.labels_per_class or (), args.label_protocol, args.label_draws)
     print(result["table"])
     files = [result["markdown"], result["json"], *([result["figure"]] if "figure" in result else [])]
     print(f"wrote {', '.join(files[:-1])} and {files[-1]}")
     return 0
-
-
-def _variant_options(name: str, options: Sequence[str]) -> dict[str, str]:
-    """``--variant NAME OPTION=VALUE ...`` as a mapping (values are typed by the compare grid)."""
-    parsed = {}
-    for item in options:
-        key, equals, value = item.partition("=")
-        if not equals or not key.strip("-"):
-            raise AmclError(f"--variant {name}: {item!r} is not OPTION=VALUE (e.g. amcl-form=softmax)")
-        parsed[key.strip().lstrip("-")] = value.strip()
-    return parsed
-
-
-def _split_policies(text: str) -> list[str]:
-    return [p.strip() for p in text.split(",") if p.strip()]
-
-
-def _add_checkpoint_options(parser: argparse.ArgumentParser, kind: type) -> None:
-    """``--checkpoint`` and one flag per field of the option dataclass ``kind`` (see
-    :mod:`amcl.eval.options`)."""
-    parser.add_argument("--checkpoint", required=True, metavar="FILE",
-                        help="a last.ckpt written by amcl pretrain (or its --out folder)")
-    _add_options(parser, dataclass_options(kind))
 
 
 def _add_commands(commands) -> None:
@@ -303,7 +191,7 @@ def _add_commands(commands) -> None:
                     "training images) or a linear classifier trained on its features. Prints top-1 and top-5 "
                     "and writes them to JSON beside the checkpoint.",
     )
-    _add_checkpoint_options(evaluate, EvalOptions)
+    add_checkpoint_options(evaluate, EvalOptions)
     evaluate.set_defaults(parser=evaluate, func=_eval)
 
     analyze = commands.add_parser(
@@ -313,7 +201,7 @@ def _add_commands(commands) -> None:
                     "the overlap of the two distributions, and the learned temperatures of both kinds of pair. "
                     "Writes PNG figures and analysis.json.",
     )
-    _add_checkpoint_options(analyze, AnalyzeOptions)
+    add_checkpoint_options(analyze, AnalyzeOptions)
     analyze.set_defaults(parser=analyze, func=_analyze)
 
     export = commands.add_parser(
@@ -324,7 +212,7 @@ def _add_commands(commands) -> None:
                     "(backbone, feature size, image size, normalisation) and README.md (a model card: training, "
                     "results, how to load it); with --features also features-<split>.npy and labels-<split>.npy.",
     )
-    _add_checkpoint_options(export, ExportOptions)
+    add_checkpoint_options(export, ExportOptions)
     export.set_defaults(parser=export, func=_export)
 
     compare = commands.add_parser(
@@ -336,7 +224,7 @@ def _add_commands(commands) -> None:
                     "resumes the grid. All pretrain options except --method, --amcl, --augs, --seed, --runs and --out"
                     " set every cell.",
     )
-    _add_config_files(compare, "the shared pretrain options (and variants)",
+    add_config_files(compare, "the shared pretrain options (and variants)",
                       "the shared options and the variants as YAML, as merged from the files and the command line")
     compare.add_argument("--methods", nargs="+", default=["simclr"], choices=method_names(),
                          help="methods [default: simclr]")
@@ -350,7 +238,7 @@ def _add_commands(commands) -> None:
     compare.add_argument("--linear", action="store_true",
                          help="also evaluate every run with the linear probe (eval-linear.json beside its "
                               "checkpoint) and report it in a second table")
-    compare.add_argument("--augs", dest="policies", type=_policy_list, default="default",
+    compare.add_argument("--augs", dest="policies", type=policy_list, default="default",
                          help="comma-separated augmentation policies, e.g. a,ab,abc,abcd,abcde [default: default]")
     compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="[default: 0 1 2]")
     compare.add_argument("--metric", default="final_knn_acc", metavar="METRIC",
@@ -373,30 +261,8 @@ def _add_commands(commands) -> None:
     compare.add_argument("--label-draws", type=int, default=5, metavar="K",
                          help="draws of the labelled images per run and N; a run's value is their mean [default: 5]")
     compare.add_argument("--out", default="runs/compare", metavar="DIR", help="[default: runs/compare]")
-    _add_config_options(compare, COMPARE_OPTIONS)
+    add_config_options(compare, COMPARE_OPTIONS)
     compare.set_defaults(parser=compare, func=_compare)
-
-
-def _add_config_files(parser: argparse.ArgumentParser, what: str, printed: str) -> None:
-    """``--config`` (several YAML files, merged in order) and ``--print-config`` (``printed``, then exit)."""
-    parser.add_argument("--config", metavar="FILE.yaml", action="append",
-                        help=f"read {what} from a YAML file; several files merge in order, a later one winning, and "
-                             "the command line wins over them all")
-    parser.add_argument("--print-config", action="store_true", help=f"print {printed}, and exit without training")
-
-
-def _policy_list(text: str) -> str:
-    from amcl.data.augment import parse_policy
-
-    policies = [p.strip() for p in text.split(",") if p.strip()]
-    if not policies:
-        raise argparse.ArgumentTypeError("give at least one policy, e.g. a,ab,abcde")
-    for policy in policies:
-        try:
-            parse_policy(policy)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,13 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pre-train an encoder. Every option can also come from --config FILE.yaml (keys as the "
                     "option names, with - or _); options on the command line win.",
     )
-    _add_config_files(pretrain, "options", "the resolved configuration (every option, defaults filled in) as YAML")
+    add_config_files(pretrain, "options", "the resolved configuration (every option, defaults filled in) as YAML")
     pretrain.add_argument("--resume", metavar="DIR",
                           help="continue the run in DIR (its --out folder) from its last checkpoint, with its own "
                                "settings; finished runs are left as they are")
     pretrain.add_argument("--overwrite", action="store_true",
                           help="delete the --out folder first if it holds a run (without it such a folder is refused)")
-    _add_config_options(pretrain)
+    add_config_options(pretrain)
     pretrain.set_defaults(parser=pretrain, func=_pretrain)
 
     preview = commands.add_parser(
@@ -426,13 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     preview.add_argument("--config", metavar="FILE.yaml", action="append",
                          help="read the dataset options from a YAML file (several merge in order)")
-    preview.add_argument("--augs", dest="policies", type=_policy_list, default="a,b,c,d,e,default",
+    preview.add_argument("--augs", dest="policies", type=policy_list, default="a,b,c,d,e,default",
                          help="comma-separated policies, one pair of columns each (letters from abcde, 'default' "
                               "or 'color') [default: a,b,c,d,e,default]")
     preview.add_argument("--num-images", type=int, default=8, help="rows: images drawn from the training split "
                                                                    "[default: 8]")
     preview.add_argument("--out", default="preview.png", help="PNG file to write [default: preview.png]")
-    _add_config_options(preview, PREVIEW_OPTIONS)
+    add_config_options(preview, PREVIEW_OPTIONS)
     preview.set_defaults(parser=preview, func=_preview)
     _add_commands(commands)
     return parser

@@ -170,7 +170,7 @@ def test_every_preset_loads_and_resolves():
 
             for parsed in parse_variants({"v": options}).values():  # AMCL unless the variant says amcl: false
                 assert PretrainConfig(**{**values, **parsed, **root}).resolved().amcl == options.get("amcl", True)
-    for method in ("simclr", "moco", "simsiam", "barlow_twins"):  # a baseline and an AMCL preset per method
+    for method in METHOD_SPECS:  # a baseline and an AMCL preset per built-in method
         name = method.replace("_", "-")
         base = PretrainConfig(**load_yaml(presets[0].parent / f"{name}-cifar10.yaml"), data_root="DIR").resolved()
         amcl = PretrainConfig(**load_yaml(presets[0].parent / f"{name}-amcl-cifar10.yaml"), data_root="DIR").resolved()

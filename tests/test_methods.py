@@ -7,12 +7,13 @@ import torch
 from amcl.config import PretrainConfig
 from amcl.errors import AmclError
 from amcl.methods import METHOD_CLASSES
+from amcl.specs import METHOD_SPECS
 from amcl.train import pretrain
 from builders import tiny_options
 
 SMALL = dict(backbone="small_cnn", proj_hidden=32, proj_dim=16, predictor_hidden=8, queue_size=24,
              temperature_hidden=8, batch_size=6, tau_min=0.05)
-METHODS = ["simclr", "moco", "simsiam", "barlow_twins"]
+METHODS = list(METHOD_SPECS)  # the built-in methods, from the registry
 
 
 def build(method, amcl=True, **options):
@@ -183,7 +184,7 @@ def test_each_method_pretrains_on_digits(method, amcl, tmp_path):
         assert config.tau_min <= summary["epochs"][-1]["tau_pos_mean"] <= config.tau_max
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "simsiam", "barlow_twins"])
+@pytest.mark.parametrize("method", METHODS)
 def test_detached_temperature_input_keeps_phi_learning_but_off_the_projections(method):
     """--temperature-input detached: phi still learns, but the projections' gradient comes from the
     similarities alone: it equals the gradient with the temperatures fixed at the values phi gave."""
@@ -206,7 +207,7 @@ def test_detached_temperature_input_keeps_phi_learning_but_off_the_projections(m
     assert any(differs)  # by default gradients do flow back through phi
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "simsiam", "barlow_twins"])
+@pytest.mark.parametrize("method", METHODS)
 def test_head_mean_is_the_head_sum_divided_by_the_heads(method):
     views_ = views()
     losses = {}

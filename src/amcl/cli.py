@@ -184,36 +184,35 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The commands that read a checkpoint: their options (:mod:`amcl.eval.options`), handler, help line and
+#: description.
+_CHECKPOINT_COMMANDS = {
+    "eval": (EvalOptions, _eval,
+             "evaluate a checkpoint's frozen encoder: weighted kNN or a linear probe (top-1, top-5)",
+             "Evaluate a pre-trained encoder, frozen, on a labelled dataset: weighted kNN (bank = training images) or "
+             "a linear classifier trained on its features. Prints top-1 and top-5 and writes them to JSON beside the "
+             "checkpoint."),
+    "analyze": (AnalyzeOptions, _analyze,
+                "similarity histograms of positive vs negative pairs, their overlap, learned temperatures",
+                "On held-out images, compare positive pairs (two views of one image) with negative pairs (views of "
+                "different images): cosine-similarity histograms for the backbone and each head, the overlap of the "
+                "two distributions, and the learned temperatures of both kinds of pair. Writes PNG figures and "
+                "analysis.json."),
+    "export": (ExportOptions, _export,
+               "the encoder under torchvision/timm names (safetensors), a model card, and optionally features",
+               "Write the checkpoint's encoder as encoder.safetensors (encoder.pt without the safetensors package) "
+               "under torchvision's names for ResNets and timm's for ViTs, so that it loads with strict=True into "
+               "torchvision.models.resnet50() or timm.create_model(...); encoder.json (backbone, feature size, image "
+               "size, normalisation) and README.md (a model card: training, results, how to load it); with "
+               "--features also features-<split>.npy and labels-<split>.npy."),
+}
+
+
 def _add_commands(commands) -> None:
-    evaluate = commands.add_parser(
-        "eval", help="evaluate a checkpoint's frozen encoder: weighted kNN or a linear probe (top-1, top-5)",
-        description="Evaluate a pre-trained encoder, frozen, on a labelled dataset: weighted kNN (bank = "
-                    "training images) or a linear classifier trained on its features. Prints top-1 and top-5 "
-                    "and writes them to JSON beside the checkpoint.",
-    )
-    add_checkpoint_options(evaluate, EvalOptions)
-    evaluate.set_defaults(parser=evaluate, func=_eval)
-
-    analyze = commands.add_parser(
-        "analyze", help="similarity histograms of positive vs negative pairs, their overlap, learned temperatures",
-        description="On held-out images, compare positive pairs (two views of one image) with negative pairs "
-                    "(views of different images): cosine-similarity histograms for the backbone and each head, "
-                    "the overlap of the two distributions, and the learned temperatures of both kinds of pair. "
-                    "Writes PNG figures and analysis.json.",
-    )
-    add_checkpoint_options(analyze, AnalyzeOptions)
-    analyze.set_defaults(parser=analyze, func=_analyze)
-
-    export = commands.add_parser(
-        "export", help="the encoder under torchvision/timm names (safetensors), a model card, and optionally features",
-        description="Write the checkpoint's encoder as encoder.safetensors (encoder.pt without the safetensors "
-                    "package) under torchvision's names for ResNets and timm's for ViTs, so that it loads with "
-                    "strict=True into torchvision.models.resnet50() or timm.create_model(...); encoder.json "
-                    "(backbone, feature size, image size, normalisation) and README.md (a model card: training, "
-                    "results, how to load it); with --features also features-<split>.npy and labels-<split>.npy.",
-    )
-    add_checkpoint_options(export, ExportOptions)
-    export.set_defaults(parser=export, func=_export)
+    for name, (options, handler, help_line, description) in _CHECKPOINT_COMMANDS.items():
+        command = commands.add_parser(name, help=help_line, description=description)
+        add_checkpoint_options(command, options)
+        command.set_defaults(parser=command, func=handler)
 
     compare = commands.add_parser(
         "compare", help="baseline vs AMCL over methods x augmentation policies x seeds: results.md and .json",

@@ -5,6 +5,9 @@ of a contrastive loss (:class:`ContrastiveTerms`), their assembly for the hardes
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -20,7 +23,22 @@ from amcl.losses.temperature import (
     omega,
 )
 
-__all__ = ["ContrastiveTerms"]
+__all__ = ["ContrastiveTerms", "scalar_loss"]
+
+
+def scalar_loss(terms: Callable[..., ContrastiveTerms], name: str, doc: str) -> Callable[..., Tensor]:
+    """The loss of a ``*_terms`` function as one number: a function named ``name`` that takes the same
+    arguments (its signature, for ``help()`` and editors) and returns ``terms(...).loss()``."""
+
+    @functools.wraps(terms)
+    def loss(*args: Any, **kwargs: Any) -> Tensor:
+        return terms(*args, **kwargs).loss()
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc
+    loss.__annotations__ = {**terms.__annotations__, "return": "Tensor"}
+    loss.__signature__ = inspect.signature(terms).replace(return_annotation="Tensor")  # type: ignore[attr-defined]
+    return loss
 
 
 def check_constant(name: str, value: Any) -> None:

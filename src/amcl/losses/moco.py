@@ -12,17 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from amcl.losses import contrastive  # what the SimCLR and MoCo forms share, named as contrastive.*
 from amcl.losses.checks import check_count, check_features, check_temperatures
-from amcl.losses.contrastive import (
-    ContrastiveTerms,
-    check_amcl_arguments,
-    check_constant,
-    check_topk,
-    hardest_terms,
-    pair_matrix,
-    select_temperatures,
-    softmax_terms,
-)
 from amcl.losses.kernels import at_least_float32, largest_entries, log_sum_exp
 from amcl.losses.partition import adaptive_log_partition, negative_side_weights
 from amcl.losses.temperature import PairTemperatures, Temperatures, negative_regularization, selected_products
@@ -73,7 +64,7 @@ def moco_infonce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 
         >>> q, k, queue = torch.randn(3, 8, 128), torch.randn(3, 8, 128), torch.randn(3, 4096, 128)
         >>> loss = moco_infonce_loss(q, k, queue, temperature=0.1)
     """
-    check_constant("temperature", temperature)
+    contrastive.check_constant("temperature", temperature)
     _check_queries(q, k, queue)
     with torch.autocast(q.device.type, enabled=False):
         q, k, queue = _queries_keys_queue(q, k, queue.detach())
@@ -105,7 +96,7 @@ def amcl_moco_terms(
     include_positive: bool = False,
     omega_dim: int | None = None,
     negative_regularizer: str = "mean_omega",
-) -> ContrastiveTerms:
+) -> contrastive.ContrastiveTerms:
     """The terms of the AMCL MoCo loss: Eq. 2.1 with each head's queue as the negatives (Eq. 2.4
     with ``include_positive``).
 
@@ -142,41 +133,27 @@ def amcl_moco_terms(
     with torch.autocast(q.device.type, enabled=False):
         q, k, queue = _queries_keys_queue(q, k, queue.detach())
         _check_moco_temperatures(positive_temperatures, queue_temperatures, q, queue)
-        check_amcl_arguments(beta, omega_dim, negative_regularizer)
+        contrastive.check_amcl_arguments(beta, omega_dim, negative_regularizer)
         omega_dim = q.shape[-1] if omega_dim is None else omega_dim
         check_count("topk", topk)
-        check_topk(topk, queue.shape[1] + int(include_positive))
+        contrastive.check_topk(topk, queue.shape[1] + int(include_positive))
         pos_sim = (q * k.detach()).sum(-1)
         pos_tau = _per_anchor(positive_temperatures, pos_sim)
         with torch.no_grad():
             queue_sim = q @ queue.transpose(1, 2)
         neg_sim, neg_index = largest_entries(queue_sim, min(topk, queue.shape[1]))
         neg_sim = selected_products(q, queue, neg_index, neg_sim)
-        neg_tau = select_temperatures(queue_temperatures, neg_index, neg_sim)
+        neg_tau = contrastive.select_temperatures(queue_temperatures, neg_index, neg_sim)
         if include_positive:
             # the k hardest of [positive | queue] are among the positive and the k hardest of the queue
             neg_sim, best = torch.cat([pos_sim.unsqueeze(-1), neg_sim], -1).topk(topk, dim=-1)
             neg_tau = torch.cat([pos_tau.unsqueeze(-1), neg_tau], -1).gather(-1, best)
-        return hardest_terms(pos_sim, pos_tau, neg_sim, neg_tau, beta, omega_dim, negative_regularizer)
+        return contrastive.hardest_terms(pos_sim, pos_tau, neg_sim, neg_tau, beta, omega_dim, negative_regularizer)
 
 
-def amcl_moco_loss(
-    q: Tensor,
-    k: Tensor,
-    queue: Tensor,
-    positive_temperatures: Temperatures,
-    queue_temperatures: Temperatures,
-    beta: float = 1e-4,
-    topk: int = 1,
-    include_positive: bool = False,
-    omega_dim: int | None = None,
-    negative_regularizer: str = "mean_omega",
-) -> Tensor:
-    """The AMCL MoCo loss as a scalar; see :func:`amcl_moco_terms`."""
-    return amcl_moco_terms(
-        q, k, queue, positive_temperatures, queue_temperatures, beta, topk, include_positive, omega_dim,
-        negative_regularizer,
-    ).loss()
+amcl_moco_loss = contrastive.scalar_loss(
+    amcl_moco_terms, "amcl_moco_loss",
+    "The AMCL MoCo loss as a scalar, ``amcl_moco_terms(...).loss()``; the same arguments.")
 
 
 def amcl_softmax_moco_terms(
@@ -188,7 +165,7 @@ def amcl_softmax_moco_terms(
     beta: float = 1e-4,
     omega_dim: int | None = None,
     negative_regularizer: str = "mean_omega",
-) -> ContrastiveTerms:
+) -> contrastive.ContrastiveTerms:
     """The terms of the AMCL MoCo loss in softmax form (our extension, as
     :func:`amcl_softmax_nt_xent_terms`): per head c and query i with positive key k_i and each
     head's queue entries n as negatives,
@@ -211,7 +188,7 @@ def amcl_softmax_moco_terms(
     with torch.autocast(q.device.type, enabled=False):
         q, k, queue = _queries_keys_queue(q, k, queue.detach())
         _check_moco_temperatures(positive_temperatures, queue_temperatures, q, queue)
-        check_amcl_arguments(beta, omega_dim, negative_regularizer)
+        contrastive.check_amcl_arguments(beta, omega_dim, negative_regularizer)
         omega_dim = q.shape[-1] if omega_dim is None else omega_dim
         pos_sim = (q * k.detach()).sum(-1)
         pos_tau = _per_anchor(positive_temperatures, pos_sim)
@@ -221,24 +198,15 @@ def amcl_softmax_moco_terms(
                 neg_sim, queue_temperatures.scores(), queue_temperatures.tau_min, queue_temperatures.tau_max,
                 *negative_side_weights(negative_regularizer, omega_dim, queue.shape[1]))
         else:
-            neg_tau = pair_matrix(queue_temperatures, neg_sim)
+            neg_tau = contrastive.pair_matrix(queue_temperatures, neg_sim)
             queue_partition = log_sum_exp(neg_sim / neg_tau)
             negative_side = negative_regularization(neg_tau, omega_dim, negative_regularizer)
         log_partition = torch.logaddexp(pos_sim / pos_tau, queue_partition)
-        return softmax_terms(pos_sim, pos_tau, log_partition, negative_side, neg_sim, neg_tau, beta, omega_dim)
+        return contrastive.softmax_terms(pos_sim, pos_tau, log_partition, negative_side, neg_sim, neg_tau, beta,
+                                         omega_dim)
 
 
-def amcl_softmax_moco_loss(
-    q: Tensor,
-    k: Tensor,
-    queue: Tensor,
-    positive_temperatures: Temperatures,
-    queue_temperatures: Temperatures,
-    beta: float = 1e-4,
-    omega_dim: int | None = None,
-    negative_regularizer: str = "mean_omega",
-) -> Tensor:
-    """The AMCL MoCo loss in softmax form as a scalar; see :func:`amcl_softmax_moco_terms`."""
-    return amcl_softmax_moco_terms(
-        q, k, queue, positive_temperatures, queue_temperatures, beta, omega_dim, negative_regularizer
-    ).loss()
+amcl_softmax_moco_loss = contrastive.scalar_loss(
+    amcl_softmax_moco_terms, "amcl_softmax_moco_loss",
+    "The AMCL MoCo loss in softmax form as a scalar, ``amcl_softmax_moco_terms(...).loss()``; the same "
+    "arguments.")

@@ -27,6 +27,7 @@ from amcl.losses.contrastive import (
     check_topk,
     hardest_terms,
     pair_matrix,
+    scalar_loss,
     select_temperatures,
     softmax_terms,
 )
@@ -269,33 +270,16 @@ def amcl_nt_xent_terms(
         return hardest_terms(pos_sim, pos_tau, neg_sim, neg_tau, beta, omega_dim, negative_regularizer)
 
 
-def amcl_nt_xent_loss(
-    z1: Tensor,
-    z2: Tensor,
-    temperatures: Temperatures,
-    beta: float = 1e-4,
-    topk: int = 1,
-    negative_temperatures: Temperatures | None = None,
-    include_positive: bool = False,
-    omega_dim: int | None = None,
-    negative_regularizer: str = "mean_omega",
-    anchors: Tensor | None = None,
-) -> Tensor:
-    """The AMCL SimCLR loss (Eq. 2.1; Eq. 2.4 with ``include_positive``): a scalar.
+amcl_nt_xent_loss = scalar_loss(amcl_nt_xent_terms, "amcl_nt_xent_loss", """The AMCL SimCLR loss (Eq. 2.1; Eq. 2.4 with
+``include_positive``): a scalar, ``amcl_nt_xent_terms(...).loss()``; the same arguments.
 
-    See :func:`amcl_nt_xent_terms` for the arguments.
-
-    Example:
-        >>> from amcl.nn import TemperatureNet
-        >>> z1, z2 = torch.randn(3, 8, 128), torch.randn(3, 8, 128)  # C=3 heads, B=8
-        >>> phi = TemperatureNet(128)
-        >>> taus = phi.pair_factors(torch.cat([z1, z2], dim=1))  # the [3, 16, 16] matrix, as factors
-        >>> loss = amcl_nt_xent_loss(z1, z2, taus, beta=1e-4)
-    """
-    return amcl_nt_xent_terms(
-        z1, z2, temperatures, beta, topk, negative_temperatures, include_positive, omega_dim, negative_regularizer,
-        anchors,
-    ).loss()
+Example:
+    >>> from amcl.nn import TemperatureNet
+    >>> z1, z2 = torch.randn(3, 8, 128), torch.randn(3, 8, 128)  # C=3 heads, B=8
+    >>> phi = TemperatureNet(128)
+    >>> taus = phi.pair_factors(torch.cat([z1, z2], dim=1))  # the [3, 16, 16] matrix, as factors
+    >>> loss = amcl_nt_xent_loss(z1, z2, taus, beta=1e-4)
+""")
 
 
 def amcl_softmax_nt_xent_terms(
@@ -379,17 +363,7 @@ def amcl_softmax_nt_xent_terms(
                               ~(itself | positives))
 
 
-def amcl_softmax_nt_xent_loss(
-    z1: Tensor,
-    z2: Tensor,
-    temperatures: Temperatures,
-    beta: float = 1e-4,
-    negative_temperatures: Temperatures | None = None,
-    omega_dim: int | None = None,
-    negative_regularizer: str = "mean_omega",
-    anchors: Tensor | None = None,
-) -> Tensor:
-    """The AMCL SimCLR loss in softmax form as a scalar; see :func:`amcl_softmax_nt_xent_terms`."""
-    return amcl_softmax_nt_xent_terms(
-        z1, z2, temperatures, beta, negative_temperatures, omega_dim, negative_regularizer, anchors
-    ).loss()
+amcl_softmax_nt_xent_loss = scalar_loss(
+    amcl_softmax_nt_xent_terms, "amcl_softmax_nt_xent_loss",
+    "The AMCL SimCLR loss in softmax form as a scalar, ``amcl_softmax_nt_xent_terms(...).loss()``; the same "
+    "arguments.")

@@ -19,7 +19,7 @@ LAYERS = {
     "monitoring": 4, "checkpointing": 4, "callbacks": 4, "loggers": 4,
     "data": 5,
     "methods": 6,
-    "train": 7,
+    "trainer": 7, "train": 7,
     "eval": 8, "export": 8,
     "compare_grid": 9, "compare_tables": 9, "compare": 9, "demo": 9, "cli": 9, "cli_options": 9, "cli_reference": 9,
 }

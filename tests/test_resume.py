@@ -233,7 +233,7 @@ def test_sigterm_outside_training_ends_the_command_with_one_line(reference, tmp_
 
 
 def test_lightning_requeue_is_off_under_slurm(monkeypatch):
-    from amcl.train import cluster_plugins
+    from amcl.trainer import cluster_plugins
 
     assert cluster_plugins() == []
     monkeypatch.setenv("SLURM_NTASKS", "1")

@@ -9,29 +9,25 @@ also ``epoch-N.ckpt``), and what ``--logger`` adds; with ``runs > 1`` one ``seed
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from amcl.callbacks import EpochCheckpoints, EpochLog, MetricsRecorder, PaceNote, TrainingProgressBar, shows_bar
 from amcl.checkpointing import (
-    AtomicCheckpointIO,
     NonFiniteGuard,
     RandomStates,
     StopOnSignal,
     remove_partial_checkpoints,
 )
-from amcl.config import PretrainConfig, parse_devices
+from amcl.config import PretrainConfig
 from amcl.data.datasets import load_configured_dataset
 from amcl.data.folders import machine_memory
 from amcl.data.module import ContrastiveDataModule
@@ -58,39 +54,7 @@ from amcl.runs import (
     write_config,
     write_marker,
 )
-
-#: Images per batch of the kNN monitor (the data module's evaluation batch).
-EVAL_BATCH = 1024
-def _quiet_lightning() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*The number of training batches.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*")
-    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
-    warnings.filterwarnings("ignore", ".*The dirpath has changed from.*")
-
-
-def _trainer(config: PretrainConfig, **options: Any) -> L.Trainer:
-    """A Lightning Trainer; impossible accelerator, device or precision settings become a one-line error."""
-    try:
-        return L.Trainer(**options)
-    except (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError) as exc:
-        # e.g. an accelerator whose package is missing, device indices on a CPU
-        raise AmclError(
-            f"cannot set up training with --accelerator {config.accelerator} --devices {config.devices} "
-            f"--strategy {config.strategy} --precision {config.precision}: {str(exc).splitlines()[0]}"
-        ) from None
-
-
-def cluster_plugins() -> list[Any]:
-    """Under SLURM, Lightning's own requeue on SIGUSR1 is switched off: it writes ``hpc_ckpt_*.ckpt``
-    checkpoints of half epochs and resumes from them by itself. amcl stops on SIGTERM or SIGINT at a step
-    boundary instead, and the job script requeues (docs/runs.md)."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
-
+from amcl.trainer import EVAL_BATCH, build_trainer, quiet_lightning
 
 #: With ``--on-nonfinite skip``, a run that skipped more than this share of its steps says so at the end.
 SKIPPED_SHARE_WARNING = 0.05
@@ -156,7 +120,7 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
         raise AmclError(f"--knn-k {config.knn_k} is larger than the kNN monitor's bank, the {labelled} labelled "
                         f"training images of {config.dataset}; use --knn-k <= {labelled}, or leave it out to get "
                         f"{default_k(labelled)}")
-    _quiet_lightning()
+    quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = ContrastiveDataModule(splits, config.batch_size, config.augs, config.image_size, config.color_strength,
                                  eval_batch_size=EVAL_BATCH, workers=config.workers, seed=config.seed,
@@ -170,31 +134,8 @@ def pretrain_once(config: PretrainConfig, resume: bool = False, splits: ImageSpl
                      # one checkpoint, last.ckpt, rewritten at the end of every epoch
                      ModelCheckpoint(dirpath=out, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                                      save_on_train_epoch_end=True, enable_version_counter=False)]
-    trainer = _trainer(
-        config,
-        accelerator=config.accelerator,
-        devices=parse_devices(config.devices),
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        sync_batchnorm=config.sync_batchnorm,
-        use_distributed_sampler=False,  # the data module shards training and evaluation itself
-        precision=config.precision,
-        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
-        benchmark=True,  # cuDNN picks the fastest convolutions for the fixed image size (no effect on CPU)
-        max_epochs=config.epochs,
-        max_steps=config.max_steps,
-        gradient_clip_val=config.grad_clip,  # the global norm, after the non-finite check (see optimizer_step)
-        gradient_clip_algorithm="norm",
-        check_val_every_n_epoch=config.knn_every,
-        limit_val_batches=None if monitor else 0,
-        num_sanity_val_steps=0,
-        logger=False,  # --logger's loggers join once the folder is claimed: some write files when made
-        enable_progress_bar=shows_bar(config),
-        enable_model_summary=False,
-        callbacks=[*callbacks, *run_callbacks, PaceNote(recorder),
-                   TrainingProgressBar() if shows_bar(config) else EpochLog(recorder)],
-        default_root_dir=out,
-    )
+    trainer = build_trainer(config, out, monitor, [*callbacks, *run_callbacks, PaceNote(recorder),
+                                                   TrainingProgressBar() if shows_bar(config) else EpochLog(recorder)])
     ran = config.with_global_batch(trainer.world_size)  # what runs, in config.yaml and the checkpoint
     if resuming and config.global_batch != ran.global_batch:
         raise AmclError(f"cannot resume {out} on {trainer.world_size} process(es): the run trained with a global "
